@@ -1,0 +1,39 @@
+# The README's commands. Each sets libtorch up itself (scripts/setup-libtorch.sh):
+# LIBTORCH if set, else a cached venv with torch==2.11.0 from PyPI.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+SETUP := eval "$$(scripts/setup-libtorch.sh)"
+CONFIG ?= configs/gru-scratch.toml
+ARGS ?=
+
+# The Time Machine: data/ (downloaded on first use, SHA-1 checked), unless a
+# developer's shared copy is next to the checkout.
+GRULM_DATA_DIR ?= $(if $(wildcard data/timemachine.txt),data,$(if $(wildcard ../shared/data/timemachine.txt),../shared/data,data))
+export GRULM_DATA_DIR
+
+.PHONY: train test build bench golden info lint
+
+## make train: d2l's GRU experiment on The Time Machine, on CPU, end to end.
+train: build
+	./target/release/grulm train --config $(CONFIG) --device cpu $(ARGS)
+
+## make test: every test (CPU).
+test:
+	$(SETUP) && cargo test --release
+
+build:
+	$(SETUP) && cargo build --release
+
+info: build
+	./target/release/grulm info
+
+## make bench: grulm and PyTorch side by side (same libtorch, same threads).
+bench: build
+	$(SETUP) && python bench/pytorch_reference.py --check && ./target/release/grulm bench --compare-python "$$VIRTUAL_ENV/bin/python" $(ARGS)
+
+## make golden: regenerate tests/golden/builtin_gru.json with PyTorch.
+golden:
+	$(SETUP) && python tests/golden/make_builtin_golden.py
+
+lint:
+	$(SETUP) && cargo fmt --check && cargo clippy --all-targets -- -D warnings

@@ -1,0 +1,270 @@
+//! The command line (clap). Everything clap-shaped stays here: each command turns
+//! its arguments into a validated [`Config`] or plain values and calls the library.
+use crate::config::{Config, MAX_SAMPLE_LEN};
+use crate::console::Console;
+use crate::data;
+use crate::model::ScratchPath;
+use crate::run::{self, RunDir};
+use crate::sample::{self, Decode};
+use crate::train::{self, TrainOptions};
+use crate::{device, parity, usage};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::Write;
+use std::path::PathBuf;
+
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 runtime failure (I/O, download, corrupt checkpoint, diverged training); 2 usage or config error (bad flag, key or value, unknown prefix characters, existing run).";
+
+/// Character-level GRU language models on libtorch: d2l.ai's "Gated Recurrent
+/// Units" chapter, from scratch and with libtorch's fused GRU.
+#[derive(Parser, Debug)]
+#[command(name = "grulm", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print grulm's and libtorch's versions, CUDA and cuDNN availability, CPU threads.
+    #[command(after_help = EXIT_CODES)]
+    Info,
+    /// Train an experiment (a TOML config; defaults are d2l's GRU chapter).
+    #[command(after_help = EXIT_CODES)]
+    Train(TrainArgs),
+    /// Generate text from a trained run: greedy by default, or sampled.
+    #[command(after_help = EXIT_CODES)]
+    Sample(SampleArgs),
+    /// Perplexity of a trained run on a text.
+    #[command(after_help = EXIT_CODES)]
+    Eval(EvalArgs),
+    /// Compare the scratch GRU (reset-after) with libtorch's GRU: outputs and every gradient.
+    #[command(after_help = EXIT_CODES)]
+    Parity(ParityArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Experiment file (TOML with [data], [model], [train], [sample]); omitted: d2l's defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override a key, e.g. --set train.lr=0.5 (repeatable; the value in TOML syntax).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// auto (CUDA if available), cpu, cuda or cuda:N; overrides train.device.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Run directory [default: runs/<config file name>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint (optimizer state included).
+    #[arg(long, conflicts_with = "force")]
+    pub resume: bool,
+    /// Replace an existing run in --out.
+    #[arg(long)]
+    pub force: bool,
+    /// Plain lines instead of a progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// Run directory of a trained model.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Text to start from [default: the run's first sample.prefixes].
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Characters to generate [default: the run's sample.len].
+    #[arg(long)]
+    pub len: Option<usize>,
+    /// Sample from softmax(logits / T) instead of taking the argmax.
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Sample among the K most likely characters only.
+    #[arg(long = "top-k", value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Seed for sampling [default: the run's sample.seed].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Take the argmax even if the run's config sets a temperature or top-k.
+    #[arg(long, conflicts_with_all = ["temperature", "top_k"])]
+    pub greedy: bool,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Run directory of a trained model.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// `timemachine` or a path to a text [default: the run's data.corpus]. The whole text is read.
+    #[arg(long)]
+    pub corpus: Option<String>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Dtype {
+    F32,
+    F64,
+}
+
+#[derive(Args, Debug)]
+pub struct ParityArgs {
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long, value_enum, default_value = "f64")]
+    pub dtype: Dtype,
+    /// Layers to compare (each count from 1 to this).
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Info => {
+            print!("{}", device::info_report());
+            Ok(())
+        }
+        Command::Train(a) => train_cmd(a),
+        Command::Sample(a) => sample_cmd(a),
+        Command::Eval(a) => eval_cmd(a),
+        Command::Parity(a) => parity_cmd(a),
+    }
+}
+
+/// Keys that may change when a run is resumed: how long and where it runs, and
+/// what it prints; not what it computes.
+const RESUMABLE_KEYS: &[&str] =
+    &["train.epochs", "train.device", "train.threads", "train.predict_every", "train.checkpoint_every", "train.val_every"];
+
+fn train_cmd(a: TrainArgs) -> Result<()> {
+    let out = a.out.clone().unwrap_or_else(|| run::default_run_dir(a.config.as_deref()));
+    let run_dir = RunDir::new(out);
+    let from_file = |path: &PathBuf| -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| usage!("config {}: cannot read: {e}", path.display()))?;
+        Ok(Config::parse(&text, &path.display().to_string(), &a.sets)?)
+    };
+    let cfg = if a.resume {
+        let saved = run_dir.load_config().map_err(|e| usage!("--resume: {e:#}"))?;
+        let cfg = match &a.config {
+            Some(p) => from_file(p)?,
+            None => Config::parse(&saved.to_toml(), &run_dir.file(run::CONFIG).display().to_string(), &a.sets)?,
+        };
+        let changed: Vec<String> =
+            cfg.differing_keys(&saved).into_iter().filter(|k| !k.starts_with("sample.") && !RESUMABLE_KEYS.contains(&k.as_str())).collect();
+        if !changed.is_empty() {
+            return Err(usage!(
+                "--resume: {} differ(s) from the run's {}; a resumed run may only change {} and sample.*",
+                changed.join(", "),
+                run_dir.file(run::CONFIG).display(),
+                RESUMABLE_KEYS.join(", ")
+            ));
+        }
+        cfg
+    } else {
+        match &a.config {
+            Some(p) => from_file(p)?,
+            None => Config::parse("", "defaults", &a.sets)?,
+        }
+    };
+    let mut cfg = cfg;
+    if let Some(d) = &a.device {
+        cfg.train.device = d.clone();
+    }
+    device::set_threads(cfg.train.threads);
+    if cfg.train.deterministic {
+        crate::model::set_deterministic(true);
+    }
+    let dev = device::resolve(&cfg.train.device)?;
+    let console = Console::new(cfg.train.epochs, 0, a.quiet);
+    let opts = TrainOptions { run: run_dir, resume: a.resume, force: a.force, device: dev };
+    train::train(&cfg, &opts, &console)?;
+    Ok(())
+}
+
+fn decode_for(a: &SampleArgs, cfg: &Config) -> Decode {
+    if a.greedy {
+        return Decode::Greedy;
+    }
+    let temperature = a.temperature.or(cfg.sample.temperature);
+    let top_k = a.top_k.or(cfg.sample.top_k);
+    Decode::from_options(temperature, top_k, a.seed.unwrap_or(cfg.sample.seed))
+}
+
+fn sample_cmd(a: SampleArgs) -> Result<()> {
+    if let Some(t) = a.temperature {
+        if t.is_nan() || t <= 0.0 {
+            return Err(usage!("--temperature {t}: expected a number > 0"));
+        }
+    }
+    if a.top_k == Some(0) {
+        return Err(usage!("--top-k 0: expected 1 to the vocabulary size"));
+    }
+    if let Some(n) = a.len {
+        if n > MAX_SAMPLE_LEN {
+            return Err(usage!("--len {n}: expected at most {MAX_SAMPLE_LEN}"));
+        }
+    }
+    let dev = device::resolve(&a.device)?;
+    let run_dir = RunDir::new(&a.run);
+    let (cfg, vocab, mut model) = run_dir.load_model(dev)?;
+    let prefix = a.prefix.clone().unwrap_or_else(|| cfg.sample.prefixes[0].clone());
+    let ids = sample::encode_prefix(&vocab, &prefix)?;
+    let decode = decode_for(&a, &cfg);
+    let len = a.len.unwrap_or(cfg.sample.len);
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    // Streamed: a long sample is written as it comes, not held in memory.
+    write!(out, "{prefix}")?;
+    sample::generate(model.as_mut(), &ids, len, decode, dev, &mut |chunk| {
+        out.write_all(vocab.decode(chunk).as_bytes())?;
+        out.flush()?;
+        Ok(())
+    })?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn eval_cmd(a: EvalArgs) -> Result<()> {
+    let dev = device::resolve(&a.device)?;
+    let run_dir = RunDir::new(&a.run);
+    let (cfg, vocab, mut model) = run_dir.load_model(dev)?;
+    let name = a.corpus.clone().unwrap_or_else(|| cfg.data.corpus.clone());
+    let path = data::resolve_corpus(&name)?;
+    let text = data::read_text(&path)?;
+    let chars = data::preprocess(&text, cfg.data.preprocess);
+    let unknown = chars.iter().filter(|&&c| !vocab.contains(c)).count();
+    let ids = vocab.encode(&chars);
+    let ppl = train::perplexity(model.as_mut(), &ids, cfg.data.batch_size, cfg.data.num_steps, dev)
+        .with_context(|| format!("corpus {}", path.display()))?;
+    println!("perplexity {ppl:.3} on {} tokens of {} ({} mapped to <unk>)", ids.len(), path.display(), unknown);
+    Ok(())
+}
+
+fn parity_cmd(a: ParityArgs) -> Result<()> {
+    let dev = device::resolve(&a.device)?;
+    if a.layers == 0 {
+        return Err(usage!("--layers 0: expected at least 1"));
+    }
+    let kind = match a.dtype {
+        Dtype::F32 => tch::Kind::Float,
+        Dtype::F64 => tch::Kind::Double,
+    };
+    let mut ok = true;
+    for layers in 1..=a.layers {
+        let report = parity::compare(dev, kind, layers, ScratchPath::Fused, a.seed)?;
+        print!("{}", report.table());
+        ok &= report.passed();
+    }
+    if !ok {
+        anyhow::bail!("parity failed: a difference is above the tolerance");
+    }
+    Ok(())
+}

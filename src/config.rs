@@ -1,0 +1,570 @@
+//! Experiments as TOML: `[data]`, `[model]`, `[train]`, `[sample]`.
+//!
+//! Every key has a default equal to d2l 0.17's GRU chapter, so a config file
+//! lists only its differences. Parsing is by hand over a `toml::Table` rather than
+//! serde's derive, so that each mistake gets one line naming the file (or the
+//! `--set`), the key, the value and what was expected.
+use crate::data::SeqPartition;
+use crate::error::UsageError;
+use serde::Serialize;
+use std::fmt;
+use toml::{Table, Value};
+
+/// How text becomes characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preprocess {
+    /// d2l's: letters only, lowercased, other runs become one space (28 tokens).
+    D2l,
+    /// Every character kept: case, punctuation, newlines (char-rnn style).
+    Raw,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// `ScratchGru`: the chapter's hand-written GRU.
+    Scratch,
+    /// `BuiltinGru`: libtorch's fused GRU (cuDNN on CUDA).
+    Builtin,
+}
+
+/// Where the reset gate acts in the candidate state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResetGate {
+    /// d2l's code: `tanh(X W_xh + (R ⊙ H) W_hh + b_h)`.
+    Before,
+    /// PyTorch/cuDNN/Keras `reset_after`: `tanh(X W_xh + b_xh + R ⊙ (H W_hh + b_hh))`.
+    After,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Sgd,
+    Adam,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DataConfig {
+    /// `timemachine` (downloaded) or a path to a UTF-8 text file.
+    pub corpus: String,
+    pub preprocess: Preprocess,
+    /// Keep the first N tokens after building the vocabulary (0: all). d2l: 10,000.
+    pub max_tokens: usize,
+    pub min_freq: usize,
+    pub reserved_tokens: Vec<String>,
+    /// The last fraction of the (truncated) corpus, held out for validation.
+    pub val_fraction: f64,
+    pub partition: SeqPartition,
+    pub batch_size: usize,
+    pub num_steps: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelConfig {
+    pub kind: ModelKind,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub reset_gate: ResetGate,
+    /// Standard deviation of the scratch model's N(0, sigma) weights (d2l: 0.01);
+    /// none for the built-in model, which is initialised as PyTorch's `nn.GRU`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_sigma: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    /// θ of d2l's `grad_clipping`: g <- min(1, θ/‖g‖) g.
+    pub grad_clip: f64,
+    pub seed: u64,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// CPU threads for libtorch (0: libtorch's default, one per core).
+    pub threads: usize,
+    /// Print d2l's `predict('time traveller')` line every N epochs (0: never).
+    pub predict_every: usize,
+    /// Write a checkpoint every N epochs (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Validation perplexity every N epochs, when there is a validation split.
+    pub val_every: usize,
+    /// Ask libtorch for deterministic algorithms (matters on CUDA only).
+    pub deterministic: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SampleConfig {
+    /// Prefixes predicted at the end of training (d2l: `time traveller`, `traveller`).
+    pub prefixes: Vec<String>,
+    pub len: usize,
+    /// Sampling temperature; absent: greedy argmax as d2l's `predict_ch8`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Sample only among the k most likely characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    pub seed: u64,
+}
+
+/// A validated experiment.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub sample: SampleConfig,
+}
+
+impl Default for Config {
+    /// d2l 0.17's GRU chapter.
+    fn default() -> Self {
+        Config {
+            data: DataConfig {
+                corpus: "timemachine".into(),
+                preprocess: Preprocess::D2l,
+                max_tokens: 10_000,
+                min_freq: 0,
+                reserved_tokens: vec![],
+                val_fraction: 0.0,
+                partition: SeqPartition::Sequential,
+                batch_size: 32,
+                num_steps: 35,
+            },
+            model: ModelConfig {
+                kind: ModelKind::Scratch,
+                hidden_size: 256,
+                num_layers: 1,
+                reset_gate: ResetGate::Before,
+                init_sigma: Some(0.01),
+            },
+            train: TrainConfig {
+                epochs: 500,
+                optimizer: OptimizerKind::Sgd,
+                lr: 1.0,
+                grad_clip: 1.0,
+                seed: 42,
+                device: "auto".into(),
+                threads: 0,
+                predict_every: 10,
+                checkpoint_every: 50,
+                val_every: 10,
+                deterministic: false,
+            },
+            sample: SampleConfig {
+                prefixes: vec!["time traveller".into(), "traveller".into()],
+                len: 50,
+                temperature: None,
+                top_k: None,
+                seed: 0,
+            },
+        }
+    }
+}
+
+/// Upper bounds that keep a typo from asking for terabytes.
+const MAX_SIZE: i64 = 1 << 20;
+
+/// Where a key's value came from, for the error message.
+enum Origin<'a> {
+    File(&'a str),
+    Set(&'a str),
+}
+
+struct Reader<'a> {
+    source: &'a str,
+    /// `section.key` -> the `--set` text that set it.
+    overrides: Vec<(String, String)>,
+}
+
+impl<'a> Reader<'a> {
+    fn origin(&self, section: &str, key: &str) -> Origin<'_> {
+        let full = format!("{section}.{key}");
+        match self.overrides.iter().rev().find(|(k, _)| *k == full) {
+            Some((_, text)) => Origin::Set(text),
+            None => Origin::File(self.source),
+        }
+    }
+
+    fn err(&self, section: &str, key: &str, value: &Value, expected: impl fmt::Display) -> UsageError {
+        let shown = show_value(value);
+        UsageError(match self.origin(section, key) {
+            Origin::File(file) => format!("{file}: {section}.{key} = {shown}: expected {expected}"),
+            Origin::Set(text) => format!("--set {text}: {section}.{key} = {shown}: expected {expected}"),
+        })
+    }
+
+    fn int(&self, t: &mut Table, section: &str, key: &str, min: i64, max: i64, default: usize) -> Result<usize, UsageError> {
+        match t.remove(key) {
+            None => Ok(default),
+            Some(Value::Integer(i)) if (min..=max).contains(&i) => Ok(i as usize),
+            Some(v @ Value::Integer(_)) => Err(self.err(section, key, &v, range_text(min, max))),
+            Some(v) => Err(self.err(section, key, &v, range_text(min, max))),
+        }
+    }
+
+    fn u64(&self, t: &mut Table, section: &str, key: &str, default: u64) -> Result<u64, UsageError> {
+        match t.remove(key) {
+            None => Ok(default),
+            Some(Value::Integer(i)) if i >= 0 => Ok(i as u64),
+            Some(v) => Err(self.err(section, key, &v, "an integer >= 0")),
+        }
+    }
+
+    /// A finite float; integers are accepted (`lr = 1`).
+    fn float(&self, t: &mut Table, section: &str, key: &str, ok: impl Fn(f64) -> bool, expected: &str) -> Result<Option<f64>, UsageError> {
+        match t.remove(key) {
+            None => Ok(None),
+            Some(v) => {
+                let x = match &v {
+                    Value::Float(f) => *f,
+                    Value::Integer(i) => *i as f64,
+                    _ => return Err(self.err(section, key, &v, format!("a number {expected}"))),
+                };
+                if x.is_finite() && ok(x) {
+                    Ok(Some(x))
+                } else {
+                    Err(self.err(section, key, &v, format!("a finite number {expected}")))
+                }
+            }
+        }
+    }
+
+    fn string(&self, t: &mut Table, section: &str, key: &str) -> Result<Option<String>, UsageError> {
+        match t.remove(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(v) => Err(self.err(section, key, &v, "a string")),
+        }
+    }
+
+    fn choice<T: Copy>(&self, t: &mut Table, section: &str, key: &str, options: &[(&str, T)]) -> Result<Option<T>, UsageError> {
+        let names = || options.iter().map(|(n, _)| format!("\"{n}\"")).collect::<Vec<_>>().join(" or ");
+        match t.remove(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => match options.iter().find(|(n, _)| *n == s) {
+                Some((_, v)) => Ok(Some(*v)),
+                None => Err(self.err(section, key, &Value::String(s), names())),
+            },
+            Some(v) => Err(self.err(section, key, &v, names())),
+        }
+    }
+
+    fn bool(&self, t: &mut Table, section: &str, key: &str, default: bool) -> Result<bool, UsageError> {
+        match t.remove(key) {
+            None => Ok(default),
+            Some(Value::Boolean(b)) => Ok(b),
+            Some(v) => Err(self.err(section, key, &v, "true or false")),
+        }
+    }
+
+    fn strings(&self, t: &mut Table, section: &str, key: &str) -> Result<Option<Vec<String>>, UsageError> {
+        match t.remove(key) {
+            None => Ok(None),
+            Some(Value::Array(a)) if a.iter().all(Value::is_str) => {
+                Ok(Some(a.into_iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect()))
+            }
+            Some(v) => Err(self.err(section, key, &v, "an array of strings")),
+        }
+    }
+
+    /// After a section's keys were taken: anything left is unknown.
+    fn no_more(&self, t: &Table, section: &str, known: &[&str]) -> Result<(), UsageError> {
+        if let Some(key) = t.keys().next() {
+            let place = match self.origin(section, key) {
+                Origin::File(f) => f.to_string(),
+                Origin::Set(text) => format!("--set {text}"),
+            };
+            return Err(UsageError(format!("{place}: unknown key {section}.{key}; expected one of: {}", known.join(", "))));
+        }
+        Ok(())
+    }
+}
+
+fn range_text(min: i64, max: i64) -> String {
+    if max >= MAX_SIZE {
+        format!("an integer >= {min}")
+    } else {
+        format!("an integer from {min} to {max}")
+    }
+}
+
+fn show_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Table(_) => "a table".into(),
+        other => other.to_string(),
+    }
+}
+
+const DATA_KEYS: &[&str] =
+    &["corpus", "preprocess", "max_tokens", "min_freq", "reserved_tokens", "val_fraction", "partition", "batch_size", "num_steps"];
+const MODEL_KEYS: &[&str] = &["kind", "hidden_size", "num_layers", "reset_gate", "init_sigma"];
+const TRAIN_KEYS: &[&str] = &[
+    "epochs",
+    "optimizer",
+    "lr",
+    "grad_clip",
+    "seed",
+    "device",
+    "threads",
+    "predict_every",
+    "checkpoint_every",
+    "val_every",
+    "deterministic",
+];
+const SAMPLE_KEYS: &[&str] = &["prefixes", "len", "temperature", "top_k", "seed"];
+const SECTIONS: &[&str] = &["data", "model", "train", "sample"];
+
+impl Config {
+    /// Parses a config text (named `source` in errors), applies `--set` overrides
+    /// (`section.key=value`, the value in TOML syntax, a bare word taken as a
+    /// string), fills in d2l's defaults and validates everything.
+    pub fn parse(text: &str, source: &str, sets: &[String]) -> Result<Config, UsageError> {
+        let mut root: Table = text.parse().map_err(|e: toml::de::Error| {
+            let msg = e.message().replace('\n', " ");
+            let at = e.span().map(|s| line_col(text, s.start)).unwrap_or_default();
+            UsageError(format!("{source}{at}: malformed TOML: {msg}"))
+        })?;
+        let mut overrides = Vec::new();
+        for set in sets {
+            let (section, key, value) = parse_set(set)?;
+            let tbl = root.entry(section.clone()).or_insert_with(|| Value::Table(Table::new()));
+            match tbl {
+                Value::Table(t) => {
+                    t.insert(key.clone(), value);
+                }
+                _ => return Err(UsageError(format!("--set {set}: {section} is not a table in {source}"))),
+            }
+            overrides.push((format!("{section}.{key}"), set.clone()));
+        }
+        let r = Reader { source, overrides };
+        let d = Config::default();
+
+        for (name, v) in &root {
+            if !SECTIONS.contains(&name.as_str()) {
+                let place = match r.overrides.iter().find(|(k, _)| k.starts_with(&format!("{name}."))) {
+                    Some((_, text)) => format!("--set {text}"),
+                    None => source.to_string(),
+                };
+                return Err(UsageError(format!("{place}: unknown section [{name}]; expected one of: {}", SECTIONS.join(", "))));
+            }
+            if !v.is_table() {
+                return Err(UsageError(format!("{source}: {name} = {}: expected a [{name}] section", show_value(v))));
+            }
+        }
+        let mut section = |name: &str| match root.remove(name) {
+            Some(Value::Table(t)) => t,
+            _ => Table::new(),
+        };
+
+        let s = "data";
+        let mut t = section(s);
+        let data = DataConfig {
+            corpus: match r.string(&mut t, s, "corpus")? {
+                Some(c) if c.trim().is_empty() => {
+                    return Err(r.err(s, "corpus", &Value::String(c), "\"timemachine\" or a path to a text file"))
+                }
+                Some(c) => c,
+                None => d.data.corpus,
+            },
+            preprocess: r
+                .choice(&mut t, s, "preprocess", &[("d2l", Preprocess::D2l), ("raw", Preprocess::Raw)])?
+                .unwrap_or(d.data.preprocess),
+            max_tokens: r.int(&mut t, s, "max_tokens", 0, i64::MAX, d.data.max_tokens)?,
+            min_freq: r.int(&mut t, s, "min_freq", 0, i64::MAX, d.data.min_freq)?,
+            reserved_tokens: r.strings(&mut t, s, "reserved_tokens")?.unwrap_or_default(),
+            val_fraction: r.float(&mut t, s, "val_fraction", |x| (0.0..1.0).contains(&x), "in [0, 1)")?.unwrap_or(d.data.val_fraction),
+            partition: r
+                .choice(&mut t, s, "partition", &[("sequential", SeqPartition::Sequential), ("random", SeqPartition::Random)])?
+                .unwrap_or(d.data.partition),
+            batch_size: r.int(&mut t, s, "batch_size", 1, MAX_SIZE, d.data.batch_size)?,
+            num_steps: r.int(&mut t, s, "num_steps", 1, MAX_SIZE, d.data.num_steps)?,
+        };
+        r.no_more(&t, s, DATA_KEYS)?;
+
+        let s = "model";
+        let mut t = section(s);
+        let kind =
+            r.choice(&mut t, s, "kind", &[("scratch", ModelKind::Scratch), ("builtin", ModelKind::Builtin)])?.unwrap_or(d.model.kind);
+        let reset_value = t.get("reset_gate").cloned();
+        let reset_gate = r.choice(&mut t, s, "reset_gate", &[("before", ResetGate::Before), ("after", ResetGate::After)])?;
+        // The built-in (cuDNN) GRU only computes the reset-after variant, so that is
+        // its default; asking it for the other one is an error, not a silent swap.
+        let reset_gate = match (kind, reset_gate) {
+            (ModelKind::Builtin, Some(ResetGate::Before)) => {
+                return Err(r.err(
+                    s,
+                    "reset_gate",
+                    &reset_value.unwrap_or(Value::String("before".into())),
+                    "\"after\" for model.kind = \"builtin\" (libtorch's GRU computes only the reset-after variant; use model.kind = \"scratch\" for \"before\")",
+                ))
+            }
+            (ModelKind::Builtin, _) => ResetGate::After,
+            (ModelKind::Scratch, g) => g.unwrap_or(ResetGate::Before),
+        };
+        let sigma_value = t.get("init_sigma").cloned();
+        let init_sigma = r.float(&mut t, s, "init_sigma", |x| x > 0.0, "> 0")?;
+        if let (ModelKind::Builtin, Some(v)) = (kind, sigma_value.filter(|_| init_sigma.is_some())) {
+            return Err(r.err(
+                s,
+                "init_sigma",
+                &v,
+                "no value for model.kind = \"builtin\" (it is initialised as PyTorch's nn.GRU; init_sigma applies to the scratch model)",
+            ));
+        }
+        let model = ModelConfig {
+            kind,
+            hidden_size: r.int(&mut t, s, "hidden_size", 1, MAX_SIZE, d.model.hidden_size)?,
+            num_layers: r.int(&mut t, s, "num_layers", 1, 1024, d.model.num_layers)?,
+            reset_gate,
+            init_sigma: match kind {
+                ModelKind::Scratch => init_sigma.or(d.model.init_sigma),
+                ModelKind::Builtin => None,
+            },
+        };
+        r.no_more(&t, s, MODEL_KEYS)?;
+
+        let s = "train";
+        let mut t = section(s);
+        let device = match r.string(&mut t, s, "device")? {
+            Some(dev) => {
+                if parse_device_name(&dev).is_none() {
+                    return Err(r.err(s, "device", &Value::String(dev), "\"auto\", \"cpu\", \"cuda\" or \"cuda:N\""));
+                }
+                dev
+            }
+            None => d.train.device,
+        };
+        let train = TrainConfig {
+            epochs: r.int(&mut t, s, "epochs", 1, MAX_SIZE, d.train.epochs)?,
+            optimizer: r
+                .choice(&mut t, s, "optimizer", &[("sgd", OptimizerKind::Sgd), ("adam", OptimizerKind::Adam)])?
+                .unwrap_or(d.train.optimizer),
+            lr: r.float(&mut t, s, "lr", |x| x > 0.0, "> 0")?.unwrap_or(d.train.lr),
+            grad_clip: r.float(&mut t, s, "grad_clip", |x| x > 0.0, "> 0")?.unwrap_or(d.train.grad_clip),
+            seed: r.u64(&mut t, s, "seed", d.train.seed)?,
+            device,
+            threads: r.int(&mut t, s, "threads", 0, 4096, d.train.threads)?,
+            predict_every: r.int(&mut t, s, "predict_every", 0, MAX_SIZE, d.train.predict_every)?,
+            checkpoint_every: r.int(&mut t, s, "checkpoint_every", 0, MAX_SIZE, d.train.checkpoint_every)?,
+            val_every: r.int(&mut t, s, "val_every", 1, MAX_SIZE, d.train.val_every)?,
+            deterministic: r.bool(&mut t, s, "deterministic", d.train.deterministic)?,
+        };
+        r.no_more(&t, s, TRAIN_KEYS)?;
+
+        let s = "sample";
+        let mut t = section(s);
+        let prefixes_value = t.get("prefixes").cloned();
+        let prefixes = r.strings(&mut t, s, "prefixes")?.unwrap_or(d.sample.prefixes);
+        if prefixes.iter().any(String::is_empty) {
+            return Err(r.err(s, "prefixes", &prefixes_value.unwrap_or(Value::Array(vec![])), "non-empty strings"));
+        }
+        let sample = SampleConfig {
+            prefixes,
+            len: r.int(&mut t, s, "len", 0, MAX_SAMPLE_LEN as i64, d.sample.len)?,
+            temperature: r.float(&mut t, s, "temperature", |x| x > 0.0, "> 0")?,
+            top_k: match r.int(&mut t, s, "top_k", 1, MAX_SIZE, 0)? {
+                0 => None,
+                k => Some(k),
+            },
+            seed: r.u64(&mut t, s, "seed", d.sample.seed)?,
+        };
+        r.no_more(&t, s, SAMPLE_KEYS)?;
+
+        Ok(Config { data, model, train, sample })
+    }
+
+    /// The resolved config as TOML, every key written out (saved with each run).
+    pub fn to_toml(&self) -> String {
+        let header = "# Resolved by grulm: every key, defaults included.\n";
+        header.to_string() + &toml::to_string(self).expect("config serializes to TOML")
+    }
+
+    /// Keys whose values differ between two configs, as `section.key` (for
+    /// `--resume` with a changed config).
+    pub fn differing_keys(&self, other: &Config) -> Vec<String> {
+        let a = Value::try_from(self).expect("config to TOML value");
+        let b = Value::try_from(other).expect("config to TOML value");
+        let mut out = Vec::new();
+        for section in SECTIONS {
+            let (sa, sb) = (a.get(section), b.get(section));
+            let keys: std::collections::BTreeSet<&String> =
+                sa.and_then(Value::as_table).into_iter().chain(sb.and_then(Value::as_table)).flat_map(|t| t.keys()).collect();
+            for k in keys {
+                if sa.and_then(|t| t.get(k)) != sb.and_then(|t| t.get(k)) {
+                    out.push(format!("{section}.{k}"));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Longest sample grulm will generate; the output is streamed, so memory stays
+/// bounded, but a typo of 10^12 should not run forever.
+pub const MAX_SAMPLE_LEN: usize = 10_000_000;
+
+/// `section.key=value` -> (section, key, TOML value). A value that is not valid
+/// TOML is taken as a string, so `--set model.kind=builtin` works unquoted.
+pub fn parse_set(set: &str) -> Result<(String, String, Value), UsageError> {
+    let bad = |why: &str| UsageError(format!("--set {set}: {why}; expected SECTION.KEY=VALUE, e.g. --set train.lr=0.5"));
+    let (lhs, rhs) = set.split_once('=').ok_or_else(|| bad("no '='"))?;
+    let (section, key) = lhs.trim().split_once('.').ok_or_else(|| bad("the key has no section"))?;
+    let ident = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !ident(section) || !ident(key) {
+        return Err(bad("malformed key"));
+    }
+    let rhs = rhs.trim();
+    if rhs.is_empty() {
+        return Err(bad("empty value"));
+    }
+    let value = match format!("v = {rhs}").parse::<Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or(Value::String(rhs.into())),
+        Err(_) => Value::String(rhs.into()),
+    };
+    Ok((section.to_string(), key.to_string(), value))
+}
+
+/// `auto`/`cpu`/`cuda`/`cuda:N` -> validated; `None` for anything else.
+pub fn parse_device_name(s: &str) -> Option<DeviceRequest> {
+    match s {
+        "auto" => Some(DeviceRequest::Auto),
+        "cpu" => Some(DeviceRequest::Cpu),
+        "cuda" => Some(DeviceRequest::Cuda(0)),
+        _ => s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()).map(DeviceRequest::Cuda),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceRequest {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+fn line_col(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    format!(":{line}:{col}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_d2l_defaults() {
+        assert_eq!(Config::parse("", "x.toml", &[]).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn resolved_config_round_trips() {
+        let c = Config::parse("[model]\nkind = \"builtin\"\n[sample]\ntemperature = 0.5\n", "x.toml", &[]).unwrap();
+        assert_eq!(Config::parse(&c.to_toml(), "resolved", &[]).unwrap(), c);
+    }
+}

@@ -1,0 +1,410 @@
+//! The data pipeline, d2l 0.17 semantics by default: corpus (downloaded and
+//! SHA-1 checked, or a user's file), preprocessing, vocabulary, and the two
+//! minibatch partitions of `seq_data_iter_sequential` / `seq_data_iter_random`.
+//!
+//! Shapes: B batch size, T time steps (`num_steps`). A [`Minibatches`] holds, for
+//! one epoch, `n` minibatches of inputs `X [B, T]` and targets `Y [B, T]`, where
+//! `Y` is `X` shifted by one token in the corpus.
+use crate::config::{DataConfig, Preprocess};
+use crate::fsutil;
+use crate::usage;
+use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use sha1::{Digest, Sha1};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// d2l's address for H. G. Wells' *The Time Machine* and its SHA-1.
+pub const TIMEMACHINE_URL: &str = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt";
+pub const TIMEMACHINE_SHA1: &str = "090b5e7e70c295757f55df93cb0a180b9691891a";
+pub const TIMEMACHINE_NAME: &str = "timemachine";
+/// The unknown token, always at index 0 (d2l's `Vocab`).
+pub const UNK: &str = "<unk>";
+/// Downloads larger than this are refused (the Time Machine is 179 kB).
+const MAX_DOWNLOAD_BYTES: u64 = 64 << 20;
+
+/// `$GRULM_DATA_DIR`, or `data/` under the current directory.
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("GRULM_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("data"))
+}
+
+/// Resolves a corpus name to a file: `timemachine` is `timemachine.txt` in the
+/// data directory, downloaded (and SHA-1 checked) when missing; anything else is
+/// a path to a UTF-8 text file.
+pub fn resolve_corpus(name: &str) -> Result<PathBuf> {
+    if name != TIMEMACHINE_NAME {
+        return Ok(PathBuf::from(name));
+    }
+    let dir = data_dir();
+    let path = dir.join("timemachine.txt");
+    if path.is_file() {
+        // A copy put there by hand (or truncated) must still be d2l's text.
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let got = hex_sha1(&bytes);
+        if got != TIMEMACHINE_SHA1 {
+            bail!("{} has SHA-1 {got}, expected {TIMEMACHINE_SHA1}; remove it to download it again", path.display());
+        }
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let url = std::env::var("GRULM_TIMEMACHINE_URL").unwrap_or_else(|_| TIMEMACHINE_URL.to_string());
+    eprintln!("downloading {url} to {}", path.display());
+    download_verified(&url, TIMEMACHINE_SHA1, &path).with_context(|| {
+        format!(
+            "the Time Machine corpus is not in {dir} and could not be downloaded; \
+             put timemachine.txt (SHA-1 {TIMEMACHINE_SHA1}) in {dir} by hand, \
+             set GRULM_DATA_DIR to a directory holding it, or set data.corpus to a text file",
+            dir = dir.display()
+        )
+    })?;
+    Ok(path)
+}
+
+/// Downloads `url` to `dest`, checking the SHA-1 of the bytes before anything is
+/// written. The file appears atomically (temporary file, fsync, rename): a
+/// mismatch or a broken transfer leaves no file behind.
+pub fn download_verified(url: &str, sha1_hex: &str, dest: &Path) -> Result<()> {
+    let resp = ureq::get(url).timeout(std::time::Duration::from_secs(120)).call().map_err(|e| match e {
+        ureq::Error::Status(code, r) => anyhow::anyhow!("download of {url} failed: HTTP {code} {}", r.status_text()),
+        ureq::Error::Transport(t) => {
+            anyhow::anyhow!("download of {url} failed: {}{}", t.kind(), t.message().map(|m| format!(": {m}")).unwrap_or_default())
+        }
+    })?;
+    let mut bytes = Vec::new();
+    resp.into_reader().take(MAX_DOWNLOAD_BYTES + 1).read_to_end(&mut bytes).with_context(|| format!("download of {url} broke off"))?;
+    if bytes.len() as u64 > MAX_DOWNLOAD_BYTES {
+        bail!("download of {url} is larger than {MAX_DOWNLOAD_BYTES} bytes; refused");
+    }
+    let got = hex_sha1(&bytes);
+    if !got.eq_ignore_ascii_case(sha1_hex) {
+        bail!("download of {url} has SHA-1 {got}, expected {sha1_hex}; nothing was written");
+    }
+    fsutil::write_atomic(dest, &bytes)
+}
+
+pub fn hex_sha1(bytes: &[u8]) -> String {
+    Sha1::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a corpus file, with one-line errors for the usual mistakes.
+pub fn read_text(path: &Path) -> Result<String> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => usage!("corpus {shown}: no such file"),
+        _ => usage!("corpus {shown}: cannot read: {e}"),
+    })?;
+    if meta.is_dir() {
+        return Err(usage!("corpus {shown}: is a directory, expected a UTF-8 text file"));
+    }
+    let bytes = std::fs::read(path).map_err(|e| usage!("corpus {shown}: cannot read: {e}"))?;
+    if bytes.is_empty() {
+        return Err(usage!("corpus {shown}: is empty"));
+    }
+    String::from_utf8(bytes)
+        .map_err(|e| usage!("corpus {shown}: not UTF-8 (invalid byte at offset {}); grulm reads UTF-8 text", e.utf8_error().valid_up_to()))
+}
+
+/// d2l 0.17's `read_time_machine`: per line, every run of characters outside
+/// `A-Za-z` becomes one space, then strip and lowercase; the lines are joined
+/// with no separator (hence d2l's "himwas"). `Raw` keeps every character.
+pub fn preprocess(text: &str, mode: Preprocess) -> Vec<char> {
+    match mode {
+        Preprocess::Raw => text.chars().collect(),
+        Preprocess::D2l => {
+            let mut out = Vec::with_capacity(text.len());
+            // Python's text mode splits on \n, \r and \r\n; all are non-letters,
+            // so any of them ends a line and is stripped with its neighbours.
+            for line in text.split(['\n', '\r']) {
+                let mut pending_space = false;
+                let mut any = false;
+                for c in line.chars() {
+                    if c.is_ascii_alphabetic() {
+                        if pending_space && any {
+                            out.push(' ');
+                        }
+                        pending_space = false;
+                        any = true;
+                        out.push(c.to_ascii_lowercase());
+                    } else {
+                        pending_space = true;
+                    }
+                }
+            }
+            out
+        }
+    }
+}
+
+/// Character vocabulary, as d2l's `Vocab`: `<unk>` at index 0, then the reserved
+/// tokens, then the characters by descending frequency; ties keep the order of
+/// first occurrence (Python's stable sort over a `Counter`). Characters seen
+/// fewer than `min_freq` times are left out and map to `<unk>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vocab {
+    idx_to_token: Vec<String>,
+    char_to_idx: HashMap<char, i64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VocabJson {
+    idx_to_token: Vec<String>,
+}
+
+impl Vocab {
+    pub fn build(tokens: &[char], min_freq: usize, reserved: &[String]) -> Vocab {
+        let mut counts: HashMap<char, (usize, usize)> = HashMap::new(); // char -> (count, first index)
+        for (i, &c) in tokens.iter().enumerate() {
+            counts.entry(c).or_insert((0, i)).0 += 1;
+        }
+        let mut freqs: Vec<(char, usize, usize)> = counts.into_iter().map(|(c, (n, first))| (c, n, first)).collect();
+        freqs.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
+        let mut idx_to_token = vec![UNK.to_string()];
+        for r in reserved {
+            if !idx_to_token.contains(r) {
+                idx_to_token.push(r.clone());
+            }
+        }
+        for (c, n, _) in freqs {
+            if n < min_freq {
+                break;
+            }
+            let s = c.to_string();
+            if !idx_to_token.contains(&s) {
+                idx_to_token.push(s);
+            }
+        }
+        Vocab::from_tokens(idx_to_token).expect("built vocabulary is well formed")
+    }
+
+    fn from_tokens(idx_to_token: Vec<String>) -> Result<Vocab> {
+        if idx_to_token.first().map(String::as_str) != Some(UNK) {
+            bail!("the first token must be {UNK}");
+        }
+        let mut char_to_idx = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in idx_to_token.iter().enumerate() {
+            if !seen.insert(t.as_str()) {
+                bail!("token {t:?} appears twice");
+            }
+            let mut cs = t.chars();
+            if let (Some(c), None) = (cs.next(), cs.next()) {
+                char_to_idx.insert(c, i as i64);
+            }
+        }
+        Ok(Vocab { idx_to_token, char_to_idx })
+    }
+
+    pub fn len(&self) -> usize {
+        self.idx_to_token.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.idx_to_token.is_empty()
+    }
+
+    pub fn tokens(&self) -> &[String] {
+        &self.idx_to_token
+    }
+
+    /// The index of a character, `<unk>` (0) if it is not in the vocabulary.
+    pub fn index(&self, c: char) -> i64 {
+        self.char_to_idx.get(&c).copied().unwrap_or(0)
+    }
+
+    pub fn contains(&self, c: char) -> bool {
+        self.char_to_idx.contains_key(&c)
+    }
+
+    pub fn encode(&self, chars: &[char]) -> Vec<i64> {
+        chars.iter().map(|&c| self.index(c)).collect()
+    }
+
+    pub fn decode(&self, ids: &[i64]) -> String {
+        ids.iter().map(|&i| self.idx_to_token.get(i as usize).map(String::as_str).unwrap_or(UNK)).collect()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(&VocabJson { idx_to_token: self.idx_to_token.clone() }).expect("vocab serializes") + "\n"
+    }
+
+    pub fn from_json(text: &str) -> Result<Vocab> {
+        let v: VocabJson = serde_json::from_str(text).context("not a grulm vocabulary (expected {\"idx_to_token\": [...]})")?;
+        Vocab::from_tokens(v.idx_to_token)
+    }
+
+    pub fn load(path: &Path) -> Result<Vocab> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Vocab::from_json(&text).with_context(|| format!("{}", path.display()))
+    }
+}
+
+/// A loaded corpus: the vocabulary (built on the whole text, as d2l does) and the
+/// token ids for training (the first `max_tokens`, minus the validation split)
+/// and validation (the last `val_fraction` of those).
+pub struct Corpus {
+    pub vocab: Vocab,
+    pub train: Vec<i64>,
+    pub val: Option<Vec<i64>>,
+    /// Characters after preprocessing, before `max_tokens` (170,580 for d2l's Time Machine).
+    pub total_chars: usize,
+}
+
+impl Corpus {
+    /// d2l's `load_corpus_time_machine` plus the validation split, with the checks a
+    /// user's own text needs. The config is already validated.
+    pub fn load(cfg: &DataConfig) -> Result<Corpus> {
+        let path = resolve_corpus(&cfg.corpus)?;
+        let text = read_text(&path)?;
+        Corpus::from_text(&text, cfg, &path.display().to_string())
+    }
+
+    pub fn from_text(text: &str, cfg: &DataConfig, shown: &str) -> Result<Corpus> {
+        let chars = preprocess(text, cfg.preprocess);
+        if chars.is_empty() {
+            return Err(usage!(
+                "corpus {shown}: nothing is left after preprocessing (data.preprocess = \"d2l\" keeps only the letters A-Z, a-z); use data.preprocess = \"raw\" for other text"
+            ));
+        }
+        let vocab = Vocab::build(&chars, cfg.min_freq, &cfg.reserved_tokens);
+        let mut ids = vocab.encode(&chars);
+        if cfg.max_tokens > 0 {
+            ids.truncate(cfg.max_tokens);
+        }
+        let need = cfg.batch_size * cfg.num_steps + 1;
+        let n_val = (ids.len() as f64 * cfg.val_fraction).floor() as usize;
+        let val = if n_val > 0 {
+            let val = ids.split_off(ids.len() - n_val);
+            if val.len() < need {
+                return Err(usage!(
+                    "data.val_fraction = {}: the validation split of corpus {shown} has {} tokens, fewer than one minibatch needs (batch_size x num_steps + 1 = {need})",
+                    cfg.val_fraction,
+                    val.len()
+                ));
+            }
+            Some(val)
+        } else {
+            None
+        };
+        if ids.len() < need {
+            return Err(usage!(
+                "corpus {shown}: {} training tokens (after max_tokens and the validation split) are too few for one minibatch: batch_size x num_steps + 1 = {} x {} + 1 = {need}",
+                ids.len(),
+                cfg.batch_size,
+                cfg.num_steps
+            ));
+        }
+        Ok(Corpus { vocab, train: ids, val, total_chars: chars.len() })
+    }
+}
+
+/// How an epoch cuts the corpus into minibatches (d2l 0.17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeqPartition {
+    /// `seq_data_iter_sequential`: the corpus (after a random offset) is split into
+    /// B parallel streams, so row i of minibatch k+1 continues row i of minibatch k
+    /// and the hidden state can be carried over.
+    Sequential,
+    /// `seq_data_iter_random`: non-overlapping subsequences of T tokens (after a
+    /// random offset), in shuffled order; adjacent minibatches are not adjacent text.
+    Random,
+}
+
+/// One epoch of minibatches, laid out `[n, B, T]` row-major, ready to upload in
+/// one copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Minibatches {
+    pub n: usize,
+    pub batch_size: usize,
+    pub num_steps: usize,
+    pub x: Vec<i64>,
+    pub y: Vec<i64>,
+}
+
+impl Minibatches {
+    /// Inputs of minibatch `k`, row `i`.
+    pub fn x_row(&self, k: usize, i: usize) -> &[i64] {
+        let start = (k * self.batch_size + i) * self.num_steps;
+        &self.x[start..start + self.num_steps]
+    }
+
+    pub fn y_row(&self, k: usize, i: usize) -> &[i64] {
+        let start = (k * self.batch_size + i) * self.num_steps;
+        &self.y[start..start + self.num_steps]
+    }
+}
+
+/// The random generator of epoch `epoch` (0-based) of a run seeded with `seed`:
+/// each epoch has its own stream, so a resumed run draws what an uninterrupted
+/// one would.
+pub fn epoch_rng(seed: u64, epoch: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(epoch as u64);
+    rng
+}
+
+/// Cuts `corpus` into one epoch of minibatches.
+///
+/// Offsets follow d2l 0.17: uniform in `[0, T]` (inclusive, as d2l's
+/// `random.randint(0, num_steps)`) for the sequential partition and in `[0, T-1]`
+/// for the random one. They are capped so that at least one minibatch always
+/// fits a corpus of `B*T + 1` tokens; for d2l's 10,000 tokens the cap never acts.
+pub fn epoch_minibatches(corpus: &[i64], b: usize, t: usize, partition: SeqPartition, rng: &mut impl Rng) -> Minibatches {
+    assert!(b > 0 && t > 0 && corpus.len() > b * t, "corpus too short for one minibatch");
+    let slack = corpus.len() - 1 - b * t;
+    match partition {
+        SeqPartition::Sequential => {
+            let offset = rng.gen_range(0..=t.min(slack));
+            sequential_minibatches(corpus, b, t, offset)
+        }
+        SeqPartition::Random => {
+            let offset = rng.gen_range(0..=(t - 1).min(slack));
+            random_minibatches(corpus, b, t, offset, rng)
+        }
+    }
+}
+
+/// `seq_data_iter_sequential` after its offset: `B` streams of `L` tokens each;
+/// minibatch k holds columns `[k*T, (k+1)*T)` of every stream.
+pub fn sequential_minibatches(corpus: &[i64], b: usize, t: usize, offset: usize) -> Minibatches {
+    let num_tokens = ((corpus.len() - offset - 1) / b) * b;
+    let row_len = num_tokens / b;
+    let n = row_len / t;
+    let mut x = Vec::with_capacity(n * b * t);
+    let mut y = Vec::with_capacity(n * b * t);
+    for k in 0..n {
+        for i in 0..b {
+            let start = offset + i * row_len + k * t;
+            x.extend_from_slice(&corpus[start..start + t]);
+            y.extend_from_slice(&corpus[start + 1..start + 1 + t]);
+        }
+    }
+    Minibatches { n, batch_size: b, num_steps: t, x, y }
+}
+
+/// `seq_data_iter_random` after its offset: the subsequences starting at
+/// `offset + j*T`, shuffled, `B` to a minibatch; the remainder is dropped.
+pub fn random_minibatches(corpus: &[i64], b: usize, t: usize, offset: usize, rng: &mut impl Rng) -> Minibatches {
+    let rest = &corpus[offset..];
+    let num_subseqs = (rest.len() - 1) / t;
+    let mut starts: Vec<usize> = (0..num_subseqs).map(|i| i * t).collect();
+    starts.shuffle(rng);
+    let n = num_subseqs / b;
+    let mut x = Vec::with_capacity(n * b * t);
+    let mut y = Vec::with_capacity(n * b * t);
+    for &s in &starts[..n * b] {
+        x.extend_from_slice(&rest[s..s + t]);
+        y.extend_from_slice(&rest[s + 1..s + 1 + t]);
+    }
+    Minibatches { n, batch_size: b, num_steps: t, x, y }
+}
+
+/// Minibatches for evaluation: the sequential partition with no offset, so the
+/// same text gives the same perplexity every time.
+pub fn eval_minibatches(corpus: &[i64], b: usize, t: usize) -> Minibatches {
+    sequential_minibatches(corpus, b, t, 0)
+}

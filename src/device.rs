@@ -1,0 +1,82 @@
+//! Devices and the `grulm info` report.
+use crate::config::{parse_device_name, DeviceRequest};
+use crate::usage;
+use anyhow::Result;
+use tch::Device;
+
+/// The libtorch grulm was built against (read by build.rs from libtorch's
+/// `build-version` or the PyPI wheel's `torch/version.py`).
+pub const LIBTORCH_VERSION: &str = env!("GRULM_LIBTORCH_VERSION");
+
+/// Resolves `auto|cpu|cuda|cuda:N`. Asking for CUDA where there is none is an
+/// error that says why: a CPU-only libtorch, or no GPU (or driver) found.
+pub fn resolve(name: &str) -> Result<Device> {
+    let req = parse_device_name(name).ok_or_else(|| usage!("device {name:?}: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""))?;
+    match req {
+        DeviceRequest::Cpu => Ok(Device::Cpu),
+        DeviceRequest::Auto => Ok(Device::cuda_if_available()),
+        DeviceRequest::Cuda(i) => {
+            if !libtorch_has_cuda() {
+                return Err(usage!(
+                    "device {name:?}: this libtorch ({LIBTORCH_VERSION}) was built without CUDA; build grulm against a CUDA libtorch (LIBTORCH=/path/to/libtorch) or use --device cpu"
+                ));
+            }
+            if !tch::Cuda::is_available() {
+                return Err(usage!(
+                    "device {name:?}: libtorch has CUDA, but no GPU was found (no device, or no NVIDIA driver); use --device cpu"
+                ));
+            }
+            let n = tch::Cuda::device_count() as usize;
+            if i >= n {
+                return Err(usage!("device {name:?}: only {n} CUDA device(s) found (cuda:0 to cuda:{})", n - 1));
+            }
+            Ok(Device::Cuda(i))
+        }
+    }
+}
+
+pub fn describe(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// Sets libtorch's CPU thread count (0: leave libtorch's default, one per core).
+pub fn set_threads(threads: usize) {
+    if threads > 0 {
+        tch::set_num_threads(threads as i32);
+    }
+}
+
+/// What a user checks first on a new box.
+pub fn info_report() -> String {
+    let cuda = tch::Cuda::is_available();
+    let mut s = String::new();
+    s += &format!("grulm            {}\n", env!("CARGO_PKG_VERSION"));
+    s += &format!("libtorch         {LIBTORCH_VERSION}\n");
+    s += &format!("libtorch lib     {}\n", option_env!("GRULM_LIBTORCH_LIB").unwrap_or("unknown"));
+    s += &format!("built with CUDA  {}\n", yes_no(libtorch_has_cuda()));
+    s += &format!("CUDA available   {}\n", yes_no(cuda));
+    s += &format!("CUDA devices     {}\n", if cuda { tch::Cuda::device_count() } else { 0 });
+    s += &format!("cuDNN available  {}\n", yes_no(cuda && tch::Cuda::cudnn_is_available()));
+    s += &format!("CPU threads      {}\n", tch::get_num_threads());
+    s += &format!("default device   {}\n", describe(Device::cuda_if_available()));
+    s
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// Whether this libtorch carries CUDA (libtorch_cuda loaded), GPU or not.
+/// `at::hasCUDA()` is false without a GPU, so ask for the CUDA runtime hooks,
+/// which only libtorch_cuda registers.
+pub fn libtorch_has_cuda() -> bool {
+    tch::utils::has_cudart()
+}

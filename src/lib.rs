@@ -1,0 +1,17 @@
+//! grulm: character-level GRU language models on libtorch, a port of d2l.ai's
+//! "Gated Recurrent Units" chapter (0.17). See README.md.
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod console;
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod fsutil;
+pub mod model;
+pub mod optim;
+pub mod parity;
+pub mod plot;
+pub mod run;
+pub mod sample;
+pub mod train;

@@ -1,0 +1,123 @@
+//! Scratch GRU (reset-after) against libtorch's GRU, same weights through the
+//! [`layout`](crate::model::layout) map: logits, final state, loss and the
+//! gradient of every parameter. `grulm parity` prints this; the tests assert it.
+use crate::checkpoint;
+use crate::config::{ModelConfig, ModelKind, ResetGate};
+use crate::model::layout::{pytorch_to_scratch, scratch_to_pytorch, BiasHh};
+use crate::model::{lm_loss, RecurrentLm, ScratchGru, ScratchPath, State};
+use anyhow::{anyhow, Result};
+use std::collections::HashMap;
+use tch::{Device, Kind, Tensor};
+
+/// Shapes of the comparison: B=4, T=7 (as the issue asks), a small V and H.
+pub const BATCH: i64 = 4;
+pub const STEPS: i64 = 7;
+pub const VOCAB: i64 = 11;
+pub const HIDDEN: i64 = 16;
+/// Weights and initial state ~ N(0, 0.5²): gates neither saturated nor linear.
+pub const SCALE: f64 = 0.5;
+
+/// Tolerance on the max abs difference: f64 1e-10, f32 1e-5.
+pub fn tolerance(kind: Kind) -> f64 {
+    if kind == Kind::Double {
+        1e-10
+    } else {
+        1e-5
+    }
+}
+
+pub struct ParityReport {
+    pub device: Device,
+    pub kind: Kind,
+    pub layers: usize,
+    pub tolerance: f64,
+    /// (what, max abs difference)
+    pub rows: Vec<(String, f64)>,
+}
+
+impl ParityReport {
+    pub fn worst(&self) -> f64 {
+        self.rows.iter().map(|r| r.1).fold(0.0, f64::max)
+    }
+
+    pub fn passed(&self) -> bool {
+        self.rows.iter().all(|r| r.1 <= self.tolerance)
+    }
+
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "scratch GRU (reset after) vs built-in GRU on {} in {:?}, {} layer(s), B={BATCH} T={STEPS} V={VOCAB} H={HIDDEN}\n",
+            crate::device::describe(self.device),
+            self.kind,
+            self.layers
+        );
+        s += &format!("{:<28} {:>14}\n", "quantity", "max |diff|");
+        for (name, d) in &self.rows {
+            let flag = if *d <= self.tolerance { "" } else { "  FAIL" };
+            s += &format!("{name:<28} {d:>14.3e}{flag}\n");
+        }
+        s += &format!("tolerance {:.0e}: {}\n", self.tolerance, if self.passed() { "ok" } else { "FAILED" });
+        s
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    f64::try_from((a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max()).unwrap_or(f64::INFINITY)
+}
+
+/// Fills every parameter with N(0, scale²) draws (biases too, so the bias map is
+/// exercised).
+pub fn randomize(model: &dyn RecurrentLm, scale: f64) {
+    tch::no_grad(|| {
+        for (_, mut p) in model.named_parameters() {
+            let r = p.randn_like() * scale;
+            p.copy_(&r);
+        }
+    });
+}
+
+/// Runs the comparison with the scratch model on `path`.
+pub fn compare(device: Device, kind: Kind, layers: usize, path: ScratchPath, seed: i64) -> Result<ParityReport> {
+    tch::manual_seed(seed);
+    let cfg = |k| ModelConfig {
+        kind: k,
+        hidden_size: HIDDEN as usize,
+        num_layers: layers,
+        reset_gate: ResetGate::After,
+        init_sigma: Some(SCALE),
+    };
+    let builtin = cfg(ModelKind::Builtin).init(VOCAB, device, kind);
+    randomize(builtin.as_ref(), SCALE);
+    let mut vs = tch::nn::VarStore::new(device);
+    vs.set_kind(kind);
+    let mut scratch = ScratchGru::new(vs, VOCAB, HIDDEN, layers as i64, ResetGate::After, SCALE);
+    scratch.set_path(path);
+    let builtin_params: HashMap<String, Tensor> = builtin.named_parameters().into_iter().collect();
+    checkpoint::assign(&scratch.named_parameters(), &pytorch_to_scratch(&builtin_params, layers)?, "built-in weights")?;
+
+    let tokens = Tensor::randint(VOCAB, [BATCH, STEPS], (Kind::Int64, device));
+    let targets = Tensor::randint(VOCAB, [BATCH, STEPS], (Kind::Int64, device));
+    let h0 = Tensor::randn([layers as i64, BATCH, HIDDEN], (kind, device)) * SCALE;
+
+    let run = |m: &dyn RecurrentLm| {
+        let (logits, state) = m.forward(&tokens, &State(vec![h0.shallow_clone()]));
+        let loss = lm_loss(&logits, &targets);
+        loss.backward();
+        (logits, state, loss)
+    };
+    let (l_b, s_b, loss_b) = run(builtin.as_ref());
+    let (l_s, s_s, loss_s) = run(&scratch);
+
+    let mut rows = vec![
+        ("logits".to_string(), max_abs_diff(&l_s, &l_b)),
+        ("final state".to_string(), max_abs_diff(s_s.hidden(), s_b.hidden())),
+        ("loss".to_string(), max_abs_diff(&loss_s, &loss_b)),
+    ];
+    let scratch_grads: HashMap<String, Tensor> = scratch.named_parameters().into_iter().map(|(n, p)| (n, p.grad())).collect();
+    let mapped = scratch_to_pytorch(&scratch_grads, layers, BiasHh::Gradient)?;
+    for (name, g) in mapped {
+        let p = builtin_params.get(&name).ok_or_else(|| anyhow!("built-in model has no {name}"))?;
+        rows.push((format!("grad {name}"), max_abs_diff(&g, &p.grad())));
+    }
+    Ok(ParityReport { device, kind, layers, tolerance: tolerance(kind), rows })
+}

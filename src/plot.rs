@@ -1,0 +1,55 @@
+//! `perplexity.svg`: d2l's Animator curve (perplexity against epoch).
+use crate::fsutil;
+use crate::run::EpochMetrics;
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+use std::path::Path;
+
+/// Draws train (and validation, where measured) perplexity per epoch.
+pub fn perplexity_svg(metrics: &[EpochMetrics], title: &str, path: &Path) -> Result<()> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (640, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let last = metrics.last().map(|m| m.epoch).unwrap_or(1).max(2);
+        let ppls = metrics.iter().flat_map(|m| std::iter::once(m.train_ppl).chain(m.val_ppl));
+        let y_max = ppls.fold(1.0f64, f64::max) * 1.05;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(1f64..last as f64, 0.9f64..y_max.max(1.5))
+            .map_err(plot_err)?;
+        chart.configure_mesh().x_desc("epoch").y_desc("perplexity").axis_desc_style(("sans-serif", 15)).draw().map_err(plot_err)?;
+        let train: Vec<(f64, f64)> = metrics.iter().map(|m| (m.epoch as f64, m.train_ppl)).collect();
+        chart
+            .draw_series(LineSeries::new(train, BLUE.stroke_width(2)))
+            .map_err(plot_err)?
+            .label("train")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+        let val: Vec<(f64, f64)> = metrics.iter().filter_map(|m| m.val_ppl.map(|v| (m.epoch as f64, v))).collect();
+        if !val.is_empty() {
+            let orange = RGBColor(230, 120, 20);
+            chart
+                .draw_series(LineSeries::new(val.clone(), orange.stroke_width(2)))
+                .map_err(plot_err)?
+                .label("validation")
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], orange.stroke_width(2)));
+            chart.draw_series(val.iter().map(|&p| Circle::new(p, 3, orange.filled()))).map_err(plot_err)?;
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    fsutil::write_atomic(path, svg.as_bytes())
+}
+
+fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("cannot draw the perplexity plot: {e:?}")
+}

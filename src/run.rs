@@ -1,0 +1,199 @@
+//! A run directory and what it holds:
+//!
+//! | file                     | what                                                        |
+//! |--------------------------|-------------------------------------------------------------|
+//! | `config.toml`            | the resolved config, every key                              |
+//! | `vocab.json`             | the vocabulary (`idx_to_token`)                             |
+//! | `model.safetensors`      | the parameters (PyTorch names for the built-in model)       |
+//! | `checkpoint.safetensors` | parameters + optimiser state + epoch, for `--resume`        |
+//! | `metrics.jsonl`          | one line per epoch                                          |
+//! | `perplexity.svg`         | the d2l Animator curve                                      |
+//!
+//! Every file but `metrics.jsonl` is replaced atomically (temporary file, fsync,
+//! rename); metrics lines are appended whole. A kill at any moment leaves a
+//! loadable checkpoint and the metrics of every epoch up to it.
+use crate::checkpoint;
+use crate::config::Config;
+use crate::data::Vocab;
+use crate::fsutil;
+use crate::model::RecurrentLm;
+use crate::optim::Optimizer;
+use crate::usage;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind};
+
+pub const CONFIG: &str = "config.toml";
+pub const VOCAB: &str = "vocab.json";
+pub const MODEL: &str = "model.safetensors";
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+pub const METRICS: &str = "metrics.jsonl";
+pub const PLOT: &str = "perplexity.svg";
+const FILES: &[&str] = &[CONFIG, VOCAB, MODEL, CHECKPOINT, METRICS, PLOT];
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based.
+    pub epoch: usize,
+    /// exp of the token-weighted mean cross-entropy over the epoch (d2l's).
+    pub train_ppl: f64,
+    pub val_ppl: Option<f64>,
+    pub tokens_per_s: f64,
+    pub lr: f64,
+    /// Mean over the epoch's steps of the global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Training wall time since the run began, resumed parts included.
+    pub elapsed_s: f64,
+}
+
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(path: impl Into<PathBuf>) -> RunDir {
+        RunDir { path: path.into() }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// True when the directory holds any of grulm's files.
+    pub fn has_run(&self) -> bool {
+        FILES.iter().any(|f| self.file(f).exists())
+    }
+
+    /// Creates the directory for a new run. An existing run is refused unless
+    /// `force`, which removes grulm's files (and nothing else) first.
+    pub fn create(&self, force: bool) -> Result<()> {
+        if self.has_run() {
+            if !force {
+                return Err(usage!(
+                    "{} already holds a run; use --resume to continue it, --force to replace it, or --out for another directory",
+                    self.path.display()
+                ));
+            }
+            for f in FILES {
+                let p = self.file(f);
+                if p.exists() {
+                    std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+                }
+            }
+        }
+        std::fs::create_dir_all(&self.path).with_context(|| format!("cannot create run directory {}", self.path.display()))?;
+        // Fail now, not after an hour of training, if the directory is not writable.
+        fsutil::write_atomic(&self.file(".write-test"), b"")
+            .with_context(|| format!("run directory {} is not writable", self.path.display()))?;
+        let _ = std::fs::remove_file(self.file(".write-test"));
+        Ok(())
+    }
+
+    pub fn save_config(&self, cfg: &Config) -> Result<()> {
+        fsutil::write_atomic(&self.file(CONFIG), cfg.to_toml().as_bytes())
+    }
+
+    pub fn load_config(&self) -> Result<Config> {
+        let p = self.file(CONFIG);
+        if !self.path.is_dir() {
+            return Err(usage!("run directory {}: no such directory", self.path.display()));
+        }
+        let text = std::fs::read_to_string(&p).map_err(|e| usage!("{}: cannot read: {e} (is this a grulm run directory?)", p.display()))?;
+        Ok(Config::parse(&text, &p.display().to_string(), &[])?)
+    }
+
+    pub fn save_vocab(&self, vocab: &Vocab) -> Result<()> {
+        fsutil::write_atomic(&self.file(VOCAB), vocab.to_json().as_bytes())
+    }
+
+    pub fn load_vocab(&self) -> Result<Vocab> {
+        Vocab::load(&self.file(VOCAB))
+    }
+
+    pub fn append_metrics(&self, m: &EpochMetrics) -> Result<()> {
+        let line = serde_json::to_string(m).expect("metrics serialize") + "\n";
+        fsutil::append_line(&self.file(METRICS), &line)
+    }
+
+    /// The metrics lines; a torn last line (a kill mid-write) is ignored.
+    pub fn load_metrics(&self) -> Result<Vec<EpochMetrics>> {
+        let p = self.file(METRICS);
+        let text = match std::fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => bail!("cannot read {}: {e}", p.display()),
+        };
+        Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    }
+
+    /// Keeps the metrics of epochs `1..=epoch` (for `--resume` from that epoch).
+    pub fn truncate_metrics(&self, epoch: usize) -> Result<Vec<EpochMetrics>> {
+        let kept: Vec<EpochMetrics> = self.load_metrics()?.into_iter().filter(|m| m.epoch <= epoch).collect();
+        let text: String = kept.iter().map(|m| serde_json::to_string(m).expect("metrics serialize") + "\n").collect();
+        fsutil::write_atomic(&self.file(METRICS), text.as_bytes())?;
+        Ok(kept)
+    }
+
+    /// Writes the checkpoint (parameters, optimiser state, progress) and then the
+    /// model file, each atomically. Refuses non-finite weights, so a diverged run
+    /// never replaces its last good checkpoint.
+    pub fn save_checkpoint(&self, model: &dyn RecurrentLm, opt: &Optimizer, epoch: usize, elapsed_s: f64) -> Result<()> {
+        let params = model.named_parameters();
+        if !checkpoint::all_finite(&params) {
+            bail!("parameters are not finite after epoch {epoch}; the last good checkpoint is kept in {}", self.path.display());
+        }
+        let (opt_state, steps) = opt.state();
+        let mut meta = HashMap::new();
+        meta.insert("grulm.epoch".to_string(), epoch.to_string());
+        meta.insert("grulm.elapsed_s".to_string(), format!("{elapsed_s}"));
+        meta.insert("grulm.optimizer_steps".to_string(), steps.to_string());
+        meta.insert("grulm.model".to_string(), model.describe());
+        let mut all: Vec<(String, tch::Tensor)> = params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+        all.extend(opt_state);
+        checkpoint::save(&self.file(CHECKPOINT), &all, &meta)?;
+        meta.remove("grulm.optimizer_steps");
+        checkpoint::save(&self.file(MODEL), &params, &meta)
+    }
+
+    /// Restores parameters and optimiser state; returns (epoch, elapsed seconds).
+    pub fn load_checkpoint(&self, model: &dyn RecurrentLm, opt: &mut Optimizer) -> Result<(usize, f64)> {
+        let p = self.file(CHECKPOINT);
+        if !p.exists() {
+            return Err(usage!(
+                "{}: no checkpoint yet (the run stopped before its first one); start it again with --force",
+                self.path.display()
+            ));
+        }
+        let file = checkpoint::load(&p)?;
+        let shown = p.display().to_string();
+        checkpoint::assign(&model.named_parameters(), &file.tensors, &shown)?;
+        let meta =
+            |k: &str| -> Result<String> { file.metadata.get(k).cloned().with_context(|| format!("{shown}: metadata {k} is missing")) };
+        let epoch: usize = meta("grulm.epoch")?.parse().with_context(|| format!("{shown}: bad grulm.epoch"))?;
+        let elapsed: f64 = meta("grulm.elapsed_s")?.parse().with_context(|| format!("{shown}: bad grulm.elapsed_s"))?;
+        let steps: u64 = meta("grulm.optimizer_steps")?.parse().with_context(|| format!("{shown}: bad grulm.optimizer_steps"))?;
+        opt.load_state(&file.tensors, steps).with_context(|| shown.clone())?;
+        Ok((epoch, elapsed))
+    }
+
+    /// A trained model for `sample` and `eval`: config, vocabulary and weights.
+    pub fn load_model(&self, device: Device) -> Result<(Config, Vocab, Box<dyn RecurrentLm>)> {
+        let cfg = self.load_config()?;
+        let vocab = self.load_vocab().map_err(|e| usage!("{e:#}"))?;
+        let model = cfg.model.init(vocab.len() as i64, device, Kind::Float);
+        let p = self.file(MODEL);
+        let file = checkpoint::load(&p)?;
+        checkpoint::assign(&model.named_parameters(), &file.tensors, &p.display().to_string())
+            .with_context(|| format!("the vocabulary in {} has {} tokens", self.file(VOCAB).display(), vocab.len()))?;
+        Ok((cfg, vocab, model))
+    }
+}
+
+/// The default run directory for a config file: `runs/<file stem>`.
+pub fn default_run_dir(config_path: Option<&Path>) -> PathBuf {
+    let stem = config_path.and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "default".into());
+    Path::new("runs").join(stem)
+}

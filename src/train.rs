@@ -1,0 +1,248 @@
+//! The one training loop (d2l's `train_ch8` / `train_epoch_ch8`), shared by every
+//! model of the [`RecurrentLm`] trait.
+//!
+//! Per minibatch: state (carried and detached for the sequential partition, fresh
+//! for the random one) -> forward -> mean cross-entropy per token -> backward ->
+//! clip by the global norm -> update. Losses and gradient norms stay on the device
+//! and are read once per epoch: no step waits for the host.
+use crate::config::Config;
+use crate::console::Console;
+use crate::data::{self, Corpus, Minibatches, SeqPartition};
+use crate::device::describe;
+use crate::model::{lm_loss, RecurrentLm, State};
+use crate::optim::Optimizer;
+use crate::run::{EpochMetrics, RunDir};
+use crate::sample::{self, Decode};
+use crate::{plot, usage};
+use anyhow::{bail, Context, Result};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+pub struct TrainOptions {
+    pub run: RunDir,
+    pub resume: bool,
+    pub force: bool,
+    pub device: Device,
+}
+
+/// What a finished run reports.
+pub struct TrainOutcome {
+    pub last: Option<EpochMetrics>,
+    /// (prefix, greedy continuation) for each of `sample.prefixes`.
+    pub predictions: Vec<String>,
+}
+
+/// Device-side results of one epoch.
+struct EpochTensors {
+    /// Mean cross-entropy of each step, `[n]`.
+    losses: Tensor,
+    /// Global gradient norm before clipping of each step, `[n]`.
+    norms: Tensor,
+}
+
+/// One epoch over the minibatches `xs`, `ys` (`[n, B, T]`, on the device).
+fn train_epoch(
+    model: &dyn RecurrentLm,
+    opt: &mut Optimizer,
+    xs: &Tensor,
+    ys: &Tensor,
+    partition: SeqPartition,
+    theta: f64,
+) -> EpochTensors {
+    let (n, batch) = (xs.size()[0], xs.size()[1]);
+    let mut losses = Vec::with_capacity(n as usize);
+    let mut norms = Vec::with_capacity(n as usize);
+    let mut state: Option<State> = None;
+    for k in 0..n {
+        let (x, y) = (xs.get(k), ys.get(k)); // [B, T]
+        let st = match (partition, &state) {
+            (SeqPartition::Sequential, Some(s)) => s.detach(),
+            _ => model.zero_state(batch),
+        };
+        let (logits, new_state) = model.forward(&x, &st); // [T, B, V]
+        let loss = lm_loss(&logits, &y);
+        opt.zero_grad();
+        loss.backward();
+        norms.push(opt.clip_grad_norm(theta));
+        opt.step();
+        losses.push(loss.detach());
+        state = Some(new_state);
+    }
+    EpochTensors { losses: Tensor::stack(&losses, 0), norms: Tensor::stack(&norms, 0) }
+}
+
+/// `[n, B, T]` Int64 tensors on `device`, one copy each.
+pub fn upload(mb: &Minibatches, device: Device) -> (Tensor, Tensor) {
+    let shape = [mb.n as i64, mb.batch_size as i64, mb.num_steps as i64];
+    (Tensor::from_slice(&mb.x).view(shape).to_device(device), Tensor::from_slice(&mb.y).view(shape).to_device(device))
+}
+
+/// Perplexity of `model` on `ids`: exp of the mean cross-entropy per token, the
+/// state carried across minibatches (sequential, offset 0), no gradients. A text
+/// shorter than one `B x T` minibatch is read with fewer rows or steps.
+pub fn perplexity(model: &mut dyn RecurrentLm, ids: &[i64], batch: usize, steps: usize, device: Device) -> Result<f64> {
+    if ids.len() < 2 {
+        return Err(usage!("the text has {} token(s); perplexity needs at least 2", ids.len()));
+    }
+    let t = steps.min(ids.len() - 1);
+    let b = batch.min((ids.len() - 1) / t).max(1);
+    let mb = data::eval_minibatches(ids, b, t);
+    let (xs, ys) = upload(&mb, device);
+    let was_training = model.training();
+    model.set_train(false);
+    let total = tch::no_grad(|| {
+        let mut sum = Tensor::zeros([], (Kind::Double, device));
+        let mut state = model.zero_state(b as i64);
+        for k in 0..mb.n as i64 {
+            let (logits, s) = model.forward(&xs.get(k), &state);
+            let v = logits.size()[2];
+            let ce = logits.view([-1, v]).to_kind(Kind::Double).log_softmax(-1, Kind::Double).nll_loss_nd::<Tensor>(
+                &ys.get(k).tr().reshape([-1]),
+                None,
+                tch::Reduction::Sum,
+                -100,
+            );
+            sum += ce;
+            state = s;
+        }
+        f64::try_from(sum)
+    })?;
+    model.set_train(was_training);
+    Ok((total / (mb.n * b * t) as f64).exp())
+}
+
+/// Trains `cfg`, writing the run directory; prints through `console`.
+pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<TrainOutcome> {
+    let run = &opts.run;
+    let device = opts.device;
+    let corpus = Corpus::load(&cfg.data)?;
+    for p in &cfg.sample.prefixes {
+        sample::encode_prefix(&corpus.vocab, p).map_err(|e| usage!("sample.prefixes: {e:#}"))?;
+    }
+    let v = corpus.vocab.len() as i64;
+    tch::manual_seed(cfg.train.seed as i64);
+    let mut model = cfg.model.init(v, device, Kind::Float);
+    let mut opt = Optimizer::new(cfg.train.optimizer, cfg.train.lr, model.named_parameters());
+
+    let (start, mut elapsed0, mut history) = if opts.resume {
+        let saved = run.load_vocab()?;
+        if saved != corpus.vocab {
+            return Err(usage!(
+                "{}: the vocabulary built from corpus {} ({} tokens) differs from the run's ({} tokens); the corpus or data settings changed since the run began",
+                run.file(crate::run::VOCAB).display(),
+                cfg.data.corpus,
+                corpus.vocab.len(),
+                saved.len()
+            ));
+        }
+        let (epoch, elapsed) = run.load_checkpoint(model.as_ref(), &mut opt)?;
+        let history = run.truncate_metrics(epoch)?;
+        run.save_config(cfg)?;
+        (epoch, elapsed, history)
+    } else {
+        run.create(opts.force)?;
+        run.save_config(cfg)?;
+        run.save_vocab(&corpus.vocab)?;
+        (0, 0.0, vec![])
+    };
+
+    let (b, t) = (cfg.data.batch_size, cfg.data.num_steps);
+    let per_epoch = data::epoch_minibatches(&corpus.train, b, t, cfg.data.partition, &mut data::epoch_rng(0, 0)).n;
+    console.line(&format!(
+        "training {} on {}: {} parameters; {} tokens, vocabulary {}, {} minibatches of {b}x{t} per epoch ({:?}); epochs {}..={}; run directory {}",
+        model.describe(),
+        describe(device),
+        model.parameter_count(),
+        corpus.train.len(),
+        v,
+        per_epoch,
+        cfg.data.partition,
+        start + 1,
+        cfg.train.epochs,
+        run.path.display()
+    ));
+    if start >= cfg.train.epochs {
+        console.line(&format!(
+            "the run has already done {start} epochs (train.epochs = {}); raise it with --set train.epochs=N to go on",
+            cfg.train.epochs
+        ));
+    }
+
+    let title = format!("{} on {}", model.describe(), cfg.data.corpus);
+    let greedy =
+        |model: &mut dyn RecurrentLm, prefix: &str| sample::predict(model, &corpus.vocab, prefix, cfg.sample.len, Decode::Greedy, device);
+    let run_start = Instant::now();
+    let mut last_checkpoint = (start > 0).then_some(start);
+    for epoch in start..cfg.train.epochs {
+        let number = epoch + 1;
+        let timer = Instant::now();
+        let mb = data::epoch_minibatches(&corpus.train, b, t, cfg.data.partition, &mut data::epoch_rng(cfg.train.seed, epoch));
+        let (xs, ys) = upload(&mb, device);
+        model.set_train(true);
+        let out = train_epoch(model.as_ref(), &mut opt, &xs, &ys, cfg.data.partition, cfg.train.grad_clip);
+        // The epoch's one host read.
+        let losses = Vec::<f64>::try_from(out.losses.to_kind(Kind::Double))?;
+        let norms = Vec::<f64>::try_from(out.norms.to_kind(Kind::Double))?;
+        let seconds = timer.elapsed().as_secs_f64();
+        if let Some(step) = losses.iter().position(|l| !l.is_finite()) {
+            let kept = match last_checkpoint {
+                Some(e) => format!("the last good checkpoint (epoch {e}) is kept in {}", run.path.display()),
+                None => "no checkpoint was written yet".to_string(),
+            };
+            bail!(
+                "training diverged: the loss is {} at epoch {number}, step {} of {}; {kept}; lower train.lr (now {}) or train.grad_clip (now {})",
+                losses[step],
+                step + 1,
+                mb.n,
+                cfg.train.lr,
+                cfg.train.grad_clip
+            );
+        }
+        let tokens = (mb.n * b * t) as f64;
+        // Equal-size minibatches: the token-weighted mean is the mean over steps.
+        let train_ppl = (losses.iter().map(|l| l * (b * t) as f64).sum::<f64>() / tokens).exp();
+        let last_epoch = number == cfg.train.epochs;
+        let val_ppl = match &corpus.val {
+            Some(val) if number.is_multiple_of(cfg.train.val_every) || last_epoch => Some(perplexity(model.as_mut(), val, b, t, device)?),
+            _ => None,
+        };
+        let metrics = EpochMetrics {
+            epoch: number,
+            train_ppl,
+            val_ppl,
+            tokens_per_s: tokens / seconds,
+            lr: opt.lr(),
+            grad_norm: norms.iter().sum::<f64>() / norms.len() as f64,
+            elapsed_s: elapsed0 + run_start.elapsed().as_secs_f64(),
+        };
+        run.append_metrics(&metrics)?;
+        history.push(metrics.clone());
+        console.epoch(number, train_ppl, metrics.tokens_per_s);
+        if cfg.train.predict_every > 0 && number.is_multiple_of(cfg.train.predict_every) {
+            let text = greedy(model.as_mut(), &cfg.sample.prefixes[0])?;
+            let val = val_ppl.map(|p| format!("  val {p:.2}")).unwrap_or_default();
+            console.line(&format!("epoch {number:>4}  perplexity {train_ppl:.2}{val}  {:.0} tokens/sec  | {text}", metrics.tokens_per_s));
+        }
+        let due = cfg.train.checkpoint_every > 0 && number.is_multiple_of(cfg.train.checkpoint_every);
+        if due || last_epoch {
+            run.save_checkpoint(model.as_ref(), &opt, number, metrics.elapsed_s)?;
+            last_checkpoint = Some(number);
+            plot::perplexity_svg(&history, &title, &run.file(crate::run::PLOT)).context("perplexity.svg")?;
+        }
+    }
+    elapsed0 += run_start.elapsed().as_secs_f64();
+    console.finish();
+
+    let last = history.last().cloned();
+    if let Some(m) = &last {
+        console.line(&format!("perplexity {:.1}, {:.1} tokens/sec on {}", m.train_ppl, m.tokens_per_s, describe(device)));
+    }
+    let mut predictions = Vec::new();
+    for p in &cfg.sample.prefixes {
+        let text = greedy(model.as_mut(), p)?;
+        console.line(&text);
+        predictions.push(text);
+    }
+    console.line(&format!("{:.1} s of training; run saved in {}", elapsed0, run.path.display()));
+    Ok(TrainOutcome { last, predictions })
+}

@@ -1,0 +1,107 @@
+//! Smoke tests of the real binary in temporary directories.
+use crate::helpers::{assert_fails, grulm, small_config, stdout, timemachine, TempDir};
+
+#[test]
+fn info_reports_libtorch_2_11() {
+    let dir = TempDir::new("info");
+    let o = grulm(dir.path(), &["info"]);
+    assert!(o.status.success());
+    let s = stdout(&o);
+    assert!(s.contains("libtorch         2.11.0"), "{s}");
+    for key in ["CUDA available", "CUDA devices", "cuDNN available", "CPU threads", "grulm "] {
+        assert!(s.contains(key), "{key}: {s}");
+    }
+}
+
+#[test]
+fn help_explains_each_command_and_exit_codes() {
+    let dir = TempDir::new("help");
+    for cmd in [
+        &["--help"][..],
+        &["train", "--help"],
+        &["sample", "--help"],
+        &["eval", "--help"],
+        &["parity", "--help"],
+        &["info", "--help"],
+        &["bench", "--help"],
+    ] {
+        let o = grulm(dir.path(), cmd);
+        assert!(o.status.success(), "{cmd:?}");
+        assert!(stdout(&o).contains("Exit codes: 0 success; 1 runtime failure"), "{cmd:?}");
+    }
+    let s = stdout(&grulm(dir.path(), &["train", "--help"]));
+    for flag in ["--config", "--set", "--device", "--out", "--resume", "--force", "--quiet"] {
+        assert!(s.contains(flag), "train --help lacks {flag}");
+    }
+}
+
+#[test]
+fn train_sample_eval_end_to_end() {
+    let Some(corpus) = timemachine() else { return };
+    let dir = TempDir::new("e2e");
+    dir.write("exp.toml", small_config(&corpus, "[sample]\nlen = 30\n"));
+    let o = grulm(dir.path(), &["train", "--config", "exp.toml", "--set", "train.predict_every=2"]);
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", crate::helpers::stderr(&o));
+    // Plain lines (stdout is a pipe): d2l's periodic prediction and final summary.
+    assert!(!out.contains('\r'), "no progress bar on a pipe");
+    assert!(out.lines().any(|l| l.starts_with("epoch    2  perplexity ") && l.contains("| time traveller")), "{out}");
+    let summary = out.lines().find(|l| l.starts_with("perplexity ")).expect("summary line");
+    assert!(summary.contains(" tokens/sec on cpu"), "{summary}");
+    let run = dir.join("runs/exp");
+    for f in ["config.toml", "vocab.json", "model.safetensors", "checkpoint.safetensors", "metrics.jsonl", "perplexity.svg"] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 4);
+    let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    for k in ["epoch", "train_ppl", "val_ppl", "tokens_per_s", "lr", "grad_norm", "elapsed_s"] {
+        assert!(first.get(k).is_some(), "metrics lack {k}");
+    }
+    let svg = std::fs::read_to_string(run.join("perplexity.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("perplexity") && svg.contains("epoch") && svg.contains("<polyline"));
+
+    // The final greedy lines are reproduced by `grulm sample` from the saved run.
+    let lines: Vec<&str> = out.lines().collect();
+    let i = lines.iter().position(|l| l.starts_with("perplexity ")).unwrap();
+    for (k, prefix) in ["time traveller", "traveller"].iter().enumerate() {
+        let s = stdout(&grulm(dir.path(), &["sample", "--run", "runs/exp", "--prefix", prefix]));
+        assert_eq!(s.trim_end_matches('\n'), lines[i + 1 + k]);
+        assert_eq!(s.trim_end_matches('\n').chars().count(), prefix.len() + 30);
+    }
+    // Sampling is seeded.
+    let a = stdout(&grulm(dir.path(), &["sample", "--run", "runs/exp", "--temperature", "1.5", "--seed", "1", "--len", "200"]));
+    let b = stdout(&grulm(dir.path(), &["sample", "--run", "runs/exp", "--temperature", "1.5", "--seed", "1", "--len", "200"]));
+    let c = stdout(&grulm(dir.path(), &["sample", "--run", "runs/exp", "--temperature", "1.5", "--seed", "2", "--len", "200"]));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+
+    let e = stdout(&grulm(dir.path(), &["eval", "--run", "runs/exp"]));
+    assert!(e.starts_with("perplexity ") && e.contains("170580 tokens"), "{e}");
+
+    // An existing run is refused without --resume or --force.
+    let o = grulm(dir.path(), &["train", "--config", "exp.toml"]);
+    assert_fails(&o, 2, &["already holds a run", "--resume", "--force"]);
+    // --resume past the end trains nothing more; --resume with more epochs continues.
+    let o = grulm(dir.path(), &["train", "--config", "exp.toml", "--resume", "--set", "train.epochs=5"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().count(), 5);
+    // A resumed run may not change what it computes.
+    let o = grulm(dir.path(), &["train", "--config", "exp.toml", "--resume", "--set", "model.hidden_size=64"]);
+    assert_fails(&o, 2, &["--resume: model.hidden_size", "differ"]);
+    let o = grulm(dir.path(), &["train", "--config", "exp.toml", "--force", "--set", "train.epochs=1"]);
+    assert!(o.status.success());
+    assert_eq!(std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().count(), 1);
+}
+
+#[test]
+fn parity_command_prints_its_table() {
+    let dir = TempDir::new("parity");
+    for dtype in ["f64", "f32"] {
+        let o = grulm(dir.path(), &["parity", "--device", "cpu", "--dtype", dtype]);
+        let s = stdout(&o);
+        assert!(o.status.success(), "{s}");
+        assert!(s.contains("grad rnn.weight_hh_l1") && s.contains("grad linear.weight") && s.contains("final state"), "{s}");
+        assert_eq!(s.matches(": ok").count(), 2, "{s}");
+    }
+}

@@ -1,0 +1,115 @@
+//! Temporary directories, the real binary, and the corpus.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!("grulm-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+
+    pub fn write(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.join(name);
+        std::fs::write(&p, content).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The grulm binary, run in `dir` with the data directory pointed at `dir/data`
+/// (so nothing is downloaded unless a test wants it).
+pub fn grulm(dir: &Path, args: &[&str]) -> Output {
+    grulm_cmd(dir, args).output().expect("run grulm")
+}
+
+pub fn grulm_cmd(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_grulm"));
+    c.args(args).current_dir(dir).env("GRULM_DATA_DIR", dir.join("data")).env("GRULM_TIMEMACHINE_URL", "http://127.0.0.1:9/unreachable");
+    c
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts a failed run: the exit code, one line on stderr containing every
+/// `needle`, and no panic or backtrace.
+pub fn assert_fails(o: &Output, code: i32, needles: &[&str]) -> String {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "exit code; stderr: {err}\nstdout: {}", stdout(o));
+    let lines: Vec<&str> = err.lines().filter(|l| !l.starts_with("downloading ")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
+    assert!(lines[0].starts_with("grulm: error: "), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE") && !err.contains("internal error"), "{err}");
+    err
+}
+
+/// The Time Machine from `../shared/data` (or `$GRULM_TEST_CORPUS`, which CI
+/// sets and which must then exist). `None` (the test prints SKIPPED) only when
+/// no copy is reachable and none was promised.
+pub fn timemachine() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("GRULM_TEST_CORPUS") {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "GRULM_TEST_CORPUS={} does not exist", p.display());
+        return Some(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for c in [root.join("../shared/data/timemachine.txt"), root.join("data/timemachine.txt")] {
+        if c.is_file() {
+            return Some(c);
+        }
+    }
+    eprintln!("SKIPPED: no timemachine.txt (set GRULM_TEST_CORPUS)");
+    None
+}
+
+/// A run directory's config for a small, fast experiment on `corpus`.
+pub fn small_config(corpus: &Path, extra: &str) -> String {
+    format!(
+        "[data]\ncorpus = {:?}\nmax_tokens = 3000\nbatch_size = 8\nnum_steps = 10\n[model]\nhidden_size = 32\n[train]\nepochs = 4\ncheckpoint_every = 2\npredict_every = 0\ndevice = \"cpu\"\n{extra}",
+        corpus.display().to_string()
+    )
+}
+
+/// Metrics lines without the timing fields.
+pub fn metrics_without_timing(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("tokens_per_s");
+            o.remove("elapsed_s");
+            v
+        })
+        .collect()
+}

@@ -1,0 +1,10 @@
+//! grulm's one integration-test binary (one link of libtorch for all tests).
+mod helpers;
+
+mod cli;
+mod config;
+mod data;
+mod models;
+mod props;
+mod reliability;
+mod train;

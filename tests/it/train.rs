@@ -1,0 +1,119 @@
+//! The training loop end to end on small corpora (CPU).
+use crate::helpers::{grulm, metrics_without_timing, small_config, stdout, timemachine, TempDir};
+use grulm::config::Config;
+use grulm::console::Console;
+use grulm::optim::clip_grad_norm;
+use grulm::run::RunDir;
+use grulm::train::{train, TrainOptions};
+use tch::{Device, Kind, Tensor};
+
+#[test]
+fn clipping_is_d2l_grad_clipping() {
+    // Two parameters with gradients (3, 4) and (12): norm 13.
+    let a = Tensor::zeros([2], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+    let b = Tensor::zeros([1], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+    let loss = (&a * Tensor::from_slice(&[3.0f64, 4.0])).sum(Kind::Double) + (&b * 12.0).sum(Kind::Double);
+    loss.backward();
+    let norm = clip_grad_norm(&[a.shallow_clone(), b.shallow_clone()], 1.0);
+    assert!((f64::try_from(norm).unwrap() - 13.0).abs() < 1e-12);
+    let ga = Vec::<f64>::try_from(a.grad()).unwrap();
+    assert!((ga[0] - 3.0 / 13.0).abs() < 1e-12 && (ga[1] - 4.0 / 13.0).abs() < 1e-12);
+    // Below θ nothing changes.
+    let norm = clip_grad_norm(&[a.shallow_clone(), b.shallow_clone()], 5.0);
+    assert!((f64::try_from(norm).unwrap() - 1.0).abs() < 1e-12);
+    assert!((Vec::<f64>::try_from(b.grad()).unwrap()[0] - 12.0 / 13.0).abs() < 1e-12);
+}
+
+fn train_in(dir: &TempDir, cfg: &Config, name: &str, resume: bool) -> grulm::train::TrainOutcome {
+    let opts = TrainOptions { run: RunDir::new(dir.join(name)), resume, force: false, device: Device::Cpu };
+    train(cfg, &opts, &Console::plain()).unwrap()
+}
+
+fn small(corpus: &std::path::Path, extra: &str, sets: &[&str]) -> Config {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    Config::parse(&small_config(corpus, extra), "small.toml", &sets).unwrap()
+}
+
+#[test]
+fn short_runs_lower_perplexity_at_least_twofold() {
+    let Some(corpus) = timemachine() else { return };
+    let dir = TempDir::new("lower");
+    // Each model kind and partition, with SGD and Adam: 30 epochs of 3,000 tokens.
+    for (i, sets) in [
+        vec!["model.kind=\"scratch\""],
+        vec!["model.kind=\"builtin\"", "data.partition=\"random\""],
+        vec!["model.kind=\"scratch\"", "model.num_layers=2", "train.optimizer=\"adam\"", "train.lr=0.01"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut all = vec!["train.epochs=30", "model.hidden_size=64", "train.checkpoint_every=0"];
+        all.extend(sets);
+        let cfg = small(&corpus, "", &all);
+        let out = train_in(&dir, &cfg, &format!("run{i}"), false);
+        let m = RunDir::new(dir.join(&format!("run{i}"))).load_metrics().unwrap();
+        assert_eq!(m.len(), 30);
+        let (first, last) = (m[0].train_ppl, out.last.unwrap().train_ppl);
+        assert!(first / last >= 2.0, "{sets:?}: perplexity {first:.2} -> {last:.2}");
+        assert!(m.iter().all(|e| e.grad_norm > 0.0 && e.tokens_per_s > 0.0));
+    }
+}
+
+#[test]
+fn resume_equals_an_uninterrupted_run() {
+    let Some(corpus) = timemachine() else { return };
+    let dir = TempDir::new("resume");
+    for (opt, partition) in [("sgd", "sequential"), ("adam", "random")] {
+        let sets = [format!("train.optimizer=\"{opt}\""), format!("data.partition=\"{partition}\""), "train.lr=0.5".into()];
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let full = small(&corpus, "", &sets);
+        let a = format!("full-{opt}");
+        let b = format!("part-{opt}");
+        let out_full = train_in(&dir, &full, &a, false);
+        // Stop after 2 epochs (a checkpoint), then resume to 4.
+        let mut first = full.clone();
+        first.train.epochs = 2;
+        train_in(&dir, &first, &b, false);
+        let out_resumed = train_in(&dir, &full, &b, true);
+        assert_eq!(metrics_without_timing(&dir.join(&a)), metrics_without_timing(&dir.join(&b)), "{opt}");
+        assert_eq!(out_full.predictions, out_resumed.predictions);
+        let weights = |run: &str| grulm::checkpoint::load(&dir.join(run).join("checkpoint.safetensors")).unwrap().tensors;
+        let (wa, wb) = (weights(&a), weights(&b));
+        assert_eq!(wa.len(), wb.len());
+        for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {
+            assert_eq!(na, nb);
+            assert!(ta.equal(tb), "{opt}: {na} differs after resume");
+        }
+    }
+}
+
+#[test]
+fn validation_perplexity_is_logged() {
+    let Some(corpus) = timemachine() else { return };
+    let dir = TempDir::new("val");
+    let cfg = small(&corpus, "", &["data.val_fraction=0.2", "train.val_every=2", "train.epochs=3"]);
+    train_in(&dir, &cfg, "r", false);
+    let m = RunDir::new(dir.join("r")).load_metrics().unwrap();
+    let val: Vec<bool> = m.iter().map(|e| e.val_ppl.is_some()).collect();
+    assert_eq!(val, vec![false, true, true], "every val_every epochs and at the end");
+    assert!(m.iter().filter_map(|e| e.val_ppl).all(|p| p.is_finite() && p > 1.0));
+}
+
+#[test]
+fn same_seed_gives_identical_metrics_and_samples() {
+    let Some(corpus) = timemachine() else { return };
+    let dir = TempDir::new("repro");
+    let cfg = small(&corpus, "", &["data.partition=\"random\""]);
+    let a = train_in(&dir, &cfg, "a", false);
+    let b = train_in(&dir, &cfg, "b", false);
+    assert_eq!(metrics_without_timing(&dir.join("a")), metrics_without_timing(&dir.join("b")));
+    assert_eq!(a.predictions, b.predictions);
+    let sample = |run: &str| {
+        stdout(&grulm(dir.path(), &["sample", "--run", run, "--temperature", "0.8", "--top-k", "5", "--seed", "3", "--len", "80"]))
+    };
+    assert_eq!(sample("a"), sample("b"));
+    // And a different seed changes the numbers.
+    let c = train_in(&dir, &small(&corpus, "", &["data.partition=\"random\"", "train.seed=7"]), "c", false);
+    assert_ne!(metrics_without_timing(&dir.join("a")), metrics_without_timing(&dir.join("c")));
+    let _ = c;
+}
