@@ -7,7 +7,7 @@ use crate::model::ScratchPath;
 use crate::run::{self, RunDir};
 use crate::sample::{self, Decode};
 use crate::train::{self, TrainOptions};
-use crate::{device, parity, usage};
+use crate::{bench, device, parity, usage};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::Write;
@@ -41,6 +41,9 @@ pub enum Command {
     /// Compare the scratch GRU (reset-after) with libtorch's GRU: outputs and every gradient.
     #[command(after_help = EXIT_CODES)]
     Parity(ParityArgs),
+    /// Time training steps of both models (tokens/s, peak memory), optionally beside Python PyTorch.
+    #[command(after_help = EXIT_CODES)]
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args, Debug)]
@@ -136,13 +139,23 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sample(a) => sample_cmd(a),
         Command::Eval(a) => eval_cmd(a),
         Command::Parity(a) => parity_cmd(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 
-/// Keys that may change when a run is resumed: how long and where it runs, and
-/// what it prints; not what it computes.
-const RESUMABLE_KEYS: &[&str] =
-    &["train.epochs", "train.device", "train.threads", "train.predict_every", "train.checkpoint_every", "train.val_every"];
+/// Keys that may change when a run is resumed: how long and where it runs, what
+/// it prints, and the step size (to recover from divergence with a lower lr);
+/// not the data, the model or the optimiser.
+const RESUMABLE_KEYS: &[&str] = &[
+    "train.epochs",
+    "train.lr",
+    "train.grad_clip",
+    "train.device",
+    "train.threads",
+    "train.predict_every",
+    "train.checkpoint_every",
+    "train.val_every",
+];
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
     let out = a.out.clone().unwrap_or_else(|| run::default_run_dir(a.config.as_deref()));
@@ -208,8 +221,8 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
         return Err(usage!("--top-k 0: expected 1 to the vocabulary size"));
     }
     if let Some(n) = a.len {
-        if n > MAX_SAMPLE_LEN {
-            return Err(usage!("--len {n}: expected at most {MAX_SAMPLE_LEN}"));
+        if n == 0 || n > MAX_SAMPLE_LEN {
+            return Err(usage!("--len {n}: expected 1 to {MAX_SAMPLE_LEN}"));
         }
     }
     let dev = device::resolve(&a.device)?;
@@ -259,7 +272,7 @@ fn parity_cmd(a: ParityArgs) -> Result<()> {
     };
     let mut ok = true;
     for layers in 1..=a.layers {
-        let report = parity::compare(dev, kind, layers, ScratchPath::Fused, a.seed)?;
+        let report = parity::compare(dev, kind, layers, ScratchPath::Bptt, a.seed)?;
         print!("{}", report.table());
         ok &= report.passed();
     }

@@ -465,7 +465,7 @@ impl Config {
         }
         let sample = SampleConfig {
             prefixes,
-            len: r.int(&mut t, s, "len", 0, MAX_SAMPLE_LEN as i64, d.sample.len)?,
+            len: r.int(&mut t, s, "len", 1, MAX_SAMPLE_LEN as i64, d.sample.len)?,
             temperature: r.float(&mut t, s, "temperature", |x| x > 0.0, "> 0")?,
             top_k: match r.int(&mut t, s, "top_k", 1, MAX_SIZE, 0)? {
                 0 => None,

@@ -1,5 +1,6 @@
 //! grulm: character-level GRU language models on libtorch, a port of d2l.ai's
 //! "Gated Recurrent Units" chapter (0.17). See README.md.
+pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

@@ -1,6 +1,6 @@
 //! Thin entry point: parse, run, map errors to an exit code and one line.
-use clap::Parser;
-use grulm::error::{exit_code, one_line, EXIT_OK, EXIT_RUNTIME};
+use clap::{CommandFactory, Parser};
+use grulm::error::{exit_code, one_line, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 
 fn main() {
     // A bug must still end in one line, not a backtrace.
@@ -14,7 +14,21 @@ fn main() {
         let first = msg.lines().next().unwrap_or_default().to_string();
         eprintln!("grulm: internal error: {first} (please report this)");
     }));
-    let cli = grulm::cli::Cli::parse();
+    let cli = match grulm::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print as clap has them.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // A usage mistake: clap's first line, not its whole usage block.
+        Err(e) => {
+            let text = e.render().to_string();
+            let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            let first = first.join(" ");
+            let first = first.trim_start_matches("error: ");
+            let sub = std::env::args().nth(1).filter(|a| grulm::cli::Cli::command().find_subcommand(a).is_some());
+            eprintln!("grulm: error: {first} (see grulm {}--help)", sub.map(|s| format!("{s} ")).unwrap_or_default());
+            std::process::exit(EXIT_USAGE);
+        }
+    };
     let code = match std::panic::catch_unwind(|| grulm::cli::run(cli)) {
         Ok(Ok(())) => EXIT_OK,
         Ok(Err(err)) => {

@@ -4,7 +4,7 @@
 use crate::checkpoint;
 use crate::config::{ModelConfig, ModelKind, ResetGate};
 use crate::model::layout::{pytorch_to_scratch, scratch_to_pytorch, BiasHh};
-use crate::model::{lm_loss, RecurrentLm, ScratchGru, ScratchPath, State};
+use crate::model::{RecurrentLm, ScratchGru, ScratchPath, State};
 use anyhow::{anyhow, Result};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
@@ -99,10 +99,12 @@ pub fn compare(device: Device, kind: Kind, layers: usize, path: ScratchPath, see
     let targets = Tensor::randint(VOCAB, [BATCH, STEPS], (Kind::Int64, device));
     let h0 = Tensor::randn([layers as i64, BATCH, HIDDEN], (kind, device)) * SCALE;
 
+    // Logits from the forward pass; loss, final state and gradients from the
+    // training step the trainer runs (hand-written BPTT on the scratch model's
+    // default path, autograd on the built-in one).
     let run = |m: &dyn RecurrentLm| {
-        let (logits, state) = m.forward(&tokens, &State(vec![h0.shallow_clone()]));
-        let loss = lm_loss(&logits, &targets);
-        loss.backward();
+        let (logits, _) = tch::no_grad(|| m.forward(&tokens, &State(vec![h0.shallow_clone()])));
+        let (loss, state) = m.train_step(&tokens, &targets, &State(vec![h0.shallow_clone()]));
         (logits, state, loss)
     };
     let (l_b, s_b, loss_b) = run(builtin.as_ref());

@@ -12,8 +12,9 @@ pub fn perplexity_svg(metrics: &[EpochMetrics], title: &str, path: &Path) -> Res
         let root = SVGBackend::with_string(&mut svg, (640, 420)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
         let last = metrics.last().map(|m| m.epoch).unwrap_or(1).max(2);
-        let ppls = metrics.iter().flat_map(|m| std::iter::once(m.train_ppl).chain(m.val_ppl));
-        let y_max = ppls.fold(1.0f64, f64::max) * 1.05;
+        // Only finite values decide the axis (an infinite one would never finish drawing).
+        let ppls = metrics.iter().flat_map(|m| std::iter::once(m.train_ppl).chain(m.val_ppl)).filter(|p| p.is_finite());
+        let y_max = ppls.fold(1.0f64, f64::max).min(1e6) * 1.05;
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 18))
             .margin(12)
@@ -22,13 +23,14 @@ pub fn perplexity_svg(metrics: &[EpochMetrics], title: &str, path: &Path) -> Res
             .build_cartesian_2d(1f64..last as f64, 0.9f64..y_max.max(1.5))
             .map_err(plot_err)?;
         chart.configure_mesh().x_desc("epoch").y_desc("perplexity").axis_desc_style(("sans-serif", 15)).draw().map_err(plot_err)?;
-        let train: Vec<(f64, f64)> = metrics.iter().map(|m| (m.epoch as f64, m.train_ppl)).collect();
+        let train: Vec<(f64, f64)> = metrics.iter().filter(|m| m.train_ppl.is_finite()).map(|m| (m.epoch as f64, m.train_ppl)).collect();
         chart
             .draw_series(LineSeries::new(train, BLUE.stroke_width(2)))
             .map_err(plot_err)?
             .label("train")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
-        let val: Vec<(f64, f64)> = metrics.iter().filter_map(|m| m.val_ppl.map(|v| (m.epoch as f64, v))).collect();
+        let val: Vec<(f64, f64)> =
+            metrics.iter().filter_map(|m| m.val_ppl.filter(|v| v.is_finite()).map(|v| (m.epoch as f64, v))).collect();
         if !val.is_empty() {
             let orange = RGBColor(230, 120, 20);
             chart

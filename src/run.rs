@@ -158,6 +158,18 @@ impl RunDir {
         checkpoint::save(&self.file(MODEL), &params, &meta)
     }
 
+    /// Removes temporary files a killed writer left behind (see [`fsutil::temp_path`]).
+    pub fn remove_stale_temporaries(&self) {
+        if let Ok(entries) = std::fs::read_dir(&self.path) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') && name.ends_with(".tmp") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
     /// Restores parameters and optimiser state; returns (epoch, elapsed seconds).
     pub fn load_checkpoint(&self, model: &dyn RecurrentLm, opt: &mut Optimizer) -> Result<(usize, f64)> {
         let p = self.file(CHECKPOINT);

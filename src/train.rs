@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::console::Console;
 use crate::data::{self, Corpus, Minibatches, SeqPartition};
 use crate::device::describe;
-use crate::model::{lm_loss, RecurrentLm, State};
+use crate::model::{RecurrentLm, State};
 use crate::optim::Optimizer;
 use crate::run::{EpochMetrics, RunDir};
 use crate::sample::{self, Decode};
@@ -17,6 +17,9 @@ use crate::{plot, usage};
 use anyhow::{bail, Context, Result};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
+
+/// Largest loss taken as training: exp(709.78) is f64's largest perplexity.
+const MAX_LOSS: f64 = 709.0;
 
 pub struct TrainOptions {
     pub run: RunDir,
@@ -59,13 +62,11 @@ fn train_epoch(
             (SeqPartition::Sequential, Some(s)) => s.detach(),
             _ => model.zero_state(batch),
         };
-        let (logits, new_state) = model.forward(&x, &st); // [T, B, V]
-        let loss = lm_loss(&logits, &y);
         opt.zero_grad();
-        loss.backward();
+        let (loss, new_state) = model.train_step(&x, &y, &st);
         norms.push(opt.clip_grad_norm(theta));
         opt.step();
-        losses.push(loss.detach());
+        losses.push(loss);
         state = Some(new_state);
     }
     EpochTensors { losses: Tensor::stack(&losses, 0), norms: Tensor::stack(&norms, 0) }
@@ -135,6 +136,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
                 saved.len()
             ));
         }
+        run.remove_stale_temporaries();
         let (epoch, elapsed) = run.load_checkpoint(model.as_ref(), &mut opt)?;
         let history = run.truncate_metrics(epoch)?;
         run.save_config(cfg)?;
@@ -184,7 +186,9 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         let losses = Vec::<f64>::try_from(out.losses.to_kind(Kind::Double))?;
         let norms = Vec::<f64>::try_from(out.norms.to_kind(Kind::Double))?;
         let seconds = timer.elapsed().as_secs_f64();
-        if let Some(step) = losses.iter().position(|l| !l.is_finite()) {
+        // Diverged: a loss that is not finite, or so large that its perplexity
+        // overflows (a uniform guess costs ln V, about 3).
+        if let Some(step) = losses.iter().position(|l| !(l.is_finite() && *l < MAX_LOSS)) {
             let kept = match last_checkpoint {
                 Some(e) => format!("the last good checkpoint (epoch {e}) is kept in {}", run.path.display()),
                 None => "no checkpoint was written yet".to_string(),

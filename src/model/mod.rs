@@ -9,6 +9,7 @@
 //! Shape legend: B batch, T time steps, V vocabulary, H hidden units, L layers.
 //! Token ids come in batch-major `[B, T]` (as the minibatches); logits go out
 //! time-major `[T, B, V]`, the order of d2l's `Y.T.reshape(-1)` labels.
+mod bptt;
 pub mod builtin;
 pub mod layout;
 pub mod scratch;
@@ -76,6 +77,14 @@ pub fn lm_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
     logits.view([-1, v]).log_softmax(-1, logits.kind()).nll_loss(&targets.tr().reshape([-1]))
 }
 
+/// A training step by autograd: forward, loss, backward.
+pub fn autograd_step<M: RecurrentLm + ?Sized>(model: &M, tokens: &Tensor, targets: &Tensor, state: &State) -> (Tensor, State) {
+    let (logits, new_state) = model.forward(tokens, state);
+    let loss = lm_loss(&logits, targets);
+    loss.backward();
+    (loss.detach(), new_state.detach())
+}
+
 /// What the trainer and the sampler use, and nothing else.
 pub trait RecurrentLm {
     /// A zero state for a batch of `batch` sequences.
@@ -84,6 +93,13 @@ pub trait RecurrentLm {
     /// Runs over token ids `[B, T]` (Int64) from `state`: logits `[T, B, V]` for
     /// every step, and the state after the last step.
     fn forward(&self, tokens: &Tensor, state: &State) -> (Tensor, State);
+
+    /// One training step's forward and backward: d2l's loss of `tokens` against
+    /// `targets` (both `[B, T]`) from `state`, every parameter's gradient added
+    /// into its `.grad`. Returns the loss and the new state, both detached.
+    fn train_step(&self, tokens: &Tensor, targets: &Tensor, state: &State) -> (Tensor, State) {
+        autograd_step(self, tokens, targets, state)
+    }
 
     /// The parameters: optimisers and checkpoints work through this.
     fn var_store(&self) -> &VarStore;

@@ -17,24 +17,33 @@
 //! N(0, σ²) with σ = 0.01, biases zero. Names carry the layer: `W_xz_l0`, ...,
 //! and the output layer `W_hq`, `b_q`.
 //!
-//! Two forward paths compute the same function:
+//! Three paths compute the same function ([`ScratchPath`]):
 //! * [`ScratchPath::Reference`] reads like the chapter: one-hot inputs, one step
 //!   function with nine matrix products, looped over time. It is the reference the
 //!   tests hold everything else to.
-//! * [`ScratchPath::Fused`] (what the trainer uses) hoists the input projection of
+//! * [`ScratchPath::Fused`] hoists the input projection of
 //!   all T steps out of the time loop (for layer 0 a row gather, which is what a
 //!   one-hot product computes) and fuses the per-gate hidden products into one
 //!   matrix product per step (two for reset-before, whose candidate needs R first).
+//! * [`ScratchPath::Bptt`] (what the trainer uses) runs the fused forward and
+//!   differentiates a training step by hand (`bptt.rs`): the weight gradients
+//!   become one product over all T·B rows instead of T small ones.
 use super::{RecurrentLm, State};
 use crate::config::ResetGate;
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
-/// Which forward the model runs.
+/// How the model computes: its forward, and the gradients of a training step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScratchPath {
+    /// The readable forward (one-hot, one step function), autograd backward.
     Reference,
+    /// The fused forward (gathered input projections, fused hidden products),
+    /// autograd backward.
     Fused,
+    /// The fused forward, and a training step with hand-written backpropagation
+    /// through time (`bptt.rs`): what the trainer uses.
+    Bptt,
 }
 
 /// One layer's parameters. `b_h` is the candidate's input bias (`b_xh` in the
@@ -86,7 +95,7 @@ impl ScratchGru {
             let b_q = root.zeros("b_q", &[vocab]);
             (layers, w_hq, b_q)
         };
-        ScratchGru { vs, layers, w_hq, b_q, vocab, hidden, reset, path: ScratchPath::Fused, train: true }
+        ScratchGru { vs, layers, w_hq, b_q, vocab, hidden, reset, path: ScratchPath::Bptt, train: true }
     }
 
     pub fn set_path(&mut self, path: ScratchPath) {
@@ -99,6 +108,19 @@ impl ScratchGru {
 
     pub fn layers(&self) -> &[GruLayer] {
         &self.layers
+    }
+
+    pub(super) fn hidden_i64(&self) -> i64 {
+        self.hidden
+    }
+
+    pub(super) fn vocab_size_i64(&self) -> i64 {
+        self.vocab
+    }
+
+    /// `(W_hq [H, V], b_q [V])`.
+    pub(super) fn output_layer(&self) -> (&Tensor, &Tensor) {
+        (&self.w_hq, &self.b_q)
     }
 
     /// One time step of one layer, exactly as the equations read.
@@ -134,34 +156,44 @@ impl ScratchGru {
         (Tensor::stack(&outputs, 0), State(vec![Tensor::stack(&h, 0)]))
     }
 
+    /// Input projections of all T steps at once: `[T*B, out]`, X W + b. For layer 0
+    /// the input is one-hot, and one_hot(tokens) W is a row gather of W.
+    fn project(&self, below: Option<&Tensor>, ids: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+        match below {
+            Some(x) => b.addmm(x, w),
+            None if !super::deterministic() => Tensor::embedding(w, ids, -1, false, false) + b,
+            // The gather's CUDA backward adds with atomics; a product does not.
+            None => b.addmm(&ids.one_hot(self.vocab).to_kind(w.kind()), w),
+        }
+    }
+
     /// The fast forward, same function (see the module doc).
+    ///
+    /// Per-step tensors come from `unbind`/`chunk`, whose backward is one `stack`
+    /// or `cat`; indexing a slice (`get`, `narrow`) would make autograd write a
+    /// zero-filled copy of the whole `[T, B, 3H]` tensor for every step.
     fn forward_fused(&self, tokens: &Tensor, state: &State) -> (Tensor, State) {
         let (b, t) = (tokens.size()[0], tokens.size()[1]);
         let hd = self.hidden;
+        let ids = tokens.tr().reshape([-1]); // [T*B], time-major
         let h0: Vec<Tensor> = state.hidden().unbind(0);
         let mut finals = Vec::with_capacity(self.layers.len());
         let mut below: Option<Tensor> = None; // [T*B, H], the layer below's outputs
         for (l, p) in self.layers.iter().enumerate() {
-            // Input projections of all steps at once: [T*B, 3H] in gate order z, r, h.
-            let w_x = Tensor::cat(&[&p.w_xz, &p.w_xr, &p.w_xh], 1);
-            let b_x = Tensor::cat(&[&p.b_z, &p.b_r, &p.b_h], 0);
-            let xp = match &below {
-                // one_hot(tokens) @ W_x is a row gather of W_x.
-                None if !super::deterministic() => Tensor::embedding(&w_x, &tokens.tr().reshape([-1]), -1, false, false) + &b_x,
-                None => b_x.addmm(&tokens.tr().reshape([-1]).one_hot(self.vocab).to_kind(w_x.kind()), &w_x),
-                Some(x) => b_x.addmm(x, &w_x),
-            }
-            .view([t, b, 3 * hd]);
+            // Gates z and r together [T, B, 2H], the candidate apart [T, B, H].
+            let w_x_zr = Tensor::cat(&[&p.w_xz, &p.w_xr], 1);
+            let b_x_zr = Tensor::cat(&[&p.b_z, &p.b_r], 0);
+            let x_zr = self.project(below.as_ref(), &ids, &w_x_zr, &b_x_zr).view([t, b, 2 * hd]).unbind(0);
+            let x_h = self.project(below.as_ref(), &ids, &p.w_xh, &p.b_h).view([t, b, hd]).unbind(0);
             let mut h = h0[l].shallow_clone();
             let mut outs = Vec::with_capacity(t as usize);
             match self.reset {
                 ResetGate::Before => {
                     let w_h_zr = Tensor::cat(&[&p.w_hz, &p.w_hr], 1); // [H, 2H]
-                    for s in 0..t {
-                        let g = xp.get(s); // [B, 3H]
-                        let zr = g.narrow(1, 0, 2 * hd).addmm(&h, &w_h_zr).sigmoid();
-                        let (z, r) = (zr.narrow(1, 0, hd), zr.narrow(1, hd, hd));
-                        let h_tilde = g.narrow(1, 2 * hd, hd).addmm(&(&r * &h), &p.w_hh).tanh();
+                    for s in 0..t as usize {
+                        let zr = x_zr[s].addmm(&h, &w_h_zr).sigmoid().chunk(2, 1);
+                        let (z, r) = (&zr[0], &zr[1]);
+                        let h_tilde = x_h[s].addmm(&(r * &h), &p.w_hh).tanh();
                         // z*h + (1-z)*h~, with one product fewer.
                         h = &h_tilde + z * (&h - &h_tilde);
                         outs.push(h.shallow_clone());
@@ -170,12 +202,12 @@ impl ScratchGru {
                 ResetGate::After => {
                     let b_hh = p.b_hh.as_ref().expect("reset-after layer has b_hh");
                     let w_h = Tensor::cat(&[&p.w_hz, &p.w_hr, &p.w_hh], 1); // [H, 3H]
-                    for s in 0..t {
-                        let g = xp.get(s);
-                        let hh = h.mm(&w_h); // [B, 3H]
-                        let zr = (g.narrow(1, 0, 2 * hd) + hh.narrow(1, 0, 2 * hd)).sigmoid();
-                        let (z, r) = (zr.narrow(1, 0, hd), zr.narrow(1, hd, hd));
-                        let h_tilde = (g.narrow(1, 2 * hd, hd) + r * (hh.narrow(1, 2 * hd, hd) + b_hh)).tanh();
+                    let b_h = Tensor::cat(&[&b_hh.zeros_like(), &b_hh.zeros_like(), b_hh], 0); // [3H]: b_hh on the candidate
+                    for s in 0..t as usize {
+                        let hh = b_h.addmm(&h, &w_h).split_with_sizes([2 * hd, hd], 1); // H W_h + [0, 0, b_hh]
+                        let zr = (&x_zr[s] + &hh[0]).sigmoid().chunk(2, 1);
+                        let (z, r) = (&zr[0], &zr[1]);
+                        let h_tilde = (&x_h[s] + r * &hh[1]).tanh();
                         h = &h_tilde + z * (&h - &h_tilde);
                         outs.push(h.shallow_clone());
                     }
@@ -200,7 +232,14 @@ impl RecurrentLm for ScratchGru {
         debug_assert_eq!(tokens.kind(), Kind::Int64);
         match self.path {
             ScratchPath::Reference => self.forward_reference(tokens, state),
-            ScratchPath::Fused => self.forward_fused(tokens, state),
+            ScratchPath::Fused | ScratchPath::Bptt => self.forward_fused(tokens, state),
+        }
+    }
+
+    fn train_step(&self, tokens: &Tensor, targets: &Tensor, state: &State) -> (Tensor, State) {
+        match self.path {
+            ScratchPath::Bptt => self.train_step_bptt(tokens, targets, state),
+            ScratchPath::Reference | ScratchPath::Fused => super::autograd_step(self, tokens, targets, state),
         }
     }
 

@@ -4,7 +4,7 @@
 #![allow(clippy::needless_range_loop)] // index loops read like the equations
 use grulm::checkpoint::assign;
 use grulm::config::{ModelConfig, ModelKind, ResetGate};
-use grulm::model::{lm_loss, RecurrentLm, ScratchGru, ScratchPath, State};
+use grulm::model::{RecurrentLm, ScratchGru, ScratchPath, State};
 use grulm::parity;
 use std::collections::HashMap;
 use tch::nn::VarStore;
@@ -318,14 +318,14 @@ fn scratch_gru_matches_the_independent_reference() {
         let c = tiny_case(layers, after, 5);
         let (logits, h_final, loss, _, _) = c.gru.forward(&c.params, &c.tokens, &c.targets, &c.h0);
         let grads = c.gru.backward(&c.params, &c.tokens, &c.targets, &c.h0);
-        for path in [ScratchPath::Reference, ScratchPath::Fused] {
+        for path in [ScratchPath::Reference, ScratchPath::Fused, ScratchPath::Bptt] {
             let m = scratch_from(&c, path);
             let tokens = Tensor::from_slice(&c.tokens.concat().iter().map(|&x| x as i64).collect::<Vec<_>>()).view([2, 4]);
             let targets = Tensor::from_slice(&c.targets.concat().iter().map(|&x| x as i64).collect::<Vec<_>>()).view([2, 4]);
             let h0 = Tensor::from_slice(&c.h0.concat().concat()).view([layers as i64, 2, 3]);
-            let (out, state) = m.forward(&tokens, &State::from_hidden(h0));
-            let l = lm_loss(&out, &targets);
-            l.backward();
+            let (out, _) = tch::no_grad(|| m.forward(&tokens, &State::from_hidden(h0.shallow_clone())));
+            // The training step: autograd on Reference and Fused, hand-written on Bptt.
+            let (l, state) = m.train_step(&tokens, &targets, &State::from_hidden(h0));
             let what = format!("layers {layers} after {after} {path:?}");
             assert!(max_diff(&out, &logits.concat().concat()) <= TOL, "{what}: logits");
             assert!(max_diff(state.hidden(), &h_final.concat().concat()) <= TOL, "{what}: state");
@@ -345,7 +345,7 @@ fn scratch_reset_after_matches_builtin_gru() {
     // Tolerances: f64 1e-10, f32 1e-5 (max abs difference).
     for kind in [Kind::Double, Kind::Float] {
         for layers in [1, 2] {
-            for path in [ScratchPath::Reference, ScratchPath::Fused] {
+            for path in [ScratchPath::Reference, ScratchPath::Fused, ScratchPath::Bptt] {
                 let r = parity::compare(Device::Cpu, kind, layers, path, 3).unwrap();
                 assert_eq!(r.rows.len(), 3 + 4 * layers + 2, "every parameter's gradient is compared");
                 assert!(r.passed(), "{path:?}\n{}", r.table());

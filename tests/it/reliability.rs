@@ -1,1 +1,358 @@
+//! Bad input, numerical faults, crash safety: each case runs the real binary and
+//! expects one clear line, the right exit code, no panic, nothing half-written.
+use crate::helpers::{assert_fails, grulm, grulm_cmd, metrics_without_timing, small_config, stdout, timemachine, TempDir};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
+const USAGE: i32 = 2;
+const RUNTIME: i32 = 1;
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A config on `corpus` with d2l's sizes scaled down.
+fn cfg_on(dir: &TempDir, corpus: &str, extra: &str) -> String {
+    let text = format!(
+        "[data]\ncorpus = {corpus:?}\nbatch_size = 4\nnum_steps = 5\nmax_tokens = 0\n[model]\nhidden_size = 8\n[train]\nepochs = 1\ndevice = \"cpu\"\n{extra}"
+    );
+    dir.write("c.toml", text);
+    "c.toml".into()
+}
+
+#[test]
+fn corpus_mistakes() {
+    let dir = TempDir::new("corpus");
+    std::fs::create_dir_all(dir.join("adir")).unwrap();
+    dir.write("empty.txt", "");
+    dir.write("latin1.txt", b"caf\xe9 au lait, the time traveller\n".repeat(10));
+    dir.write("digits.txt", "1234 5678 !!! ??? ...\n".repeat(50));
+    dir.write("short.txt", "abcdefghij".repeat(2)); // 20 tokens < 4*5+1
+    dir.write("afile.txt", "x");
+    let cases: &[(&str, &[&str])] = &[
+        ("missing.txt", &["corpus missing.txt: no such file"]),
+        ("adir", &["corpus adir: is a directory, expected a UTF-8 text file"]),
+        ("afile.txt/below", &["corpus afile.txt/below: cannot read:"]),
+        ("empty.txt", &["corpus empty.txt: is empty"]),
+        ("latin1.txt", &["corpus latin1.txt: not UTF-8 (invalid byte at offset 3)"]),
+        ("digits.txt", &["corpus digits.txt: nothing is left after preprocessing", "data.preprocess = \"raw\""]),
+        ("short.txt", &["corpus short.txt: 20 training tokens", "too few for one minibatch", "4 x 5 + 1 = 21"]),
+    ];
+    for (corpus, needles) in cases {
+        let c = cfg_on(&dir, corpus, "");
+        let o = grulm(dir.path(), &["train", "--config", &c, "--out", "run"]);
+        assert_fails(&o, USAGE, needles);
+        assert!(!dir.join("run").exists(), "{corpus}: nothing written for a bad corpus");
+    }
+    // max_tokens counts: a long text cut too short is refused the same way.
+    dir.write("long.txt", "abcdefghij".repeat(100));
+    let c = cfg_on(&dir, "long.txt", "");
+    let c_text = std::fs::read_to_string(dir.join(&c)).unwrap().replace("max_tokens = 0", "max_tokens = 15");
+    dir.write("c.toml", c_text);
+    assert_fails(&grulm(dir.path(), &["train", "--config", "c.toml", "--out", "run"]), USAGE, &["15 training tokens", "too few"]);
+    if !is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.write("secret.txt", "abc");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o000)).unwrap();
+        let c = cfg_on(&dir, "secret.txt", "");
+        assert_fails(&grulm(dir.path(), &["train", "--config", &c]), USAGE, &["corpus secret.txt: cannot read"]);
+    }
+}
+
+#[test]
+fn timemachine_download_failure_says_where_to_put_the_file() {
+    let dir = TempDir::new("nonet");
+    let o = grulm(dir.path(), &["train", "--set", "train.epochs=1"]);
+    let err = assert_fails(
+        &o,
+        RUNTIME,
+        &["put timemachine.txt (SHA-1 090b5e7e70c295757f55df93cb0a180b9691891a) in", "GRULM_DATA_DIR", "download of"],
+    );
+    assert!(err.contains(&dir.join("data").display().to_string()), "{err}");
+    assert!(!dir.join("data/timemachine.txt").exists());
+    // A wrong file in its place is refused, not trained on.
+    std::fs::write(dir.join("data/timemachine.txt"), "not the book").unwrap();
+    assert_fails(
+        &grulm(dir.path(), &["train", "--set", "train.epochs=1"]),
+        RUNTIME,
+        &["timemachine.txt has SHA-1", "remove it to download it again"],
+    );
+}
+
+#[test]
+fn config_mistakes_through_the_binary() {
+    let dir = TempDir::new("config");
+    dir.write("x.txt", "the time traveller for so it will be convenient to speak of him ".repeat(20));
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("[train]\nlrr = 1\n", &[], "c.toml: unknown key train.lrr; expected one of:"),
+        ("[train]\nlr = \"x\"\n", &[], "c.toml: train.lr = \"x\": expected a number > 0"),
+        ("[train\nlr = 1\n", &[], "c.toml:1:7: malformed TOML:"),
+        ("[train]\nlr = -1\n", &[], "c.toml: train.lr = -1: expected a finite number > 0"),
+        ("[train]\nlr = nan\n", &[], "c.toml: train.lr = nan: expected a finite number > 0"),
+        ("", &["train.lr=0"], "--set train.lr=0: train.lr = 0: expected a finite number > 0"),
+        ("[data]\nbatch_size = 0\n", &[], "c.toml: data.batch_size = 0: expected an integer >= 1"),
+        ("[data]\nnum_steps = -3\n", &[], "c.toml: data.num_steps = -3: expected an integer >= 1"),
+        ("[model]\nhidden_size = 0\n", &[], "c.toml: model.hidden_size = 0: expected an integer >= 1"),
+        ("[model]\nnum_layers = -1\n", &[], "c.toml: model.num_layers = -1: expected an integer from 1 to 1024"),
+        ("[train]\nepochs = 0\n", &[], "c.toml: train.epochs = 0: expected an integer >= 1"),
+        ("[train]\ngrad_clip = -1\n", &[], "c.toml: train.grad_clip = -1: expected a finite number > 0"),
+        ("[model]\nkind = \"transformer\"\n", &[], "c.toml: model.kind = \"transformer\": expected \"scratch\" or \"builtin\""),
+        ("[train]\noptimizer = \"lion\"\n", &[], "c.toml: train.optimizer = \"lion\": expected \"sgd\" or \"adam\""),
+        ("[data]\npartition = \"striped\"\n", &[], "c.toml: data.partition = \"striped\": expected \"sequential\" or \"random\""),
+        ("[model]\nreset_gate = \"sideways\"\n", &[], "c.toml: model.reset_gate = \"sideways\": expected \"before\" or \"after\""),
+        ("[train]\ndevice = \"gpu\"\n", &[], "c.toml: train.device = \"gpu\": expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""),
+        ("", &["train.lr"], "--set train.lr: no '='; expected SECTION.KEY=VALUE"),
+        ("", &["lr=0.5"], "--set lr=0.5: the key has no section"),
+        (
+            "",
+            &["data.corpus=x.txt", "sample.prefixes=[\"xyz\"]"],
+            "sample.prefixes: prefix \"xyz\" has characters outside the model's vocabulary: 'x', 'y', 'z'",
+        ),
+    ];
+    for (text, sets, want) in cases {
+        dir.write("c.toml", text);
+        let mut args = vec!["train", "--config", "c.toml", "--out", "run"];
+        for s in *sets {
+            args.extend(["--set", s]);
+        }
+        let err = assert_fails(&grulm(dir.path(), &args), USAGE, &[want]);
+        assert!(!dir.join("run").exists(), "{text:?}: nothing written ({err})");
+    }
+    assert_fails(&grulm(dir.path(), &["train", "--config", "nope.toml"]), USAGE, &["config nope.toml: cannot read"]);
+    assert_fails(&grulm(dir.path(), &["train", "--device", "tpu", "--set", "data.corpus=\"x.txt\""]), USAGE, &["device \"tpu\""]);
+}
+
+#[test]
+fn cuda_where_there_is_none_says_why() {
+    if tch::Cuda::is_available() {
+        return;
+    }
+    let dir = TempDir::new("cuda");
+    let o = grulm(dir.path(), &["parity", "--device", "cuda"]);
+    let why = if grulm::device::libtorch_has_cuda() { "libtorch has CUDA, but no GPU was found" } else { "was built without CUDA" };
+    assert_fails(&o, USAGE, &["device \"cuda\"", why, "--device cpu"]);
+}
+
+/// A trained tiny run to sample from and break.
+fn tiny_run(dir: &TempDir) {
+    dir.write("x.txt", "the time traveller for so it will be convenient to speak of him ".repeat(20));
+    let c = cfg_on(dir, "x.txt", "[sample]\nlen = 10\n");
+    let o = grulm(dir.path(), &["train", "--config", &c, "--out", "run"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+}
+
+#[test]
+fn sampling_mistakes() {
+    let dir = TempDir::new("sample");
+    tiny_run(&dir);
+    let cases: &[(&[&str], i32, &[&str])] = &[
+        (&["--prefix", ""], USAGE, &["the prefix is empty"]),
+        (&["--prefix", "Time Traveller!"], USAGE, &["prefix \"Time Traveller!\" has characters outside the model's vocabulary: '!', 'T'"]),
+        (&["--len", "0"], USAGE, &["--len 0: expected 1 to 10000000"]),
+        (&["--len", "99999999999"], USAGE, &["--len 99999999999: expected 1 to 10000000"]),
+        (&["--temperature", "0"], USAGE, &["--temperature 0: expected a number > 0"]),
+        (&["--temperature=-1"], USAGE, &["--temperature -1: expected a number > 0"]),
+        (&["--top-k", "0"], USAGE, &["--top-k 0: expected 1 to the vocabulary size"]),
+        (&["--top-k", "500"], USAGE, &["top-k 500: expected 1 to"]),
+    ];
+    for (args, code, needles) in cases {
+        let mut all = vec!["sample", "--run", "run"];
+        all.extend(*args);
+        assert_fails(&grulm(dir.path(), &all), *code, needles);
+    }
+    assert_fails(&grulm(dir.path(), &["sample", "--run", "nowhere"]), USAGE, &["run directory nowhere: no such directory"]);
+    // clap's own errors are one line too.
+    assert_fails(&grulm(dir.path(), &["sample"]), USAGE, &["--run <RUN>", "grulm sample --help"]);
+    assert_fails(&grulm(dir.path(), &["sample", "--run", "run", "--len", "many"]), USAGE, &["invalid value 'many' for '--len <LEN>'"]);
+    assert_fails(&grulm(dir.path(), &["frobnicate"]), USAGE, &["unrecognized subcommand 'frobnicate'"]);
+}
+
+#[test]
+fn long_samples_stream_in_bounded_memory() {
+    let dir = TempDir::new("long");
+    tiny_run(&dir);
+    let rss = |len: &str| -> (usize, f64) {
+        let out = grulm(dir.path(), &["sample", "--run", "run", "--len", len, "--temperature", "1"]);
+        assert!(out.status.success());
+        // SAFETY: getrusage writes into the struct we pass.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+        // Characters generated: a sampled <unk> prints as its 5-character name.
+        (stdout(&out).trim_end_matches('\n').replace("<unk>", "?").chars().count(), ru.ru_maxrss as f64 / 1024.0)
+    };
+    let (n_small, _) = rss("1000");
+    assert_eq!(n_small, "time traveller".len() + 1000);
+    let (n_big, peak_big) = rss("100000");
+    assert_eq!(n_big, "time traveller".len() + 100_000);
+    // The largest child so far is the 100k-character one: the whole output is
+    // 100 kB, so a run that held every step's tensors would show; libtorch alone
+    // is a few hundred MiB.
+    assert!(peak_big < 1024.0, "peak RSS {peak_big} MiB");
+}
+
+#[test]
+fn checkpoint_mistakes() {
+    let dir = TempDir::new("ckpt");
+    tiny_run(&dir);
+    let run = dir.join("run");
+    let model = run.join("model.safetensors");
+    let good = std::fs::read(&model).unwrap();
+    let sample = || grulm(dir.path(), &["sample", "--run", "run", "--len", "5"]);
+    assert!(sample().status.success());
+
+    std::fs::remove_file(&model).unwrap();
+    assert_fails(&sample(), RUNTIME, &["model.safetensors: no such file"]);
+    std::fs::write(&model, &good[..good.len() / 2]).unwrap();
+    assert_fails(&sample(), RUNTIME, &["model.safetensors: not a valid safetensors file", "truncated or corrupt"]);
+    std::fs::write(&model, &good[..4]).unwrap();
+    assert_fails(&sample(), RUNTIME, &["not a valid safetensors file (file shorter than a header)"]);
+    let mut corrupt = good.clone();
+    corrupt[8..40].copy_from_slice(&[b'#'; 32]);
+    std::fs::write(&model, &corrupt).unwrap();
+    assert_fails(&sample(), RUNTIME, &["not a valid safetensors file"]);
+    std::fs::write(&model, "this is a text file, not tensors\n".repeat(4)).unwrap();
+    assert_fails(&sample(), RUNTIME, &["not a valid safetensors file"]);
+    std::fs::write(&model, &good).unwrap();
+
+    // Another config: the shapes no longer fit; the message names the tensor and both shapes.
+    let cfg_path = run.join("config.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    std::fs::write(&cfg_path, cfg.replace("hidden_size = 8", "hidden_size = 16")).unwrap();
+    assert_fails(&sample(), RUNTIME, &["tensor W_hh_l0 has shape [8, 8], but this config's model needs [16, 16]"]);
+    std::fs::write(&cfg_path, &cfg).unwrap();
+
+    // A vocabulary that does not match the weights.
+    let vocab_path = run.join("vocab.json");
+    let vocab = std::fs::read_to_string(&vocab_path).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&vocab).unwrap();
+    let mut tokens: Vec<String> = v["idx_to_token"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
+    let n = tokens.len();
+    tokens.push("#".into());
+    std::fs::write(&vocab_path, serde_json::json!({ "idx_to_token": tokens }).to_string()).unwrap();
+    assert_fails(
+        &sample(),
+        RUNTIME,
+        &[
+            &format!("tensor W_hq has shape [8, {n}], but this config's model needs [8, {}]", n + 1),
+            &format!("vocab.json has {} tokens", n + 1),
+        ],
+    );
+    std::fs::write(&vocab_path, "{\"idx_to_token\": [\"a\"]}").unwrap();
+    assert_fails(&sample(), USAGE, &["vocab.json", "the first token must be <unk>"]);
+    std::fs::write(&vocab_path, &vocab).unwrap();
+    assert!(sample().status.success());
+
+    // Resuming on a changed corpus: the vocabulary differs.
+    let text = std::fs::read_to_string(dir.join("x.txt")).unwrap();
+    std::fs::write(dir.join("x.txt"), text + "zzz qqq").unwrap();
+    assert_fails(
+        &grulm(dir.path(), &["train", "--out", "run", "--resume", "--set", "train.epochs=2"]),
+        USAGE,
+        &["vocab.json: the vocabulary built from corpus x.txt", "differs from the run's"],
+    );
+}
+
+#[test]
+fn output_directory_mistakes() {
+    let dir = TempDir::new("outdir");
+    tiny_run(&dir);
+    // An existing run is refused (and left as it was) unless --resume or --force.
+    let before = std::fs::read(dir.join("run/model.safetensors")).unwrap();
+    assert_fails(
+        &grulm(dir.path(), &["train", "--config", "c.toml", "--out", "run"]),
+        USAGE,
+        &["run already holds a run; use --resume to continue it, --force to replace it"],
+    );
+    assert_eq!(std::fs::read(dir.join("run/model.safetensors")).unwrap(), before);
+    // A path that cannot be a directory.
+    assert_fails(
+        &grulm(dir.path(), &["train", "--config", "c.toml", "--out", "x.txt/run"]),
+        RUNTIME,
+        &["cannot create run directory x.txt/run"],
+    );
+    if !is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(dir.join("ro")).unwrap();
+        std::fs::set_permissions(dir.join("ro"), std::fs::Permissions::from_mode(0o555)).unwrap();
+        assert_fails(&grulm(dir.path(), &["train", "--config", "c.toml", "--out", "ro/run"]), RUNTIME, &["ro/run"]);
+    }
+    // --resume where no run is.
+    assert_fails(&grulm(dir.path(), &["train", "--out", "elsewhere", "--resume"]), USAGE, &["--resume:", "elsewhere"]);
+}
+
+#[test]
+fn diverging_training_stops_and_keeps_the_last_good_checkpoint() {
+    let Some(corpus) = timemachine() else { return };
+    let dir = TempDir::new("nan");
+    dir.write("exp.toml", small_config(&corpus, ""));
+    // From the start, lr = 1e6: diverges in epoch 1, before any checkpoint.
+    let o = grulm(dir.path(), &["train", "--config", "exp.toml", "--out", "fresh", "--set", "train.lr=1e6"]);
+    assert_fails(
+        &o,
+        RUNTIME,
+        &["training diverged: the loss is", "at epoch 1, step", "no checkpoint was written yet", "lower train.lr (now 1000000)"],
+    );
+    assert!(!dir.join("fresh/checkpoint.safetensors").exists());
+    // Four good epochs (checkpoints at 2 and 4), then resumed with lr = 1e6.
+    assert!(grulm(dir.path(), &["train", "--config", "exp.toml", "--out", "run"]).status.success());
+    let good = std::fs::read(dir.join("run/checkpoint.safetensors")).unwrap();
+    let model = std::fs::read(dir.join("run/model.safetensors")).unwrap();
+    let o = grulm(dir.path(), &["train", "--out", "run", "--resume", "--set", "train.epochs=8", "--set", "train.lr=1e6"]);
+    assert_fails(&o, RUNTIME, &["training diverged: the loss is", "at epoch 5, step", "the last good checkpoint (epoch 4) is kept in run"]);
+    // Never overwritten with non-finite weights; no metrics for the diverged epoch.
+    assert_eq!(std::fs::read(dir.join("run/checkpoint.safetensors")).unwrap(), good);
+    assert_eq!(std::fs::read(dir.join("run/model.safetensors")).unwrap(), model);
+    assert_eq!(std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap().lines().count(), 4);
+    // And the run recovers from it with a sane lr.
+    let o = grulm(dir.path(), &["train", "--out", "run", "--resume", "--set", "train.epochs=6", "--set", "train.lr=0.5"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    assert_eq!(std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap().lines().count(), 6);
+}
+
+/// Waits until `path` exists (or panics after `secs`).
+fn wait_for(path: &Path, secs: u64) {
+    let t = Instant::now();
+    while !path.exists() {
+        assert!(t.elapsed() < Duration::from_secs(secs), "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigkill_mid_run_leaves_a_loadable_checkpoint_and_resume_matches() {
+    let Some(corpus) = timemachine() else { return };
+    let dir = TempDir::new("kill");
+    // A checkpoint every epoch: most of the time is spent writing them.
+    dir.write(
+        "exp.toml",
+        small_config(&corpus, "").replace("epochs = 4", "epochs = 40").replace("checkpoint_every = 2", "checkpoint_every = 1"),
+    );
+    let full = grulm(dir.path(), &["train", "--config", "exp.toml", "--out", "full"]);
+    assert!(full.status.success());
+    for round in 0..3 {
+        let out = format!("killed{round}");
+        let mut child =
+            grulm_cmd(dir.path(), &["train", "--config", "exp.toml", "--out", &out]).stdout(std::process::Stdio::null()).spawn().unwrap();
+        wait_for(&dir.join(&out).join("checkpoint.safetensors"), 60);
+        std::thread::sleep(Duration::from_millis(150 + 170 * round));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let run = dir.join(&out);
+        let ck = grulm::checkpoint::load(&run.join("checkpoint.safetensors")).expect("complete, loadable checkpoint");
+        let epoch: usize = ck.metadata["grulm.epoch"].parse().unwrap();
+        grulm::checkpoint::load(&run.join("model.safetensors")).expect("complete, loadable model");
+        let metrics = metrics_without_timing(&run);
+        assert!(metrics.len() >= epoch, "metrics hold every epoch up to the checkpoint");
+        assert!(grulm(dir.path(), &["sample", "--run", &out, "--len", "5"]).status.success());
+        let o = grulm(dir.path(), &["train", "--out", &out, "--resume"]);
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+        assert_eq!(metrics_without_timing(&run), metrics_without_timing(&dir.join("full")), "round {round}: killed after epoch {epoch}");
+        let leftovers: Vec<String> = std::fs::read_dir(&run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+}

@@ -1,0 +1,334 @@
+//! `grulm bench`: tokens/s of training steps (forward, backward, clip, update),
+//! median over repeats after a warm-up, and peak memory; optionally side by side
+//! with the same step in Python PyTorch (`bench/pytorch_reference.py`).
+use crate::config::{ModelConfig, ModelKind, OptimizerKind, ResetGate};
+use crate::device;
+use crate::model::{RecurrentLm, ScratchGru, ScratchPath, State};
+use crate::optim::Optimizer;
+use crate::usage;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Shapes: d2l (B=32 T=35 H=256 V=28), large (B=128 T=64 H=1024 V=28), or B,T,H,V. Repeatable.
+    #[arg(long = "shape", default_values_t = ["d2l".to_string(), "large".to_string()])]
+    pub shapes: Vec<String>,
+    /// Models: scratch (the trainer's path: fused forward, hand-written BPTT), scratch-after (the same, reset-after),
+    /// scratch-autograd (fused forward, autograd), scratch-ref (the readable reference), builtin.
+    #[arg(long, value_delimiter = ',', default_values_t = ["scratch".to_string(), "builtin".to_string()])]
+    pub models: Vec<String>,
+    /// Timed repeats; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Training steps per repeat [default: 8 for d2l's shape (one epoch), 2 for larger ones].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// CPU threads for both sides [default: one per core].
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Also run bench/pytorch_reference.py with this Python (same shapes and threads) and print ratios.
+    #[arg(long, value_name = "PYTHON")]
+    pub compare_python: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchResult {
+    pub side: String,
+    pub model: String,
+    #[serde(rename = "B")]
+    pub b: i64,
+    #[serde(rename = "T")]
+    pub t: i64,
+    #[serde(rename = "H")]
+    pub h: i64,
+    #[serde(rename = "V")]
+    pub v: i64,
+    pub steps_per_repeat: usize,
+    pub repeats: usize,
+    pub seconds_median: f64,
+    pub tokens_per_s: f64,
+    pub peak_mib: f64,
+    pub peak_kind: String,
+    #[serde(default)]
+    pub threads: i64,
+}
+
+/// (B, T, H, V, steps per repeat)
+fn parse_shape(s: &str, steps: Option<usize>) -> Result<(i64, i64, i64, i64, usize)> {
+    let (b, t, h, v) = match s {
+        "d2l" => (32, 35, 256, 28),
+        "large" => (128, 64, 1024, 28),
+        other => {
+            let n: Vec<i64> = other.split(',').map(|x| x.trim().parse::<i64>()).collect::<Result<_, _>>().map_err(|_| bad_shape(other))?;
+            match n[..] {
+                [b, t, h, v] if b > 0 && t > 0 && h > 0 && v > 1 => (b, t, h, v),
+                _ => return Err(bad_shape(other)),
+            }
+        }
+    };
+    let auto = if b * t * h <= 32 * 35 * 256 { 8 } else { 2 };
+    Ok((b, t, h, v, steps.unwrap_or(auto)))
+}
+
+fn bad_shape(s: &str) -> anyhow::Error {
+    usage!("--shape {s:?}: expected d2l, large or B,T,H,V (positive integers, V >= 2)")
+}
+
+/// FLOPs of one training step's matrix products (forward ×3 for forward +
+/// backward): per step and layer, the hidden products `2·B·H·3H`, the input
+/// products of layers above the first `2·B·H·3H`, the output layer `2·B·H·V`.
+/// Layer 0's input projection is a row gather in grulm's fast path and is not
+/// counted (d2l's one-hot product spends `2·B·V·3H` on it).
+pub fn step_flops(b: i64, t: i64, h: i64, v: i64) -> f64 {
+    let per_step = 2.0 * (b * h * 3 * h) as f64 + 2.0 * (b * h * v) as f64;
+    3.0 * per_step * t as f64
+}
+
+fn model_for(name: &str, v: i64, h: i64, dev: Device) -> Result<Box<dyn RecurrentLm>> {
+    let cfg = |kind, reset| ModelConfig { kind, hidden_size: h as usize, num_layers: 1, reset_gate: reset, init_sigma: Some(0.01) };
+    Ok(match name {
+        "scratch" => cfg(ModelKind::Scratch, ResetGate::Before).init(v, dev, Kind::Float),
+        "scratch-after" => cfg(ModelKind::Scratch, ResetGate::After).init(v, dev, Kind::Float),
+        "scratch-autograd" | "scratch-ref" => {
+            let mut vs = tch::nn::VarStore::new(dev);
+            vs.set_kind(Kind::Float);
+            let mut m = ScratchGru::new(vs, v, h, 1, ResetGate::Before, 0.01);
+            m.set_path(if name == "scratch-ref" { ScratchPath::Reference } else { ScratchPath::Fused });
+            Box::new(m)
+        }
+        "builtin" => cfg(ModelKind::Builtin, ResetGate::After).init(v, dev, Kind::Float),
+        other => return Err(usage!("--models {other:?}: expected scratch, scratch-after, scratch-autograd, scratch-ref or builtin")),
+    })
+}
+
+/// Resets the kernel's peak-RSS counter (VmHWM) for this process.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, warmup: usize, dev: Device) -> Result<BenchResult> {
+    let (b, t, h, v, steps) = shape;
+    tch::manual_seed(0);
+    let cuda_before = cuda_mem::used_mib(dev);
+    reset_peak_rss();
+    let model = model_for(name, v, h, dev)?;
+    let mut opt = Optimizer::new(OptimizerKind::Sgd, 1.0, model.named_parameters());
+    let xs = Tensor::randint(v, [steps as i64, b, t], (Kind::Int64, dev));
+    let ys = Tensor::randint(v, [steps as i64, b, t], (Kind::Int64, dev));
+    let mut state: State = model.zero_state(b);
+    let mut times = Vec::with_capacity(repeats);
+    for i in 0..warmup + repeats {
+        let t0 = Instant::now();
+        let mut last = Tensor::zeros([], (Kind::Float, dev));
+        for k in 0..steps as i64 {
+            opt.zero_grad();
+            let (loss, s) = model.train_step(&xs.get(k), &ys.get(k), &state);
+            let _ = opt.clip_grad_norm(1.0);
+            opt.step();
+            state = s;
+            last = loss;
+        }
+        // One read at the end: waits for the device, and checks the numbers.
+        let l = f64::try_from(&last)?;
+        if !l.is_finite() {
+            bail!("{name}: loss became {l} during the benchmark");
+        }
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let (peak, kind) = match dev {
+        Device::Cuda(_) => (cuda_mem::used_mib(dev) - cuda_before, "cuda memory reserved (cudaMemGetInfo)"),
+        _ => (peak_rss_mib(), "peak RSS"),
+    };
+    Ok(BenchResult {
+        side: "grulm".into(),
+        model: name.into(),
+        b,
+        t,
+        h,
+        v,
+        steps_per_repeat: steps,
+        repeats,
+        seconds_median: median,
+        tokens_per_s: (steps as i64 * b * t) as f64 / median,
+        peak_mib: peak,
+        peak_kind: kind.into(),
+        threads: tch::get_num_threads() as i64,
+    })
+}
+
+/// Achieved FP32 GEMM rate (2048² matmul, median of 5): what this machine's
+/// libtorch reaches at best, beside the theoretical peak.
+fn gemm_gflops(dev: Device) -> Result<f64> {
+    let n = 2048i64;
+    let a = Tensor::randn([n, n], (Kind::Float, dev));
+    let b = Tensor::randn([n, n], (Kind::Float, dev));
+    let mut times = vec![];
+    for i in 0..6 {
+        let t0 = Instant::now();
+        let c = a.mm(&b);
+        let _ = f64::try_from(c.get(0).get(0))?;
+        if i > 0 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(2.0 * (n * n * n) as f64 / times[times.len() / 2] / 1e9)
+}
+
+fn run_python(py: &PathBuf, a: &BenchArgs, shapes: &[(i64, i64, i64, i64, usize)], threads: usize) -> Result<Vec<BenchResult>> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/pytorch_reference.py");
+    let script = if script.is_file() { script } else { PathBuf::from("bench/pytorch_reference.py") };
+    let mut cmd = std::process::Command::new(py);
+    cmd.arg(&script).args(["--device", &a.device, "--repeats", &a.repeats.to_string(), "--warmup", &a.warmup.to_string()]);
+    cmd.args(["--threads", &threads.to_string()]);
+    let models: Vec<&str> = a.models.iter().filter(|m| *m == "scratch" || *m == "builtin").map(String::as_str).collect();
+    cmd.args(["--models", &models.join(",")]);
+    for (b, t, h, v, s) in shapes {
+        cmd.args(["--shape", &format!("{b},{t},{h},{v},{s}")]);
+    }
+    let out = cmd.output().with_context(|| format!("cannot run {} {}", py.display(), script.display()))?;
+    if !out.status.success() {
+        bail!("{} {} failed: {}", py.display(), script.display(), String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).with_context(|| format!("python reference printed {l:?}")))
+        .collect()
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let dev = device::resolve(&a.device)?;
+    if a.repeats == 0 {
+        return Err(usage!("--repeats 0: expected at least 1"));
+    }
+    // The thread count is set, not inherited: both sides use the same.
+    let threads = if a.threads > 0 { a.threads } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) };
+    tch::set_num_threads(threads as i32);
+    let shapes = a.shapes.iter().map(|s| parse_shape(s, a.steps)).collect::<Result<Vec<_>>>()?;
+    let mut results = vec![];
+    for &shape in &shapes {
+        for m in &a.models {
+            let r = bench_one(m, shape, a.repeats, a.warmup, dev)?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            results.push(r);
+        }
+    }
+    let python = match &a.compare_python {
+        Some(py) => run_python(py, &a, &shapes, threads)?,
+        None => vec![],
+    };
+    if a.json {
+        for r in &python {
+            println!("{}", serde_json::to_string(r)?);
+        }
+        return Ok(());
+    }
+    let gemm = gemm_gflops(dev)?;
+    println!(
+        "grulm bench on {} ({} threads, libtorch {}): median of {} repeats after {} warm-up; training steps (forward, backward, clip, SGD update)",
+        device::describe(dev),
+        threads,
+        device::LIBTORCH_VERSION,
+        a.repeats,
+        a.warmup
+    );
+    println!("FP32 GEMM (2048x2048 matmul) reaches {gemm:.1} GFLOP/s here");
+    for &(b, t, h, v, steps) in &shapes {
+        println!("\nshape B={b} T={t} H={h} V={v}, {steps} steps per repeat");
+        println!(
+            "{:<14} {:>12} {:>12} {:>8} {:>10} {:>10} {:>11}",
+            "model", "grulm tok/s", "python tok/s", "ratio", "grulm MiB", "python MiB", "GFLOP/s"
+        );
+        let same = |r: &&BenchResult| (r.b, r.t, r.h, r.v) == (b, t, h, v);
+        for r in results.iter().filter(same) {
+            let p = python.iter().filter(same).find(|p| p.model == r.model);
+            let gflops = step_flops(b, t, h, v) * steps as f64 / r.seconds_median / 1e9;
+            println!(
+                "{:<14} {:>12.0} {:>12} {:>8} {:>10.0} {:>10} {:>11.1}",
+                r.model,
+                r.tokens_per_s,
+                p.map(|p| format!("{:.0}", p.tokens_per_s)).unwrap_or_else(|| "-".into()),
+                p.map(|p| format!("{:.2}x", r.tokens_per_s / p.tokens_per_s)).unwrap_or_else(|| "-".into()),
+                r.peak_mib,
+                p.map(|p| format!("{:.0}", p.peak_mib)).unwrap_or_else(|| "-".into()),
+                gflops
+            );
+        }
+        let get = |m: &str| results.iter().filter(same).find(|r| r.model == m).map(|r| r.tokens_per_s);
+        if let (Some(s), Some(bi)) = (get("scratch"), get("builtin")) {
+            println!("grulm scratch / grulm builtin: {:.2}x", s / bi);
+        }
+    }
+    if let Some(r) = results.first() {
+        println!("\nmemory: {}; GFLOP/s counts the step's matrix products (see grulm::bench::step_flops)", r.peak_kind);
+    }
+    Ok(())
+}
+
+/// Device memory in use, through the CUDA runtime libtorch already loaded
+/// (tch exposes no allocator statistics). libtorch's caching allocator keeps
+/// what it reserved, so "used after minus used before" is its peak reservation.
+mod cuda_mem {
+    use tch::Device;
+
+    pub fn used_mib(dev: Device) -> f64 {
+        if !dev.is_cuda() {
+            return 0.0;
+        }
+        tch::Cuda::synchronize(match dev {
+            Device::Cuda(i) => i as i64,
+            _ => 0,
+        });
+        mem_get_info().map(|(free, total)| (total - free) as f64 / (1u64 << 20) as f64).unwrap_or(f64::NAN)
+    }
+
+    fn mem_get_info() -> Option<(usize, usize)> {
+        type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+        for lib in [c"libcudart.so.13", c"libcudart.so.12", c"libcudart.so"] {
+            // SAFETY: dlopen/dlsym with NUL-terminated names; the symbol has the
+            // documented signature cudaError_t cudaMemGetInfo(size_t*, size_t*).
+            unsafe {
+                let h = libc::dlopen(lib.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
+                if h.is_null() {
+                    continue;
+                }
+                let f = libc::dlsym(h, c"cudaMemGetInfo".as_ptr());
+                if f.is_null() {
+                    continue;
+                }
+                let f: MemGetInfo = std::mem::transmute(f);
+                let (mut free, mut total) = (0usize, 0usize);
+                if f(&mut free, &mut total) == 0 {
+                    return Some((free, total));
+                }
+            }
+        }
+        None
+    }
+}
