@@ -148,7 +148,7 @@ def bench(model_name, B, T, H, V, steps, repeats, warmup, device):
         peak_kind = "peak RSS"
     return {
         "side": "python", "model": model_name, "B": B, "T": T, "H": H, "V": V,
-        "steps_per_repeat": steps, "repeats": repeats, "seconds_median": median,
+        "steps_per_repeat": steps, "repeats": repeats, "seconds": times, "seconds_median": median,
         "tokens_per_s": steps * B * T / median, "peak_mib": peak, "peak_kind": peak_kind,
     }
 

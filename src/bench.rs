@@ -24,9 +24,13 @@ pub struct BenchArgs {
     /// scratch-autograd (fused forward, autograd), scratch-ref (the readable reference), builtin.
     #[arg(long, value_delimiter = ',', default_values_t = ["scratch".to_string(), "builtin".to_string()])]
     pub models: Vec<String>,
-    /// Timed repeats; the median is reported.
+    /// Timed repeats per round; the median over all rounds is reported.
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
+    /// Rounds, alternating grulm and Python for each model, so that a slow spell
+    /// of the machine hits both sides alike.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
     /// Training steps per repeat [default: 8 for d2l's shape (one epoch), 2 for larger ones].
@@ -57,6 +61,8 @@ pub struct BenchResult {
     pub v: i64,
     pub steps_per_repeat: usize,
     pub repeats: usize,
+    /// Every timed repeat, in seconds.
+    pub seconds: Vec<f64>,
     pub seconds_median: f64,
     pub tokens_per_s: f64,
     pub peak_mib: f64,
@@ -118,14 +124,6 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
 fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, warmup: usize, dev: Device) -> Result<BenchResult> {
     let (b, t, h, v, steps) = shape;
     tch::manual_seed(0);
@@ -157,11 +155,10 @@ fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, war
             times.push(t0.elapsed().as_secs_f64());
         }
     }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+    let median = median(&times);
     let (peak, kind) = match dev {
         Device::Cuda(_) => (cuda_mem::used_mib(dev) - cuda_before, "cuda memory reserved (cudaMemGetInfo)"),
-        _ => (peak_rss_mib(), "peak RSS"),
+        _ => (device::peak_rss_mib(), "peak RSS"),
     };
     Ok(BenchResult {
         side: "grulm".into(),
@@ -172,12 +169,36 @@ fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, war
         v,
         steps_per_repeat: steps,
         repeats,
+        seconds: times,
         seconds_median: median,
         tokens_per_s: (steps as i64 * b * t) as f64 / median,
         peak_mib: peak,
         peak_kind: kind.into(),
         threads: tch::get_num_threads() as i64,
     })
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    }
+}
+
+/// Merges the rounds of one side: all repeats pooled, the largest peak.
+fn merge(rounds: Vec<BenchResult>) -> BenchResult {
+    let mut all = rounds[0].clone();
+    all.seconds = rounds.iter().flat_map(|r| r.seconds.iter().copied()).collect();
+    all.repeats = all.seconds.len();
+    all.seconds_median = median(&all.seconds);
+    all.tokens_per_s = (all.steps_per_repeat as i64 * all.b * all.t) as f64 / all.seconds_median;
+    all.peak_mib = rounds.iter().map(|r| r.peak_mib).fold(f64::NAN, f64::max);
+    all
 }
 
 /// Achieved FP32 GEMM rate (2048² matmul, median of 5): what this machine's
@@ -199,62 +220,70 @@ fn gemm_gflops(dev: Device) -> Result<f64> {
     Ok(2.0 * (n * n * n) as f64 / times[times.len() / 2] / 1e9)
 }
 
-fn run_python(py: &PathBuf, a: &BenchArgs, shapes: &[(i64, i64, i64, i64, usize)], threads: usize) -> Result<Vec<BenchResult>> {
+fn run_python(py: &PathBuf, a: &BenchArgs, shape: (i64, i64, i64, i64, usize), model: &str, threads: usize) -> Result<BenchResult> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/pytorch_reference.py");
     let script = if script.is_file() { script } else { PathBuf::from("bench/pytorch_reference.py") };
-    let mut cmd = std::process::Command::new(py);
-    cmd.arg(&script).args(["--device", &a.device, "--repeats", &a.repeats.to_string(), "--warmup", &a.warmup.to_string()]);
-    cmd.args(["--threads", &threads.to_string()]);
-    let models: Vec<&str> = a.models.iter().filter(|m| *m == "scratch" || *m == "builtin").map(String::as_str).collect();
-    cmd.args(["--models", &models.join(",")]);
-    for (b, t, h, v, s) in shapes {
-        cmd.args(["--shape", &format!("{b},{t},{h},{v},{s}")]);
-    }
-    let out = cmd.output().with_context(|| format!("cannot run {} {}", py.display(), script.display()))?;
+    let (b, t, h, v, steps) = shape;
+    let out = std::process::Command::new(py)
+        .arg(&script)
+        .args(["--device", &a.device, "--repeats", &a.repeats.to_string(), "--warmup", &a.warmup.to_string()])
+        .args(["--threads", &threads.to_string(), "--models", model, "--shape", &format!("{b},{t},{h},{v},{steps}")])
+        .output()
+        .with_context(|| format!("cannot run {} {}", py.display(), script.display()))?;
     if !out.status.success() {
         bail!("{} {} failed: {}", py.display(), script.display(), String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
     }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).with_context(|| format!("python reference printed {l:?}")))
-        .collect()
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("python reference printed {line:?}"))
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
     let dev = device::resolve(&a.device)?;
-    if a.repeats == 0 {
-        return Err(usage!("--repeats 0: expected at least 1"));
+    if a.repeats == 0 || a.rounds == 0 {
+        return Err(usage!("--repeats and --rounds: expected at least 1"));
     }
     // The thread count is set, not inherited: both sides use the same.
     let threads = if a.threads > 0 { a.threads } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) };
     tch::set_num_threads(threads as i32);
     let shapes = a.shapes.iter().map(|s| parse_shape(s, a.steps)).collect::<Result<Vec<_>>>()?;
     let mut results = vec![];
+    let mut python = vec![];
     for &shape in &shapes {
         for m in &a.models {
-            let r = bench_one(m, shape, a.repeats, a.warmup, dev)?;
+            // The Python reference has the chapter's two models only.
+            let py = a.compare_python.as_ref().filter(|_| m == "scratch" || m == "builtin");
+            let (mut ours, mut theirs) = (vec![], vec![]);
+            for _ in 0..a.rounds {
+                ours.push(bench_one(m, shape, a.repeats, a.warmup, dev)?);
+                if let Some(py) = py {
+                    theirs.push(run_python(py, &a, shape, m, threads)?);
+                }
+            }
+            let r = merge(ours);
             if a.json {
                 println!("{}", serde_json::to_string(&r)?);
             }
             results.push(r);
+            if !theirs.is_empty() {
+                let p = merge(theirs);
+                if a.json {
+                    println!("{}", serde_json::to_string(&p)?);
+                }
+                python.push(p);
+            }
         }
     }
-    let python = match &a.compare_python {
-        Some(py) => run_python(py, &a, &shapes, threads)?,
-        None => vec![],
-    };
     if a.json {
-        for r in &python {
-            println!("{}", serde_json::to_string(r)?);
-        }
         return Ok(());
     }
     let gemm = gemm_gflops(dev)?;
     println!(
-        "grulm bench on {} ({} threads, libtorch {}): median of {} repeats after {} warm-up; training steps (forward, backward, clip, SGD update)",
+        "grulm bench on {} ({} threads, libtorch {}): median of {} rounds x {} repeats (each after {} warm-up), grulm and Python alternating; training steps (forward, backward, clip, SGD update)",
         device::describe(dev),
         threads,
         device::LIBTORCH_VERSION,
+        a.rounds,
         a.repeats,
         a.warmup
     );

@@ -43,6 +43,31 @@ pub fn describe(device: Device) -> String {
     }
 }
 
+/// Keeps freed tensor memory for reuse instead of handing it back to the kernel.
+///
+/// glibc serves allocations above 32 MiB with a fresh `mmap` and unmaps them on
+/// free, so every training step of a large model page-faults its activations in
+/// again (1.5 million minor faults in a 20 s `grulm bench --shape large`; 0.2
+/// million with this). Serving them from the heap and not trimming it keeps RSS at
+/// the step's peak, as a caching allocator (or PyTorch's Python process) does.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before other threads allocate.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
+/// Peak resident memory of this process (VmHWM), in MiB.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
 /// Sets libtorch's CPU thread count (0: leave libtorch's default, one per core).
 pub fn set_threads(threads: usize) {
     if threads > 0 {

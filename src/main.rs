@@ -14,6 +14,7 @@ fn main() {
         let first = msg.lines().next().unwrap_or_default().to_string();
         eprintln!("grulm: internal error: {first} (please report this)");
     }));
+    grulm::device::keep_freed_memory();
     let cli = match grulm::cli::Cli::try_parse() {
         Ok(cli) => cli,
         // --help and --version print as clap has them.

@@ -15,9 +15,12 @@ use tch::{Kind, Tensor};
 pub fn clip_grad_norm(params: &[Tensor], theta: f64) -> Tensor {
     tch::no_grad(|| {
         let grads: Vec<Tensor> = params.iter().map(Tensor::grad).filter(Tensor::defined).collect();
-        let kind = grads.first().map(Tensor::kind).unwrap_or(Kind::Float);
-        let squares: Vec<Tensor> = grads.iter().map(|g| g.square().sum(kind)).collect();
-        let norm = Tensor::stack(&squares, 0).sum(kind).sqrt();
+        if grads.is_empty() {
+            return Tensor::zeros([], (Kind::Float, params.first().map(Tensor::device).unwrap_or(tch::Device::Cpu)));
+        }
+        // ‖g‖² per parameter as one dot product each (no squared copy).
+        let squares: Vec<Tensor> = grads.iter().map(|g| g.view([-1]).dot(&g.view([-1]))).collect();
+        let norm = Tensor::stack(&squares, 0).sum(squares[0].kind()).sqrt();
         // θ/‖g‖ is +inf for a zero gradient, and clamps to 1: nothing changes.
         let coef = (norm.reciprocal() * theta).clamp_max(1.0);
         for mut g in grads {
@@ -39,6 +42,8 @@ pub struct Optimizer {
     v: Vec<Tensor>,
     /// Adam: updates done so far (for the bias correction).
     steps: u64,
+    /// SGD: −lr as a 0-d tensor of each parameter's kind and device.
+    neg_lr: Vec<Tensor>,
 }
 
 pub const ADAM_BETA1: f64 = 0.9;
@@ -53,7 +58,8 @@ impl Optimizer {
             OptimizerKind::Sgd => (vec![], vec![]),
             OptimizerKind::Adam => (zeros(), zeros()),
         };
-        Optimizer { kind, lr, names, params, m, v, steps: 0 }
+        let neg_lr = params.iter().map(|p| Tensor::full([], -lr, (p.kind(), p.device()))).collect();
+        Optimizer { kind, lr, names, params, m, v, steps: 0, neg_lr }
     }
 
     pub fn lr(&self) -> f64 {
@@ -75,10 +81,10 @@ impl Optimizer {
     pub fn step(&mut self) {
         tch::no_grad(|| match self.kind {
             OptimizerKind::Sgd => {
-                for p in self.params.iter_mut() {
+                for (p, neg_lr) in self.params.iter_mut().zip(&self.neg_lr) {
                     let g = p.grad();
                     if g.defined() {
-                        let _ = p.g_sub_(&(g * self.lr));
+                        let _ = p.addcmul_(&g, neg_lr); // p += g · (−lr), no temporary
                     }
                 }
             }

@@ -22,7 +22,14 @@ pub fn perplexity_svg(metrics: &[EpochMetrics], title: &str, path: &Path) -> Res
             .y_label_area_size(56)
             .build_cartesian_2d(1f64..last as f64, 0.9f64..y_max.max(1.5))
             .map_err(plot_err)?;
-        chart.configure_mesh().x_desc("epoch").y_desc("perplexity").axis_desc_style(("sans-serif", 15)).draw().map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .y_desc("perplexity")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .axis_desc_style(("sans-serif", 15))
+            .draw()
+            .map_err(plot_err)?;
         let train: Vec<(f64, f64)> = metrics.iter().filter(|m| m.train_ppl.is_finite()).map(|m| (m.epoch as f64, m.train_ppl)).collect();
         chart
             .draw_series(LineSeries::new(train, BLUE.stroke_width(2)))

@@ -47,6 +47,9 @@ pub struct EpochMetrics {
     pub grad_norm: f64,
     /// Training wall time since the run began, resumed parts included.
     pub elapsed_s: f64,
+    /// Peak resident memory of the process so far (host RAM), MiB.
+    #[serde(default)]
+    pub peak_rss_mib: f64,
 }
 
 pub struct RunDir {

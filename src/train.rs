@@ -218,6 +218,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
             lr: opt.lr(),
             grad_norm: norms.iter().sum::<f64>() / norms.len() as f64,
             elapsed_s: elapsed0 + run_start.elapsed().as_secs_f64(),
+            peak_rss_mib: crate::device::peak_rss_mib(),
         };
         run.append_metrics(&metrics)?;
         history.push(metrics.clone());

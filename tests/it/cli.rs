@@ -55,7 +55,7 @@ fn train_sample_eval_end_to_end() {
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 4);
     let first: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
-    for k in ["epoch", "train_ppl", "val_ppl", "tokens_per_s", "lr", "grad_norm", "elapsed_s"] {
+    for k in ["epoch", "train_ppl", "val_ppl", "tokens_per_s", "lr", "grad_norm", "elapsed_s", "peak_rss_mib"] {
         assert!(first.get(k).is_some(), "metrics lack {k}");
     }
     let svg = std::fs::read_to_string(run.join("perplexity.svg")).unwrap();

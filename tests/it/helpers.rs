@@ -99,7 +99,7 @@ pub fn small_config(corpus: &Path, extra: &str) -> String {
     )
 }
 
-/// Metrics lines without the timing fields.
+/// Metrics lines without the timing (and memory) fields.
 pub fn metrics_without_timing(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -109,6 +109,7 @@ pub fn metrics_without_timing(run: &Path) -> Vec<serde_json::Value> {
             let o = v.as_object_mut().unwrap();
             o.remove("tokens_per_s");
             o.remove("elapsed_s");
+            o.remove("peak_rss_mib");
             v
         })
         .collect()
