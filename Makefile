@@ -2,7 +2,7 @@
 # LIBTORCH if set, else a cached venv with torch==2.11.0 from PyPI.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
-SETUP := eval "$$(scripts/setup-libtorch.sh)"
+SETUP := setup_env="$$(scripts/setup-libtorch.sh)" && eval "$$setup_env"
 CONFIG ?= configs/gru-scratch.toml
 ARGS ?=
 

@@ -78,12 +78,11 @@ impl ScratchGru {
         }
     }
 
-    /// X W + b for all T·B rows at once (as the fused forward).
+    /// X W + b for all T·B rows at once (the fused forward's projection).
     fn project_all(&self, input: &Input, w: &Tensor, b: &Tensor) -> Tensor {
         match input {
-            Input::Below(x) => b.addmm(x, w),
-            Input::Tokens(ids) if !super::deterministic() => Tensor::embedding(w, ids, -1, false, false) + b,
-            Input::Tokens(ids) => b.addmm(&ids.one_hot(self.vocab_size_i64()).to_kind(w.kind()), w),
+            Input::Below(x) => self.project(Some(x), x, w, b),
+            Input::Tokens(ids) => self.project(None, ids, w, b),
         }
     }
 

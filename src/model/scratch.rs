@@ -158,7 +158,7 @@ impl ScratchGru {
 
     /// Input projections of all T steps at once: `[T*B, out]`, X W + b. For layer 0
     /// the input is one-hot, and one_hot(tokens) W is a row gather of W.
-    fn project(&self, below: Option<&Tensor>, ids: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+    pub(super) fn project(&self, below: Option<&Tensor>, ids: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
         match below {
             Some(x) => b.addmm(x, w),
             None if !super::deterministic() => Tensor::embedding(w, ids, -1, false, false) + b,
