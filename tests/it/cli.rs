@@ -105,3 +105,28 @@ fn parity_command_prints_its_table() {
         assert_eq!(s.matches(": ok").count(), 2, "{s}");
     }
 }
+
+#[test]
+fn builtin_checkpoint_loads_in_pytorch() {
+    // The set-up venv's Python (make test exports VIRTUAL_ENV); absent with LIBTORCH.
+    let Some(venv) = std::env::var_os("VIRTUAL_ENV") else {
+        eprintln!("SKIPPED: no VIRTUAL_ENV with torch");
+        return;
+    };
+    let Some(corpus) = timemachine() else { return };
+    let dir = TempDir::new("pytorch");
+    dir.write(
+        "exp.toml",
+        small_config(&corpus, "[model]\nkind = \"builtin\"\nnum_layers = 2\n").replace("[model]\nhidden_size = 32\n", ""),
+    );
+    let o = grulm(dir.path(), &["train", "--config", "exp.toml", "--set", "model.hidden_size=32"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let ours = stdout(&grulm(dir.path(), &["sample", "--run", "runs/exp", "--prefix", "the time ", "--len", "40"]));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/pytorch_predict.py");
+    let py = std::process::Command::new(std::path::Path::new(&venv).join("bin/python"))
+        .args([script, &dir.join("runs/exp").display().to_string(), "the time ", "40"])
+        .output()
+        .unwrap();
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    assert_eq!(String::from_utf8_lossy(&py.stdout), ours, "PyTorch's d2l predict_ch8 on grulm's checkpoint");
+}

@@ -1,0 +1,66 @@
+"""Loads a grulm built-in run's model.safetensors into d2l 0.17's concise model
+(nn.GRU + nn.Linear, strict: every name and shape must match) and prints d2l's
+greedy predict_ch8(prefix, num_preds). Used by the test
+`cli::builtin_checkpoint_loads_in_pytorch`; needs only torch (the set-up venv's).
+
+    python pytorch_predict.py RUN_DIR PREFIX NUM_PREDS
+"""
+import json
+import os
+import struct
+import sys
+
+import torch
+from torch import nn
+
+
+def load_safetensors(path):
+    """A reader of the format itself: 8-byte header length, JSON header, raw data."""
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    header.pop("__metadata__", None)
+    dtypes = {"F32": torch.float32, "F64": torch.float64}
+    out = {}
+    for name, info in header.items():
+        a, b = info["data_offsets"]
+        out[name] = torch.frombuffer(bytearray(raw[8 + n + a:8 + n + b]), dtype=dtypes[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
+class RNNModel(nn.Module):
+    def __init__(self, vocab, hidden, layers):
+        super().__init__()
+        self.rnn = nn.GRU(vocab, hidden, num_layers=layers)
+        self.linear = nn.Linear(hidden, vocab)
+
+
+def main():
+    run, prefix, num_preds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    vocab = json.load(open(os.path.join(run, "vocab.json")))["idx_to_token"]
+    sd = load_safetensors(os.path.join(run, "model.safetensors"))
+    hidden = sd["rnn.weight_hh_l0"].shape[1]
+    layers = sum(1 for k in sd if k.startswith("rnn.weight_ih_l"))
+    model = RNNModel(len(vocab), hidden, layers).float()
+    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    idx = {t: i for i, t in enumerate(vocab)}
+    state = torch.zeros(layers, 1, hidden)
+    out = [idx[prefix[0]]]
+
+    def step(token, state):
+        x = nn.functional.one_hot(torch.tensor([[token]]), len(vocab)).float()  # [T=1, B=1, V]
+        y, state = model.rnn(x, state)
+        return model.linear(y), state
+
+    with torch.no_grad():
+        for ch in prefix[1:]:
+            _, state = step(out[-1], state)
+            out.append(idx[ch])
+        for _ in range(num_preds):
+            y, state = step(out[-1], state)
+            out.append(int(y.argmax()))
+    print("".join(vocab[i] for i in out))
+
+
+if __name__ == "__main__":
+    main()
