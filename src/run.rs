@@ -201,8 +201,9 @@ impl RunDir {
         let model = cfg.model.init(vocab.len() as i64, device, Kind::Float);
         let p = self.file(MODEL);
         let file = checkpoint::load(&p)?;
+        // The vocabulary sets V in the shapes: name it, after the tensor that disagrees.
         checkpoint::assign(&model.named_parameters(), &file.tensors, &p.display().to_string())
-            .with_context(|| format!("the vocabulary in {} has {} tokens", self.file(VOCAB).display(), vocab.len()))?;
+            .map_err(|e| anyhow::anyhow!("{e:#}; {} has {} tokens", self.file(VOCAB).display(), vocab.len()))?;
         Ok((cfg, vocab, model))
     }
 }
