@@ -2,9 +2,11 @@
 //! median over repeats after a warm-up, and peak memory; optionally side by side
 //! with the same step in Python PyTorch (`bench/pytorch_reference.py`).
 use crate::config::{ModelConfig, ModelKind, OptimizerKind, ResetGate};
+use crate::data::SeqPartition;
 use crate::device;
-use crate::model::{RecurrentLm, ScratchGru, ScratchPath, State};
+use crate::model::{RecurrentLm, ScratchGru, ScratchPath};
 use crate::optim::Optimizer;
+use crate::train;
 use crate::usage;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -133,21 +135,13 @@ fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, war
     let mut opt = Optimizer::new(OptimizerKind::Sgd, 1.0, model.named_parameters());
     let xs = Tensor::randint(v, [steps as i64, b, t], (Kind::Int64, dev));
     let ys = Tensor::randint(v, [steps as i64, b, t], (Kind::Int64, dev));
-    let mut state: State = model.zero_state(b);
     let mut times = Vec::with_capacity(repeats);
     for i in 0..warmup + repeats {
         let t0 = Instant::now();
-        let mut last = Tensor::zeros([], (Kind::Float, dev));
-        for k in 0..steps as i64 {
-            opt.zero_grad();
-            let (loss, s) = model.train_step(&xs.get(k), &ys.get(k), &state);
-            let _ = opt.clip_grad_norm(1.0);
-            opt.step();
-            state = s;
-            last = loss;
-        }
+        // The trainer's own epoch loop, over `steps` minibatches.
+        let out = train::train_epoch(model.as_ref(), &mut opt, &xs, &ys, SeqPartition::Sequential, 1.0);
         // One read at the end: waits for the device, and checks the numbers.
-        let l = f64::try_from(&last)?;
+        let l = f64::try_from(out.losses.get(-1))?;
         if !l.is_finite() {
             bail!("{name}: loss became {l} during the benchmark");
         }

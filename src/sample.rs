@@ -38,7 +38,6 @@ pub fn encode_prefix(vocab: &Vocab, prefix: &str) -> Result<Vec<i64>> {
         return Err(usage!("the prefix is empty; give at least one character to start from"));
     }
     let mut unknown: Vec<char> = prefix.chars().filter(|&c| !vocab.contains(c)).collect();
-    unknown.dedup();
     if !unknown.is_empty() {
         unknown.sort();
         unknown.dedup();

@@ -36,15 +36,15 @@ pub struct TrainOutcome {
 }
 
 /// Device-side results of one epoch.
-struct EpochTensors {
+pub struct EpochTensors {
     /// Mean cross-entropy of each step, `[n]`.
-    losses: Tensor,
+    pub losses: Tensor,
     /// Global gradient norm before clipping of each step, `[n]`.
-    norms: Tensor,
+    pub norms: Tensor,
 }
 
 /// One epoch over the minibatches `xs`, `ys` (`[n, B, T]`, on the device).
-fn train_epoch(
+pub fn train_epoch(
     model: &dyn RecurrentLm,
     opt: &mut Optimizer,
     xs: &Tensor,
@@ -55,11 +55,12 @@ fn train_epoch(
     let (n, batch) = (xs.size()[0], xs.size()[1]);
     let mut losses = Vec::with_capacity(n as usize);
     let mut norms = Vec::with_capacity(n as usize);
+    // train_step returns its state detached: carried as is (sequential) or dropped.
     let mut state: Option<State> = None;
     for k in 0..n {
         let (x, y) = (xs.get(k), ys.get(k)); // [B, T]
-        let st = match (partition, &state) {
-            (SeqPartition::Sequential, Some(s)) => s.detach(),
+        let st = match (partition, state.take()) {
+            (SeqPartition::Sequential, Some(s)) => s,
             _ => model.zero_state(batch),
         };
         opt.zero_grad();
