@@ -17,9 +17,11 @@ export GRULM_DATA_DIR
 train: build
 	./target/release/grulm train --config $(CONFIG) --device cpu $(ARGS)
 
-## make test: every test (CPU).
+## make test: every test (CPU). Tests run in parallel, many of them starting
+## grulm; one libtorch thread each keeps OpenMP's spinning threads from
+## oversubscribing the cores (which made the suite 2-6x slower, at random).
 test:
-	$(SETUP) && cargo test --release
+	$(SETUP) && OMP_NUM_THREADS=1 cargo test --release
 
 build:
 	$(SETUP) && cargo build --release
