@@ -53,6 +53,22 @@ else
   touch "$MARKER"
 fi
 
+# CUDA graphs need grulm's small C++ shim (csrc/cuda_shim.cpp), which needs the
+# CUDA runtime headers. The wheel's nvidia-cuda-runtime has them but for
+# crt/host_config.h, which nvidia-cuda-crt of the same CUDA minor version adds.
+# Optional: without it grulm builds and runs without CUDA graphs. Tried once.
+SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+CRT_MARKER="$VENV/.grulm-crt-tried"
+if [ -f "$SITE/nvidia/cu13/include/cuda_runtime_api.h" ] && [ ! -f "$SITE/nvidia/cu13/include/crt/host_config.h" ] && [ ! -f "$CRT_MARKER" ]; then
+  rt="$("$PY" -m pip show nvidia-cuda-runtime 2>/dev/null | sed -n 's/^Version: \([0-9]*\.[0-9]*\).*/\1/p')"
+  if [ -n "$rt" ]; then
+    echo "grulm setup: installing nvidia-cuda-crt~=$rt.0 (CUDA headers for grulm's CUDA-graph shim)" >&2
+    "$PY" -m pip install --quiet --disable-pip-version-check "nvidia-cuda-crt~=$rt.0" >&2 \
+      || echo "grulm setup: could not install nvidia-cuda-crt; grulm will build without CUDA graphs" >&2
+  fi
+  touch "$CRT_MARKER"
+fi
+
 echo "export LIBTORCH_USE_PYTORCH=1"
 echo "export VIRTUAL_ENV='$VENV'"
 echo "export PATH='$VENV/bin':\"\$PATH\""

@@ -81,14 +81,45 @@ pub fn info_report() -> String {
     let mut s = String::new();
     s += &format!("grulm            {}\n", env!("CARGO_PKG_VERSION"));
     s += &format!("libtorch         {LIBTORCH_VERSION}\n");
-    s += &format!("libtorch lib     {}\n", option_env!("GRULM_LIBTORCH_LIB").unwrap_or("unknown"));
+    s += &format!(
+        "libtorch lib     {}\n",
+        loaded_libtorch_dir().unwrap_or_else(|| option_env!("GRULM_LIBTORCH_LIB").unwrap_or("unknown").into())
+    );
     s += &format!("built with CUDA  {}\n", yes_no(libtorch_has_cuda()));
     s += &format!("CUDA available   {}\n", yes_no(cuda));
     s += &format!("CUDA devices     {}\n", if cuda { tch::Cuda::device_count() } else { 0 });
     s += &format!("cuDNN available  {}\n", yes_no(cuda && tch::Cuda::cudnn_is_available()));
+    if cuda {
+        for i in 0..tch::Cuda::device_count() as usize {
+            s += &format!("GPU {i}            {}\n", crate::cuda::gpu_description(i).unwrap_or_else(|| "unknown".into()));
+        }
+        let (driver, runtime, cudnn) = crate::cuda::versions();
+        let v = |x: Option<String>| x.unwrap_or_else(|| "unknown".into());
+        s += &format!("CUDA driver      {} (runtime {}), cuDNN {}\n", v(driver), v(runtime), v(cudnn));
+        if let Ok((cublas, cudnn)) = crate::cuda::tf32() {
+            s += &format!("TF32             cuBLAS {}, cuDNN {} (libtorch's defaults unless changed)\n", on_off(cublas), on_off(cudnn));
+        }
+    }
+    s += &format!("CUDA shim        {} (CUDA graphs, GPU memory statistics)\n", crate::cuda::shim_status());
     s += &format!("CPU threads      {}\n", tch::get_num_threads());
     s += &format!("default device   {}\n", describe(Device::cuda_if_available()));
     s
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+/// The directory of the libtorch this process loaded (LD_LIBRARY_PATH or the
+/// rpath decide which), from /proc/self/maps; None where that is unreadable.
+fn loaded_libtorch_dir() -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let path = maps.lines().filter_map(|l| l.split_whitespace().nth(5)).find(|p| p.ends_with("/libtorch_cpu.so"))?;
+    Some(std::path::Path::new(path).parent()?.display().to_string())
 }
 
 fn yes_no(b: bool) -> &'static str {

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod cuda;
 pub mod data;
 pub mod device;
 pub mod error;
