@@ -9,7 +9,9 @@ forward, mean cross-entropy, backward, grad_clipping(θ=1) (with its host read
 of the norm, as d2l has it), SGD update.
 
 Run by `grulm bench --compare-python PYTHON` with the same shapes, repeats and
-thread count; prints one JSON object per (shape, model) on stdout.
+thread count; prints one JSON object per (shape, model) on stdout. On CUDA
+(`--device cuda`) each timed repeat starts and ends with torch.cuda.synchronize(),
+and the peak memory is torch.cuda.max_memory_allocated() since the model was built.
 """
 import argparse
 import json
@@ -86,6 +88,12 @@ def grad_clipping(params, theta):
 
 
 def bench(model_name, B, T, H, V, steps, repeats, warmup, device):
+    # Peak memory counts from here: parameters, inputs, activations, workspaces.
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        reset_peak_rss()
     torch.manual_seed(0)
     xs = torch.randint(0, V, (steps, B, T), device=device)
     ys = torch.randint(0, V, (steps, B, T), device=device)
@@ -126,13 +134,11 @@ def bench(model_name, B, T, H, V, steps, repeats, warmup, device):
         loss.item()
         return state
 
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        reset_peak_rss()
     times = []
     for i in range(warmup + repeats):
+        # The timed region starts and ends with the device idle.
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         state = run_steps(state)
         if device.type == "cuda":

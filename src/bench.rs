@@ -6,6 +6,7 @@ use crate::data::SeqPartition;
 use crate::device;
 use crate::model::{RecurrentLm, ScratchGru, ScratchPath};
 use crate::optim::Optimizer;
+use crate::step::Stepper;
 use crate::train;
 use crate::usage;
 use anyhow::{bail, Context, Result};
@@ -19,11 +20,12 @@ use tch::{Device, Kind, Tensor};
 pub struct BenchArgs {
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Shapes: d2l (B=32 T=35 H=256 V=28), large (B=128 T=64 H=1024 V=28), or B,T,H,V. Repeatable.
+    /// Shapes: d2l (B=32 T=35 H=256 V=28), large (B=128 T=64 H=1024 V=28), gpu (B=512 T=128 H=1024 V=28), or B,T,H,V. Repeatable.
     #[arg(long = "shape", default_values_t = ["d2l".to_string(), "large".to_string()])]
     pub shapes: Vec<String>,
-    /// Models: scratch (the trainer's path: fused forward, hand-written BPTT), scratch-after (the same, reset-after),
-    /// scratch-autograd (fused forward, autograd), scratch-ref (the readable reference), builtin.
+    /// Models: scratch (the trainer's path: fused forward, hand-written BPTT; a CUDA graph on CUDA), scratch-after (the
+    /// same, reset-after), scratch-autograd (fused forward, autograd), scratch-ref (the readable reference), builtin;
+    /// scratch-eager and builtin-eager are scratch and builtin without the CUDA graph.
     #[arg(long, value_delimiter = ',', default_values_t = ["scratch".to_string(), "builtin".to_string()])]
     pub models: Vec<String>,
     /// Timed repeats per round; the median over all rounds is reported.
@@ -44,6 +46,9 @@ pub struct BenchArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also write the results as JSON lines to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<PathBuf>,
     /// Also run bench/pytorch_reference.py with this Python (same shapes and threads) and print ratios.
     #[arg(long, value_name = "PYTHON")]
     pub compare_python: Option<PathBuf>,
@@ -71,6 +76,17 @@ pub struct BenchResult {
     pub peak_kind: String,
     #[serde(default)]
     pub threads: i64,
+    /// How grulm ran the steps: `CUDA graph` or `eager`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Kernels (graph nodes) of one training step, when it ran as a CUDA graph.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_nodes: Option<usize>,
+    /// Those launches by kernel name (the step's profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_launches: Option<std::collections::BTreeMap<String, usize>>,
 }
 
 /// (B, T, H, V, steps per repeat)
@@ -78,6 +94,7 @@ fn parse_shape(s: &str, steps: Option<usize>) -> Result<(i64, i64, i64, i64, usi
     let (b, t, h, v) = match s {
         "d2l" => (32, 35, 256, 28),
         "large" => (128, 64, 1024, 28),
+        "gpu" => (512, 128, 1024, 28),
         other => {
             let n: Vec<i64> = other.split(',').map(|x| x.trim().parse::<i64>()).collect::<Result<_, _>>().map_err(|_| bad_shape(other))?;
             match n[..] {
@@ -91,7 +108,7 @@ fn parse_shape(s: &str, steps: Option<usize>) -> Result<(i64, i64, i64, i64, usi
 }
 
 fn bad_shape(s: &str) -> anyhow::Error {
-    usage!("--shape {s:?}: expected d2l, large or B,T,H,V (positive integers, V >= 2)")
+    usage!("--shape {s:?}: expected d2l, large, gpu or B,T,H,V (positive integers, V >= 2)")
 }
 
 /// FLOPs of one training step's matrix products (forward ×3 for forward +
@@ -104,21 +121,35 @@ pub fn step_flops(b: i64, t: i64, h: i64, v: i64) -> f64 {
     3.0 * per_step * t as f64
 }
 
-fn model_for(name: &str, v: i64, h: i64, dev: Device) -> Result<Box<dyn RecurrentLm>> {
+/// The model and whether its steps may use a CUDA graph (the `-eager` names say no).
+fn model_for(name: &str, v: i64, h: i64, dev: Device) -> Result<(Box<dyn RecurrentLm>, bool)> {
     let cfg = |kind, reset| ModelConfig { kind, hidden_size: h as usize, num_layers: 1, reset_gate: reset, init_sigma: Some(0.01) };
     Ok(match name {
-        "scratch" => cfg(ModelKind::Scratch, ResetGate::Before).init(v, dev, Kind::Float),
-        "scratch-after" => cfg(ModelKind::Scratch, ResetGate::After).init(v, dev, Kind::Float),
+        "scratch" | "scratch-eager" => (cfg(ModelKind::Scratch, ResetGate::Before).init(v, dev, Kind::Float), name == "scratch"),
+        "scratch-after" => (cfg(ModelKind::Scratch, ResetGate::After).init(v, dev, Kind::Float), true),
         "scratch-autograd" | "scratch-ref" => {
             let mut vs = tch::nn::VarStore::new(dev);
             vs.set_kind(Kind::Float);
             let mut m = ScratchGru::new(vs, v, h, 1, ResetGate::Before, 0.01);
             m.set_path(if name == "scratch-ref" { ScratchPath::Reference } else { ScratchPath::Fused });
-            Box::new(m)
+            (Box::new(m), true)
         }
-        "builtin" => cfg(ModelKind::Builtin, ResetGate::After).init(v, dev, Kind::Float),
-        other => return Err(usage!("--models {other:?}: expected scratch, scratch-after, scratch-autograd, scratch-ref or builtin")),
+        "builtin" | "builtin-eager" => (cfg(ModelKind::Builtin, ResetGate::After).init(v, dev, Kind::Float), name == "builtin"),
+        other => {
+            return Err(usage!(
+            "--models {other:?}: expected scratch, scratch-eager, scratch-after, scratch-autograd, scratch-ref, builtin or builtin-eager"
+        ))
+        }
     })
+}
+
+/// The Python reference's model for a grulm model name (d2l has two).
+fn python_model(name: &str) -> Option<&'static str> {
+    match name {
+        "scratch" | "scratch-eager" => Some("scratch"),
+        "builtin" | "builtin-eager" => Some("builtin"),
+        _ => None,
+    }
 }
 
 /// Resets the kernel's peak-RSS counter (VmHWM) for this process.
@@ -129,30 +160,47 @@ fn reset_peak_rss() {
 fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, warmup: usize, dev: Device) -> Result<BenchResult> {
     let (b, t, h, v, steps) = shape;
     tch::manual_seed(0);
-    let cuda_before = cuda_mem::used_mib(dev);
+    let memory = GpuMemory::start(dev);
     reset_peak_rss();
-    let model = model_for(name, v, h, dev)?;
+    let (model, graph) = model_for(name, v, h, dev)?;
     let mut opt = Optimizer::new(OptimizerKind::Sgd, 1.0, model.named_parameters());
     let xs = Tensor::randint(v, [steps as i64, b, t], (Kind::Int64, dev));
     let ys = Tensor::randint(v, [steps as i64, b, t], (Kind::Int64, dev));
+    let mut stepper = Stepper::new(dev, graph, &opt);
     let mut times = Vec::with_capacity(repeats);
-    for i in 0..warmup + repeats {
+    // Warm-up repeats, and enough steps for a CUDA graph to be captured before timing.
+    let warm = warmup.max(if graph && dev.is_cuda() { crate::step::WARMUP_STEPS.div_ceil(steps) + 1 } else { 0 });
+    for i in 0..warm + repeats {
         let t0 = Instant::now();
         // The trainer's own epoch loop, over `steps` minibatches.
-        let out = train::train_epoch(model.as_ref(), &mut opt, &xs, &ys, SeqPartition::Sequential, 1.0);
+        let out = train::train_epoch(model.as_ref(), &mut opt, &mut stepper, &xs, &ys, SeqPartition::Sequential, 1.0)?;
         // One read at the end: waits for the device, and checks the numbers.
         let l = f64::try_from(out.losses.get(-1))?;
         if !l.is_finite() {
             bail!("{name}: loss became {l} during the benchmark");
         }
-        if i >= warmup {
+        if i >= warm {
             times.push(t0.elapsed().as_secs_f64());
         }
     }
+    if let Some(note) = stepper.take_note() {
+        eprintln!("grulm bench: {name}: {note}");
+    }
+    let step = stepper.describe().to_string();
+    let graph_nodes = stepper.graph_nodes();
+    let graph_launches = match stepper.graph_launches() {
+        Some(Ok(l)) => Some(l),
+        Some(Err(e)) => {
+            eprintln!("grulm bench: {name}: no kernel list for the captured step: {e:#}");
+            None
+        }
+        None => None,
+    };
+    drop(stepper);
     let median = median(&times);
     let (peak, kind) = match dev {
-        Device::Cuda(_) => (cuda_mem::used_mib(dev) - cuda_before, "cuda memory reserved (cudaMemGetInfo)"),
-        _ => (device::peak_rss_mib(), "peak RSS"),
+        Device::Cuda(_) => memory.peak_mib(),
+        _ => (device::peak_rss_mib(), "peak RSS".to_string()),
     };
     Ok(BenchResult {
         side: "grulm".into(),
@@ -167,9 +215,53 @@ fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, war
         seconds_median: median,
         tokens_per_s: (steps as i64 * b * t) as f64 / median,
         peak_mib: peak,
-        peak_kind: kind.into(),
+        peak_kind: kind,
         threads: tch::get_num_threads() as i64,
+        step: Some(step),
+        device: Some(device::describe(dev)),
+        graph_nodes,
+        graph_launches,
     })
+}
+
+/// Peak device memory of one benchmark: the caching allocator's peak of
+/// allocated bytes (what PyTorch's `max_memory_allocated` reports) when grulm's
+/// CUDA shim is built, else the device memory in use after minus before
+/// (`cudaMemGetInfo`; the allocator keeps what it reserved, so that is its peak
+/// reservation, cuBLAS and cuDNN workspaces included).
+struct GpuMemory {
+    dev: Device,
+    used_before: f64,
+    /// Bytes allocated when the benchmark began (none, unless an earlier one leaked).
+    allocated_before: Option<i64>,
+}
+
+impl GpuMemory {
+    fn start(dev: Device) -> GpuMemory {
+        let allocated_before = match dev.is_cuda() && crate::cuda::reset_peak_memory(dev).is_ok() {
+            true => crate::cuda::memory_stats(dev).ok().map(|m| m.allocated),
+            false => None,
+        };
+        GpuMemory { dev, used_before: used_mib(dev), allocated_before }
+    }
+
+    fn peak_mib(&self) -> (f64, String) {
+        if let Some(before) = self.allocated_before {
+            if let Ok(m) = crate::cuda::memory_stats(self.dev) {
+                return ((m.allocated_peak - before) as f64 / (1u64 << 20) as f64, "cuda allocator peak (allocated)".into());
+            }
+        }
+        (used_mib(self.dev) - self.used_before, "cuda memory reserved (cudaMemGetInfo)".into())
+    }
+}
+
+/// Device memory in use (all processes), after the device is idle.
+fn used_mib(dev: Device) -> f64 {
+    if let Device::Cuda(i) = dev {
+        tch::Cuda::synchronize(i as i64);
+        return crate::cuda::mem_get_info().map(|(free, total)| (total - free) as f64 / (1u64 << 20) as f64).unwrap_or(f64::NAN);
+    }
+    0.0
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -214,22 +306,31 @@ fn gemm_gflops(dev: Device) -> Result<f64> {
     Ok(2.0 * (n * n * n) as f64 / times[times.len() / 2] / 1e9)
 }
 
-fn run_python(py: &PathBuf, a: &BenchArgs, shape: (i64, i64, i64, i64, usize), model: &str, threads: usize) -> Result<BenchResult> {
+/// Runs the Python reference once for `models` at one shape: one JSON line each.
+fn run_python(
+    py: &PathBuf,
+    a: &BenchArgs,
+    shape: (i64, i64, i64, i64, usize),
+    models: &[&str],
+    threads: usize,
+) -> Result<Vec<BenchResult>> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/pytorch_reference.py");
     let script = if script.is_file() { script } else { PathBuf::from("bench/pytorch_reference.py") };
     let (b, t, h, v, steps) = shape;
     let out = std::process::Command::new(py)
         .arg(&script)
         .args(["--device", &a.device, "--repeats", &a.repeats.to_string(), "--warmup", &a.warmup.to_string()])
-        .args(["--threads", &threads.to_string(), "--models", model, "--shape", &format!("{b},{t},{h},{v},{steps}")])
+        .args(["--threads", &threads.to_string(), "--models", &models.join(","), "--shape", &format!("{b},{t},{h},{v},{steps}")])
         .output()
         .with_context(|| format!("cannot run {} {}", py.display(), script.display()))?;
     if !out.status.success() {
         bail!("{} {} failed: {}", py.display(), script.display(), String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().last().unwrap_or_default();
-    serde_json::from_str(line).with_context(|| format!("python reference printed {line:?}"))
+    text.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|line| serde_json::from_str(line).with_context(|| format!("python reference printed {line:?}")))
+        .collect()
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -241,29 +342,47 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let threads = if a.threads > 0 { a.threads } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) };
     tch::set_num_threads(threads as i32);
     let shapes = a.shapes.iter().map(|s| parse_shape(s, a.steps)).collect::<Result<Vec<_>>>()?;
+    for m in &a.models {
+        model_for(m, 2, 1, Device::Cpu)?; // a bad name is a usage error before anything runs
+    }
+    let mut json_out = match &a.json_out {
+        Some(p) => Some(std::fs::File::create(p).with_context(|| format!("--json-out {}: cannot create", p.display()))?),
+        None => None,
+    };
+    let mut emit = |r: &BenchResult| -> Result<()> {
+        let line = serde_json::to_string(r)?;
+        if a.json {
+            println!("{line}");
+        }
+        if let Some(f) = json_out.as_mut() {
+            use std::io::Write;
+            writeln!(f, "{line}")?;
+        }
+        Ok(())
+    };
     let mut results = vec![];
     let mut python = vec![];
     for &shape in &shapes {
-        for m in &a.models {
-            // The Python reference has the chapter's two models only.
-            let py = a.compare_python.as_ref().filter(|_| m == "scratch" || m == "builtin");
-            let (mut ours, mut theirs) = (vec![], vec![]);
-            for _ in 0..a.rounds {
-                ours.push(bench_one(m, shape, a.repeats, a.warmup, dev)?);
-                if let Some(py) = py {
-                    theirs.push(run_python(py, &a, shape, m, threads)?);
-                }
+        // The Python reference has the chapter's two models; each runs once per round.
+        let mut py_models: Vec<&str> = a.models.iter().filter_map(|m| python_model(m)).collect();
+        py_models.dedup();
+        let (mut ours, mut theirs): (Vec<Vec<BenchResult>>, Vec<Vec<BenchResult>>) = (vec![], vec![]);
+        for _ in 0..a.rounds {
+            ours.push(a.models.iter().map(|m| bench_one(m, shape, a.repeats, a.warmup, dev)).collect::<Result<_>>()?);
+            if let (Some(py), false) = (&a.compare_python, py_models.is_empty()) {
+                theirs.push(run_python(py, &a, shape, &py_models, threads)?);
             }
-            let r = merge(ours);
-            if a.json {
-                println!("{}", serde_json::to_string(&r)?);
-            }
+        }
+        for (i, _) in a.models.iter().enumerate() {
+            let r = merge(ours.iter().map(|round| round[i].clone()).collect());
+            emit(&r)?;
             results.push(r);
-            if !theirs.is_empty() {
-                let p = merge(theirs);
-                if a.json {
-                    println!("{}", serde_json::to_string(&p)?);
-                }
+        }
+        for m in &py_models {
+            let rounds: Vec<BenchResult> = theirs.iter().filter_map(|round| round.iter().find(|r| r.model == *m).cloned()).collect();
+            if !rounds.is_empty() {
+                let p = merge(rounds);
+                emit(&p)?;
                 python.push(p);
             }
         }
@@ -285,22 +404,26 @@ pub fn run(a: BenchArgs) -> Result<()> {
     for &(b, t, h, v, steps) in &shapes {
         println!("\nshape B={b} T={t} H={h} V={v}, {steps} steps per repeat");
         println!(
-            "{:<14} {:>12} {:>12} {:>8} {:>10} {:>10} {:>11}",
+            "{:<16} {:>12} {:>12} {:>8} {:>10} {:>10} {:>11}  steps",
             "model", "grulm tok/s", "python tok/s", "ratio", "grulm MiB", "python MiB", "GFLOP/s"
         );
         let same = |r: &&BenchResult| (r.b, r.t, r.h, r.v) == (b, t, h, v);
         for r in results.iter().filter(same) {
-            let p = python.iter().filter(same).find(|p| p.model == r.model);
+            let p = python.iter().filter(same).find(|p| Some(p.model.as_str()) == python_model(&r.model));
             let gflops = step_flops(b, t, h, v) * steps as f64 / r.seconds_median / 1e9;
             println!(
-                "{:<14} {:>12.0} {:>12} {:>8} {:>10.0} {:>10} {:>11.1}",
+                "{:<16} {:>12.0} {:>12} {:>8} {:>10.0} {:>10} {:>11.1}  {}",
                 r.model,
                 r.tokens_per_s,
                 p.map(|p| format!("{:.0}", p.tokens_per_s)).unwrap_or_else(|| "-".into()),
                 p.map(|p| format!("{:.2}x", r.tokens_per_s / p.tokens_per_s)).unwrap_or_else(|| "-".into()),
                 r.peak_mib,
                 p.map(|p| format!("{:.0}", p.peak_mib)).unwrap_or_else(|| "-".into()),
-                gflops
+                gflops,
+                match r.graph_nodes {
+                    Some(n) => format!("CUDA graph of {n} launches, {:.2} us each", r.seconds_median / steps as f64 / n as f64 * 1e6),
+                    None => r.step.clone().unwrap_or_default(),
+                }
             );
         }
         let get = |m: &str| results.iter().filter(same).find(|r| r.model == m).map(|r| r.tokens_per_s);
@@ -312,46 +435,4 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("\nmemory: {}; GFLOP/s counts the step's matrix products (see grulm::bench::step_flops)", r.peak_kind);
     }
     Ok(())
-}
-
-/// Device memory in use, through the CUDA runtime libtorch already loaded
-/// (tch exposes no allocator statistics). libtorch's caching allocator keeps
-/// what it reserved, so "used after minus used before" is its peak reservation.
-mod cuda_mem {
-    use tch::Device;
-
-    pub fn used_mib(dev: Device) -> f64 {
-        if !dev.is_cuda() {
-            return 0.0;
-        }
-        tch::Cuda::synchronize(match dev {
-            Device::Cuda(i) => i as i64,
-            _ => 0,
-        });
-        mem_get_info().map(|(free, total)| (total - free) as f64 / (1u64 << 20) as f64).unwrap_or(f64::NAN)
-    }
-
-    fn mem_get_info() -> Option<(usize, usize)> {
-        type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
-        for lib in [c"libcudart.so.13", c"libcudart.so.12", c"libcudart.so"] {
-            // SAFETY: dlopen/dlsym with NUL-terminated names; the symbol has the
-            // documented signature cudaError_t cudaMemGetInfo(size_t*, size_t*).
-            unsafe {
-                let h = libc::dlopen(lib.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD);
-                if h.is_null() {
-                    continue;
-                }
-                let f = libc::dlsym(h, c"cudaMemGetInfo".as_ptr());
-                if f.is_null() {
-                    continue;
-                }
-                let f: MemGetInfo = std::mem::transmute(f);
-                let (mut free, mut total) = (0usize, 0usize);
-                if f(&mut free, &mut total) == 0 {
-                    return Some((free, total));
-                }
-            }
-        }
-        None
-    }
 }

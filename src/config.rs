@@ -94,6 +94,9 @@ pub struct TrainConfig {
     pub val_every: usize,
     /// Ask libtorch for deterministic algorithms (matters on CUDA only).
     pub deterministic: bool,
+    /// On CUDA, capture the training step once as a CUDA graph and replay it
+    /// (SGD only; no number changes, launches go from hundreds to one).
+    pub cuda_graph: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -153,6 +156,7 @@ impl Default for Config {
                 checkpoint_every: 50,
                 val_every: 10,
                 deterministic: false,
+                cuda_graph: true,
             },
             sample: SampleConfig {
                 prefixes: vec!["time traveller".into(), "traveller".into()],
@@ -315,6 +319,7 @@ const TRAIN_KEYS: &[&str] = &[
     "checkpoint_every",
     "val_every",
     "deterministic",
+    "cuda_graph",
 ];
 const SAMPLE_KEYS: &[&str] = &["prefixes", "len", "temperature", "top_k", "seed"];
 const SECTIONS: &[&str] = &["data", "model", "train", "sample"];
@@ -453,6 +458,7 @@ impl Config {
             checkpoint_every: r.int(&mut t, s, "checkpoint_every", 0, MAX_SIZE, d.train.checkpoint_every)?,
             val_every: r.int(&mut t, s, "val_every", 1, MAX_SIZE, d.train.val_every)?,
             deterministic: r.bool(&mut t, s, "deterministic", d.train.deterministic)?,
+            cuda_graph: r.bool(&mut t, s, "cuda_graph", d.train.cuda_graph)?,
         };
         r.no_more(&t, s, TRAIN_KEYS)?;
 

@@ -16,4 +16,5 @@ pub mod parity;
 pub mod plot;
 pub mod run;
 pub mod sample;
+pub mod step;
 pub mod train;

@@ -66,6 +66,12 @@ impl Optimizer {
         self.lr
     }
 
+    /// Whether a step can be captured in a CUDA graph: SGD's update uses only
+    /// device tensors; Adam's bias correction is computed on the host per step.
+    pub fn graph_safe(&self) -> bool {
+        self.kind == OptimizerKind::Sgd
+    }
+
     /// d2l's `grad_clipping` over this optimiser's parameters (see [`clip_grad_norm`]).
     pub fn clip_grad_norm(&self, theta: f64) -> Tensor {
         clip_grad_norm(&self.params, theta)

@@ -17,12 +17,17 @@ pub const HIDDEN: i64 = 16;
 /// Weights and initial state ~ N(0, 0.5²): gates neither saturated nor linear.
 pub const SCALE: f64 = 0.5;
 
-/// Tolerance on the max abs difference: f64 1e-10, f32 1e-5.
-pub fn tolerance(kind: Kind) -> f64 {
-    if kind == Kind::Double {
-        1e-10
-    } else {
-        1e-5
+/// Tolerance on the max abs difference: f64 1e-10 everywhere; f32 1e-5 on the
+/// CPU and 5e-5 on CUDA, where cuDNN's GRU and the scratch model's cuBLAS
+/// products sum in other orders and round-off grows through the recurrence (on
+/// an H200, with TF32 off: 1.4e-5 on the logits). 5e-5 is the tolerance of
+/// PyTorch's own cuDNN-vs-CPU RNN test (`_test_RNN_cpu_vs_cudnn` in test_nn.py:
+/// `atol=5e-5, rtol=0`, float32, outputs and every gradient).
+pub fn tolerance(kind: Kind, device: Device) -> f64 {
+    match (kind, device) {
+        (Kind::Double, _) => 1e-10,
+        (_, Device::Cuda(_)) => 5e-5,
+        _ => 1e-5,
     }
 }
 
@@ -30,9 +35,12 @@ pub struct ParityReport {
     pub device: Device,
     pub kind: Kind,
     pub layers: usize,
+    /// See [`tolerance`].
     pub tolerance: f64,
     /// (what, max abs difference)
     pub rows: Vec<(String, f64)>,
+    /// False for a table shown for information (TF32 on CUDA).
+    pub asserted: bool,
 }
 
 impl ParityReport {
@@ -51,12 +59,16 @@ impl ParityReport {
             self.kind,
             self.layers
         );
-        s += &format!("{:<28} {:>14}\n", "quantity", "max |diff|");
+        s += &format!("{:<28} {:>14} {:>14}\n", "quantity", "max |diff|", "/ tolerance");
         for (name, d) in &self.rows {
-            let flag = if *d <= self.tolerance { "" } else { "  FAIL" };
-            s += &format!("{name:<28} {d:>14.3e}{flag}\n");
+            let flag = if *d <= self.tolerance || !self.asserted { "" } else { "  FAIL" };
+            s += &format!("{name:<28} {d:>14.3e} {:>14.3}{flag}\n", d / self.tolerance);
         }
-        s += &format!("tolerance {:.0e}: {}\n", self.tolerance, if self.passed() { "ok" } else { "FAILED" });
+        if self.asserted {
+            s += &format!("tolerance {:.0e}: {}\n", self.tolerance, if self.passed() { "ok" } else { "FAILED" });
+        } else {
+            s += &format!("largest difference {:.3e} (tolerance {:.0e} not asserted)\n", self.worst(), self.tolerance);
+        }
         s
     }
 }
@@ -110,16 +122,13 @@ pub fn compare(device: Device, kind: Kind, layers: usize, path: ScratchPath, see
     let (l_b, s_b, loss_b) = run(builtin.as_ref());
     let (l_s, s_s, loss_s) = run(&scratch);
 
-    let mut rows = vec![
-        ("logits".to_string(), max_abs_diff(&l_s, &l_b)),
-        ("final state".to_string(), max_abs_diff(s_s.hidden(), s_b.hidden())),
-        ("loss".to_string(), max_abs_diff(&loss_s, &loss_b)),
-    ];
+    let row = |name: &str, a: &Tensor, b: &Tensor| (name.to_string(), max_abs_diff(a, b));
+    let mut rows = vec![row("logits", &l_s, &l_b), row("final state", s_s.hidden(), s_b.hidden()), row("loss", &loss_s, &loss_b)];
     let scratch_grads: HashMap<String, Tensor> = scratch.named_parameters().into_iter().map(|(n, p)| (n, p.grad())).collect();
     let mapped = scratch_to_pytorch(&scratch_grads, layers, BiasHh::Gradient)?;
     for (name, g) in mapped {
         let p = builtin_params.get(&name).ok_or_else(|| anyhow!("built-in model has no {name}"))?;
-        rows.push((format!("grad {name}"), max_abs_diff(&g, &p.grad())));
+        rows.push(row(&format!("grad {name}"), &g, &p.grad()));
     }
-    Ok(ParityReport { device, kind, layers, tolerance: tolerance(kind), rows })
+    Ok(ParityReport { device, kind, layers, tolerance: tolerance(kind, device), rows, asserted: true })
 }

@@ -3,16 +3,18 @@
 //!
 //! Per minibatch: state (carried and detached for the sequential partition, fresh
 //! for the random one) -> forward -> mean cross-entropy per token -> backward ->
-//! clip by the global norm -> update. Losses and gradient norms stay on the device
-//! and are read once per epoch: no step waits for the host.
+//! clip by the global norm -> update ([`Stepper`]: on CUDA, one replayed CUDA
+//! graph). Losses and gradient norms stay on the device and are read once per
+//! epoch: no step waits for the host.
 use crate::config::Config;
 use crate::console::Console;
 use crate::data::{self, Corpus, Minibatches, SeqPartition};
 use crate::device::describe;
-use crate::model::{RecurrentLm, State};
+use crate::model::RecurrentLm;
 use crate::optim::Optimizer;
 use crate::run::{EpochMetrics, RunDir};
 use crate::sample::{self, Decode};
+use crate::step::Stepper;
 use crate::{plot, usage};
 use anyhow::{bail, Context, Result};
 use std::time::Instant;
@@ -43,34 +45,28 @@ pub struct EpochTensors {
     pub norms: Tensor,
 }
 
-/// One epoch over the minibatches `xs`, `ys` (`[n, B, T]`, on the device).
+/// One epoch over the minibatches `xs`, `ys` (`[n, B, T]`, on the device). The
+/// state starts at zero and is carried from step to step (sequential partition)
+/// or starts at zero every step (random partition), as d2l's `train_epoch_ch8`.
 pub fn train_epoch(
     model: &dyn RecurrentLm,
     opt: &mut Optimizer,
+    stepper: &mut Stepper,
     xs: &Tensor,
     ys: &Tensor,
     partition: SeqPartition,
     theta: f64,
-) -> EpochTensors {
-    let (n, batch) = (xs.size()[0], xs.size()[1]);
+) -> Result<EpochTensors> {
+    let n = xs.size()[0];
     let mut losses = Vec::with_capacity(n as usize);
     let mut norms = Vec::with_capacity(n as usize);
-    // train_step returns its state detached: carried as is (sequential) or dropped.
-    let mut state: Option<State> = None;
     for k in 0..n {
-        let (x, y) = (xs.get(k), ys.get(k)); // [B, T]
-        let st = match (partition, state.take()) {
-            (SeqPartition::Sequential, Some(s)) => s,
-            _ => model.zero_state(batch),
-        };
-        opt.zero_grad();
-        let (loss, new_state) = model.train_step(&x, &y, &st);
-        norms.push(opt.clip_grad_norm(theta));
-        opt.step();
-        losses.push(loss);
-        state = Some(new_state);
+        let fresh = k == 0 || partition == SeqPartition::Random;
+        let out = stepper.step(model, opt, &xs.get(k), &ys.get(k), fresh, theta)?;
+        losses.push(out.loss);
+        norms.push(out.norm);
     }
-    EpochTensors { losses: Tensor::stack(&losses, 0), norms: Tensor::stack(&norms, 0) }
+    Ok(EpochTensors { losses: Tensor::stack(&losses, 0), norms: Tensor::stack(&norms, 0) })
 }
 
 /// `[n, B, T]` Int64 tensors on `device`, one copy each.
@@ -149,12 +145,14 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         (0, 0.0, vec![])
     };
 
+    let mut stepper = Stepper::new(device, cfg.train.cuda_graph, &opt);
     let (b, t) = (cfg.data.batch_size, cfg.data.num_steps);
     let per_epoch = data::epoch_minibatches(&corpus.train, b, t, cfg.data.partition, &mut data::epoch_rng(0, 0)).n;
     console.line(&format!(
-        "training {} on {}: {} parameters; {} tokens, vocabulary {}, {} minibatches of {b}x{t} per epoch ({:?}); epochs {}..={}; run directory {}",
+        "training {} on {} ({}): {} parameters; {} tokens, vocabulary {}, {} minibatches of {b}x{t} per epoch ({:?}); epochs {}..={}; run directory {}",
         model.describe(),
         describe(device),
+        stepper.describe(),
         model.parameter_count(),
         corpus.train.len(),
         v,
@@ -182,7 +180,10 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         let mb = data::epoch_minibatches(&corpus.train, b, t, cfg.data.partition, &mut data::epoch_rng(cfg.train.seed, epoch));
         let (xs, ys) = upload(&mb, device);
         model.set_train(true);
-        let out = train_epoch(model.as_ref(), &mut opt, &xs, &ys, cfg.data.partition, cfg.train.grad_clip);
+        let out = train_epoch(model.as_ref(), &mut opt, &mut stepper, &xs, &ys, cfg.data.partition, cfg.train.grad_clip)?;
+        if let Some(note) = stepper.take_note() {
+            console.line(&note);
+        }
         // The epoch's one host read.
         let losses = Vec::<f64>::try_from(out.losses.to_kind(Kind::Double))?;
         let norms = Vec::<f64>::try_from(out.norms.to_kind(Kind::Double))?;

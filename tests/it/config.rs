@@ -40,7 +40,7 @@ fn set_overrides_and_names_itself_in_errors() {
     assert_eq!(c.model.kind, ModelKind::Builtin);
     assert_eq!(c.data.partition, SeqPartition::Random);
     assert_eq!(err("", &["train.lr=-1"]), "--set train.lr=-1: train.lr = -1: expected a finite number > 0");
-    assert_eq!(err("", &["train.lrr=1"]), "--set train.lrr=1: unknown key train.lrr; expected one of: epochs, optimizer, lr, grad_clip, seed, device, threads, predict_every, checkpoint_every, val_every, deterministic");
+    assert_eq!(err("", &["train.lrr=1"]), "--set train.lrr=1: unknown key train.lrr; expected one of: epochs, optimizer, lr, grad_clip, seed, device, threads, predict_every, checkpoint_every, val_every, deterministic, cuda_graph");
 }
 
 #[test]
@@ -71,6 +71,7 @@ fn each_mistake_gets_one_line_with_file_key_value_and_expectation() {
         ("[sample]\ntop_k = 0\n", "exp.toml: sample.top_k = 0: expected an integer >= 1"),
         ("[sample]\nprefixes = [\"\"]\n", "exp.toml: sample.prefixes = [\"\"]: expected non-empty strings"),
         ("[train]\ndeterministic = \"yes\"\n", "exp.toml: train.deterministic = \"yes\": expected true or false"),
+        ("[train]\ncuda_graph = 1\n", "exp.toml: train.cuda_graph = 1: expected true or false"),
         (
             "[model]\nkind = \"builtin\"\ninit_sigma = 0.1\n",
             "exp.toml: model.init_sigma = 0.1: expected no value for model.kind = \"builtin\"",

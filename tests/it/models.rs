@@ -342,7 +342,7 @@ fn scratch_gru_matches_the_independent_reference() {
 #[test]
 fn scratch_reset_after_matches_builtin_gru() {
     // Same weights through the layout map; B=4, T=7, weights ~ N(0, 0.5²).
-    // Tolerances: f64 1e-10, f32 1e-5 (max abs difference).
+    // Tolerances on the CPU: f64 1e-10, f32 1e-5 (max abs difference).
     for kind in [Kind::Double, Kind::Float] {
         for layers in [1, 2] {
             for path in [ScratchPath::Reference, ScratchPath::Fused, ScratchPath::Bptt] {
