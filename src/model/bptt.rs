@@ -102,26 +102,36 @@ impl ScratchGru {
         let opts = (h0.kind(), h0.device());
         let x_zr = self.project_all(input, &Tensor::cat(&[&p.w_xz, &p.w_xr], 1), &Tensor::cat(&[&p.b_z, &p.b_r], 0)).view([t, b, 2 * hd]);
         let x_h = self.project_all(input, &p.w_xh, &p.b_h).view([t, b, hd]);
+        // The input projections are fresh tensors: the gates and the candidate
+        // are computed in place on them (one product per step, no copy).
         let mut tape = Tape {
-            zr: Tensor::empty([t, b, 2 * hd], opts),
-            c: Tensor::empty([t, b, hd], opts),
-            d: Tensor::empty([t, b, hd], opts),
-            u: Tensor::empty([t, b, hd], opts),
-            h_prev: Tensor::empty([0], opts), // filled in after the loop
-            out: Tensor::empty([t, b, hd], opts),
+            zr: x_zr,
+            c: x_h,
+            d: Tensor::empty([0], opts),      // filled in after the loop
+            u: Tensor::empty([0], opts),      // set below
+            h_prev: Tensor::empty([0], opts), // set below
+            out: Tensor::empty([0], opts),    // set below
         };
+        // H_0, H_1, ..., H_T in one buffer [T+1, B, H]: the outputs are rows 1..,
+        // and H_{t-1} of every step is rows ..T, with no copy.
+        let states = Tensor::empty([t + 1, b, hd], opts);
+        states.get(0).copy_(h0);
+        tape.out = states.narrow(0, 1, t);
+        tape.h_prev = states.narrow(0, 0, t);
+        // Per step, in launches (what a GPU step costs): before 6, after 6.
         let mut h = h0.shallow_clone();
         match self.reset_gate() {
             ResetGate::Before => {
+                tape.u = Tensor::empty([t, b, hd], opts);
                 let w_h_zr = Tensor::cat(&[&p.w_hz, &p.w_hr], 1);
                 for s in 0..t {
                     let mut zr = tape.zr.get(s);
-                    let _ = x_zr.get(s).addmm_out(&zr, &h, &w_h_zr);
+                    let _ = zr.addmm_(&h, &w_h_zr);
                     let _ = zr.sigmoid_();
                     let u = tape.u.get(s);
                     let _ = zr.narrow(1, hd, hd).mul_out(&u, &h);
                     let mut c = tape.c.get(s);
-                    let _ = x_h.get(s).addmm_out(&c, &u, &p.w_hh);
+                    let _ = c.addmm_(&u, &p.w_hh);
                     let _ = c.tanh_();
                     h = Self::update(&tape, s, &h, &zr, &c, hd);
                 }
@@ -130,37 +140,36 @@ impl ScratchGru {
                 let b_hh = p.b_hh.as_ref().expect("reset-after layer has b_hh");
                 let w_h = Tensor::cat(&[&p.w_hz, &p.w_hr, &p.w_hh], 1);
                 let b_h = Tensor::cat(&[&b_hh.zeros_like(), &b_hh.zeros_like(), b_hh], 0);
-                let hh = Tensor::empty([b, 3 * hd], opts);
+                // H W_h + [0, 0, b_hh] of every step [T, B, 3H]; U is its last third.
+                let hh = Tensor::empty([t, b, 3 * hd], opts);
+                tape.u = hh.narrow(2, 2 * hd, hd);
                 for s in 0..t {
-                    let _ = b_h.addmm_out(&hh, &h, &w_h); // H W_h + [0, 0, b_hh]
+                    let hs = hh.get(s);
+                    let _ = b_h.addmm_out(&hs, &h, &w_h);
                     let mut zr = tape.zr.get(s);
-                    let _ = x_zr.get(s).add_out(&zr, &hh.narrow(1, 0, 2 * hd));
+                    let _ = zr.g_add_(&hs.narrow(1, 0, 2 * hd));
                     let _ = zr.sigmoid_();
-                    let mut u = tape.u.get(s);
-                    u.copy_(&hh.narrow(1, 2 * hd, hd));
                     let mut c = tape.c.get(s);
-                    let _ = x_h.get(s).addcmul_out(&c, &zr.narrow(1, hd, hd), &u);
+                    let _ = c.addcmul_(&zr.narrow(1, hd, hd), &hs.narrow(1, 2 * hd, hd));
                     let _ = c.tanh_();
                     h = Self::update(&tape, s, &h, &zr, &c, hd);
                 }
             }
         }
-        // H_{t-1} for every step: H_0, then the outputs but the last.
-        tape.h_prev = Tensor::cat(&[h0.unsqueeze(0), tape.out.narrow(0, 0, t - 1)], 0);
+        // D = H_{t-1} − C for all steps in one go.
+        tape.d = &tape.h_prev - &tape.c;
         tape
     }
 
-    /// H_t = C + Z ⊙ (H_{t-1} − C), recording D and H_t.
+    /// H_t = C + Z ⊙ (H_{t-1} − C) = lerp(C, H_{t-1}, Z): one launch.
     fn update(tape: &Tape, s: i64, h: &Tensor, zr: &Tensor, c: &Tensor, hd: i64) -> Tensor {
-        let d = tape.d.get(s);
-        let _ = h.sub_out(&d, c);
         let out = tape.out.get(s);
-        let _ = c.addcmul_out(&out, &zr.narrow(1, 0, hd), &d);
+        let _ = c.lerp_tensor_out(&out, h, &zr.narrow(1, 0, hd));
         out
     }
 
     /// Backward through one layer: `d_out [T, B, H]` is the gradient reaching its
-    /// outputs. Returns its parameters' gradients and the gradient of its input
+    /// outputs from above; it is overwritten (it becomes the whole dH). Returns its parameters' gradients and the gradient of its input
     /// (for the layer below; none for tokens).
     fn layer_backward(&self, p: &GruLayer, tape: &Tape, input: &Input, d_out: &Tensor) -> (LayerGrads, Option<Tensor>) {
         let (t, b, hd) = (d_out.size()[0], d_out.size()[1], self.hidden_i64());
@@ -171,31 +180,43 @@ impl ScratchGru {
         let d_a = Tensor::empty([t, b, gates], opts);
         let d_ah = Tensor::empty([t, b, hd], opts);
         let d_zr = Tensor::empty([b, 2 * hd], opts);
+        let dc = Tensor::empty([b, hd], opts);
+        let zeros = Tensor::zeros([b, hd], opts);
         let w_h = if after { Tensor::cat(&[&p.w_hz, &p.w_hr, &p.w_hh], 1) } else { Tensor::cat(&[&p.w_hz, &p.w_hr], 1) };
         let w_h_t = w_h.tr();
         let w_hh_t = p.w_hh.tr();
-        let mut carry = Tensor::zeros([b, hd], opts);
+        // The gradient reaching H_{t-1} is added in place into d_out[t-1] (which
+        // already holds what reaches it from above), so d_out[s] is the whole dH
+        // when step s comes. Per step, in launches: before 9, after 8.
+        let d_out = d_out.shallow_clone();
         for s in (0..t).rev() {
-            let dh = d_out.get(s) + &carry;
+            let dh = d_out.get(s);
             let zr = tape.zr.get(s);
             let (z, r) = (zr.narrow(1, 0, hd), zr.narrow(1, hd, hd));
             let _ = dh.mul_out(&d_zr.narrow(1, 0, hd), &tape.d.get(s)); // dZ
-            let mut dh_prev = &dh * &z;
-            let dc = &dh - &dh_prev;
+            let _ = dh.lerp_tensor_out(&dc, &zeros, &z); // dC = dH ⊙ (1 − Z)
             let dah = d_ah.get(s);
             let _ = Tensor::tanh_backward_grad_input(&dah, &dc, &tape.c.get(s));
             let da = d_a.get(s);
-            if after {
+            let du = if after {
                 let _ = dah.mul_out(&d_zr.narrow(1, hd, hd), &tape.u.get(s)); // dR
                 let _ = dah.mul_out(&da.narrow(1, 2 * hd, hd), &r); // dU
+                None
             } else {
                 let du = dah.mm(&w_hh_t);
                 let _ = du.mul_out(&d_zr.narrow(1, hd, hd), &tape.h_prev.get(s)); // dR
-                let _ = dh_prev.addcmul_(&du, &r);
-            }
+                Some(du)
+            };
             let _ = Tensor::sigmoid_backward_grad_input(&da.narrow(1, 0, 2 * hd), &d_zr, &zr);
-            let _ = dh_prev.addmm_(&da, &w_h_t);
-            carry = dh_prev;
+            if s > 0 {
+                // H_0 comes from a detached state: no gradient is needed for it.
+                let mut next = d_out.get(s - 1);
+                let _ = next.addmm_(&da, &w_h_t);
+                let _ = next.addcmul_(&dh, &z);
+                if let Some(du) = &du {
+                    let _ = next.addcmul_(du, &r);
+                }
+            }
         }
         // The weight gradients: one product over all T·B rows each.
         let rows = t * b;
