@@ -11,7 +11,7 @@ ARGS ?=
 GRULM_DATA_DIR ?= $(if $(wildcard data/timemachine.txt),data,$(if $(wildcard ../shared/data/timemachine.txt),../shared/data,data))
 export GRULM_DATA_DIR
 
-.PHONY: train test build bench golden info lint
+.PHONY: train test build bench golden info lint gpu-bundle gpu-check
 
 ## make train: d2l's GRU experiment on The Time Machine, on CPU, end to end.
 train: build
@@ -39,3 +39,17 @@ golden:
 
 lint:
 	$(SETUP) && cargo fmt --check && cargo clippy --all-targets -- -D warnings
+
+## make gpu-bundle: what a GPU machine without Rust needs, in .gpu/ (git-ignored):
+## the stripped release binary, configs/, bench/, the check script and the corpus.
+GPU_CHECK_OUT ?= gpu-check-results
+gpu-bundle: build
+	rm -rf .gpu && mkdir -p .gpu/data
+	strip -o .gpu/grulm target/release/grulm
+	cp -r configs bench .gpu/ && cp scripts/gpu-check.sh .gpu/
+	if [ -f "$(GRULM_DATA_DIR)/timemachine.txt" ]; then cp "$(GRULM_DATA_DIR)/timemachine.txt" .gpu/data/; fi
+	du -sh .gpu
+
+## make gpu-check: every CUDA path on this machine's GPU (scripts/gpu-check.sh).
+gpu-check: gpu-bundle
+	.gpu/gpu-check.sh $(GPU_CHECK_OUT)

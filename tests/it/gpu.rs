@@ -1,0 +1,148 @@
+//! The CUDA paths, where a CPU can check them: the GPU check script's own
+//! plumbing, the bench's step variants, the CUDA tolerance of the parity check.
+//! The GPU runs themselves are in README.md ("On a GPU box") and bench/results/.
+use crate::helpers::{assert_fails, grulm, stderr, timemachine, TempDir};
+use grulm::parity;
+use std::path::Path;
+use std::process::Command;
+use tch::{Device, Kind};
+
+fn script() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/gpu-check.sh"))
+}
+
+fn has_gpu() -> bool {
+    Command::new("nvidia-smi").arg("-L").output().map(|o| String::from_utf8_lossy(&o.stdout).contains("GPU ")).unwrap_or(false)
+}
+
+#[test]
+fn gpu_check_stops_at_once_without_a_gpu() {
+    if has_gpu() {
+        eprintln!("SKIPPED: this machine has a GPU");
+        return;
+    }
+    let dir = TempDir::new("gpu-check");
+    let o = Command::new(script()).arg(dir.join("out")).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("no GPU found"), "{err}");
+    assert!(!dir.join("out").exists(), "nothing is written without a GPU");
+}
+
+/// The script's whole sequence on the CPU (GPU_CHECK_DEVICE=cpu, 2 epochs): every
+/// check runs and is recorded, and the results file is complete. The figures
+/// mean nothing here (the 500-epoch perplexity checks fail at 2 epochs).
+#[test]
+fn gpu_check_script_runs_every_check_in_a_cpu_dry_run() {
+    let Some(corpus) = timemachine() else { return };
+    let Some(venv) = std::env::var_os("VIRTUAL_ENV") else {
+        eprintln!("SKIPPED: no VIRTUAL_ENV with torch (make test sets it)");
+        return;
+    };
+    let dir = TempDir::new("gpu-dry");
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    std::fs::copy(&corpus, dir.join("data/timemachine.txt")).unwrap();
+    let o = Command::new(script())
+        .arg(dir.join("out"))
+        .env("GRULM_BIN", env!("CARGO_BIN_EXE_grulm"))
+        .env("GPU_CHECK_DEVICE", "cpu")
+        .env("GPU_CHECK_EPOCHS", "2")
+        .env("GPU_CHECK_BENCH", "--shape 2,3,4,28 --repeats 1 --rounds 1")
+        .env("PYTHON", Path::new(&venv).join("bin/python"))
+        .env("GRULM_DATA_DIR", dir.join("data"))
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    let out = dir.join("out");
+    let summary = std::fs::read_to_string(out.join("summary.txt")).unwrap_or_default();
+    let checks: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("checks.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let names: Vec<&str> = checks.iter().map(|c| c["check"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "info",
+            "parity-f64",
+            "parity-f32",
+            "train-scratch",
+            "train-concise",
+            "cuda-run-on-cpu-scratch",
+            "cuda-run-on-cpu-concise",
+            "resume",
+            "cpu-run-on-cuda",
+            "deterministic-scratch",
+            "deterministic-concise",
+            "bench"
+        ]
+    );
+    let ok = |name: &str| checks.iter().find(|c| c["check"] == name).unwrap()["ok"] == true;
+    for name in ["info", "parity-f64", "parity-f32", "cpu-run-on-cuda", "deterministic-scratch", "deterministic-concise", "bench"] {
+        assert!(ok(name), "{name}: {summary}");
+    }
+    assert!(!ok("train-scratch"), "2 epochs cannot reach perplexity 1.1");
+    assert_eq!(o.status.code(), Some(1), "a failed check fails the script");
+    let all: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("gpu-check.json")).unwrap()).unwrap();
+    assert_eq!(all["checks"].as_array().unwrap().len(), 12);
+    assert_eq!(all["bench"].as_array().unwrap().len(), 7, "5 grulm models and 2 python ones, merged: {summary}");
+}
+
+#[test]
+fn bench_runs_each_step_variant_and_names_them() {
+    let dir = TempDir::new("bench-variants");
+    let json = dir.join("bench.jsonl");
+    let o = grulm(
+        dir.path(),
+        &["bench", "--device", "cpu", "--shape", "2,3,4,5", "--models", "scratch,scratch-eager,builtin-eager", "--repeats", "1"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = crate::helpers::stdout(&o);
+    for m in ["scratch ", "scratch-eager ", "builtin-eager "] {
+        assert!(table.lines().any(|l| l.starts_with(m) && l.trim_end().ends_with("eager")), "{m}: {table}");
+    }
+    let o = grulm(
+        dir.path(),
+        &["bench", "--shape", "2,3,4,5", "--models", "scratch", "--repeats", "1", "--rounds", "1", "--json-out", json.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&json).unwrap().lines().next().unwrap()).unwrap();
+    assert_eq!(line["model"], "scratch");
+    assert_eq!(line["step"], "eager", "no CUDA graph on the CPU");
+    assert!(line["graph_nodes"].is_null());
+    let o = grulm(dir.path(), &["bench", "--shape", "2,3,4,5", "--models", "scratch,lstm"]);
+    assert_fails(&o, 2, &["--models \"lstm\"", "scratch-eager", "builtin-eager"]);
+    let o = grulm(dir.path(), &["bench", "--shape", "gpus"]);
+    assert_fails(&o, 2, &["--shape \"gpus\"", "d2l, large, gpu or B,T,H,V"]);
+}
+
+#[test]
+fn parity_tolerance_is_pytorchs_cudnn_test_tolerance_on_cuda() {
+    assert_eq!(parity::tolerance(Kind::Double, Device::Cpu), 1e-10);
+    assert_eq!(parity::tolerance(Kind::Double, Device::Cuda(0)), 1e-10);
+    assert_eq!(parity::tolerance(Kind::Float, Device::Cpu), 1e-5);
+    assert_eq!(parity::tolerance(Kind::Float, Device::Cuda(0)), 5e-5);
+}
+
+#[test]
+fn training_on_the_cpu_says_its_steps_run_eagerly() {
+    let Some(corpus) = timemachine() else { return };
+    let dir = TempDir::new("eager-line");
+    let cfg = dir.write("c.toml", crate::helpers::small_config(&corpus, ""));
+    let args = [
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        "run",
+        "--quiet",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.cuda_graph=true",
+    ];
+    let o = grulm(dir.path(), &args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = crate::helpers::stdout(&o);
+    assert!(out.contains("on cpu (eager)"), "{out}");
+    assert!(!out.contains("CUDA graphs off"), "graphs are a CUDA matter: no note on the CPU: {out}");
+}
