@@ -21,17 +21,12 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include <cuda.h>  // driver API types only; the calls go through dlsym
 #include <dlfcn.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <exception>
 #include <optional>
-#include <stdexcept>
 #include <string>
-#include <vector>
 
 namespace {
 
@@ -55,14 +50,6 @@ F cudart(const char* name) {
   return reinterpret_cast<F>(dlsym(RTLD_DEFAULT, name));
 }
 
-// The driver's symbols: the CUDA runtime loads libcuda privately (RTLD_LOCAL),
-// so they are not in the global scope; ask the loaded library itself.
-template <typename F>
-F driver(const char* name) {
-  static void* lib = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD);
-  void* f = lib ? dlsym(lib, name) : nullptr;
-  return reinterpret_cast<F>(f ? f : dlsym(RTLD_DEFAULT, name));
-}
 
 // A pool stream made current, and the stream it replaced.
 struct SideStream {
@@ -185,61 +172,6 @@ int grulm_graph_node_count(void* p, size_t* out) {
     if (get && get(static_cast<Graph*>(p)->graph.raw_cuda_graph(), nullptr, out) != 0) *out = 0;
   })
 }
-
-// What one replay launches, one line per graph node: the kernel's (mangled)
-// name, or memcpy / memset / node type N. The profile of a captured step, for
-// grulm bench (no profiler needed). *out is malloc'ed; free it with grulm_free.
-int grulm_graph_kernels(void* p, char** out) {
-  GRULM_TRY({
-    *out = nullptr;
-    using GetNodes = CUresult (*)(CUgraph, CUgraphNode*, size_t*);
-    using GetType = CUresult (*)(CUgraphNode, CUgraphNodeType*);
-    using GetParams = CUresult (*)(CUgraphNode, CUDA_KERNEL_NODE_PARAMS_v2*);
-    using FuncName = CUresult (*)(const char**, CUfunction);
-    using KernelName = CUresult (*)(const char**, CUkernel);
-    auto get_nodes = driver<GetNodes>("cuGraphGetNodes");
-    auto get_type = driver<GetType>("cuGraphNodeGetType");
-    auto get_params = driver<GetParams>("cuGraphKernelNodeGetParams_v2");
-    auto func_name = driver<FuncName>("cuFuncGetName");
-    auto kernel_name = driver<KernelName>("cuKernelGetName");
-    if (!get_nodes || !get_type || !get_params) throw std::runtime_error("the CUDA driver's graph API was not found");
-    auto graph = reinterpret_cast<CUgraph>(static_cast<Graph*>(p)->graph.raw_cuda_graph());
-    size_t n = 0;
-    if (get_nodes(graph, nullptr, &n) != CUDA_SUCCESS) throw std::runtime_error("cuGraphGetNodes failed");
-    std::vector<CUgraphNode> nodes(n);
-    if (n > 0 && get_nodes(graph, nodes.data(), &n) != CUDA_SUCCESS) throw std::runtime_error("cuGraphGetNodes failed");
-    std::string text;
-    for (auto node : nodes) {
-      CUgraphNodeType type;
-      if (get_type(node, &type) != CUDA_SUCCESS) {
-        text += "?\n";
-        continue;
-      }
-      if (type == CU_GRAPH_NODE_TYPE_KERNEL) {
-        CUDA_KERNEL_NODE_PARAMS_v2 params;
-        std::memset(&params, 0, sizeof(params));
-        const char* name = nullptr;
-        if (get_params(node, &params) == CUDA_SUCCESS) {
-          if (params.func && func_name) func_name(&name, params.func);
-          else if (params.kern && kernel_name) kernel_name(&name, params.kern);
-        }
-        text += name ? name : "kernel (name unknown)";
-      } else if (type == CU_GRAPH_NODE_TYPE_MEMCPY) {
-        text += "memcpy";
-      } else if (type == CU_GRAPH_NODE_TYPE_MEMSET) {
-        text += "memset";
-      } else {
-        text += "node type " + std::to_string(static_cast<int>(type));
-      }
-      text += "\n";
-    }
-    *out = static_cast<char*>(std::malloc(text.size() + 1));
-    if (!*out) throw std::runtime_error("out of memory");
-    std::memcpy(*out, text.c_str(), text.size() + 1);
-  })
-}
-
-void grulm_free(char* p) { std::free(p); }
 
 int grulm_graph_replay(void* p) {
   GRULM_TRY(static_cast<Graph*>(p)->graph.replay())

@@ -84,9 +84,6 @@ pub struct BenchResult {
     /// Kernels (graph nodes) of one training step, when it ran as a CUDA graph.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_nodes: Option<usize>,
-    /// Those launches by kernel name (the step's profile).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub graph_launches: Option<std::collections::BTreeMap<String, usize>>,
 }
 
 /// (B, T, H, V, steps per repeat)
@@ -135,13 +132,12 @@ fn model_for(name: &str, v: i64, h: i64, dev: Device) -> Result<(Box<dyn Recurre
             (Box::new(m), true)
         }
         "builtin" | "builtin-eager" => (cfg(ModelKind::Builtin, ResetGate::After).init(v, dev, Kind::Float), name == "builtin"),
-        other => {
-            return Err(usage!(
-            "--models {other:?}: expected scratch, scratch-eager, scratch-after, scratch-autograd, scratch-ref, builtin or builtin-eager"
-        ))
-        }
+        other => return Err(usage!("--models {other:?}: expected one of {}", MODELS.join(", "))),
     })
 }
+
+/// What `--models` takes (see [`model_for`]).
+const MODELS: &[&str] = &["scratch", "scratch-eager", "scratch-after", "scratch-autograd", "scratch-ref", "builtin", "builtin-eager"];
 
 /// The Python reference's model for a grulm model name (d2l has two).
 fn python_model(name: &str) -> Option<&'static str> {
@@ -188,14 +184,6 @@ fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, war
     }
     let step = stepper.describe().to_string();
     let graph_nodes = stepper.graph_nodes();
-    let graph_launches = match stepper.graph_launches() {
-        Some(Ok(l)) => Some(l),
-        Some(Err(e)) => {
-            eprintln!("grulm bench: {name}: no kernel list for the captured step: {e:#}");
-            None
-        }
-        None => None,
-    };
     drop(stepper);
     let median = median(&times);
     let (peak, kind) = match dev {
@@ -220,7 +208,6 @@ fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, war
         step: Some(step),
         device: Some(device::describe(dev)),
         graph_nodes,
-        graph_launches,
     })
 }
 
@@ -342,8 +329,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let threads = if a.threads > 0 { a.threads } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) };
     tch::set_num_threads(threads as i32);
     let shapes = a.shapes.iter().map(|s| parse_shape(s, a.steps)).collect::<Result<Vec<_>>>()?;
-    for m in &a.models {
-        model_for(m, 2, 1, Device::Cpu)?; // a bad name is a usage error before anything runs
+    // A bad name is a usage error before anything runs.
+    if let Some(m) = a.models.iter().find(|m| !MODELS.contains(&m.as_str())) {
+        return Err(usage!("--models {m:?}: expected one of {}", MODELS.join(", ")));
     }
     let mut json_out = match &a.json_out {
         Some(p) => Some(std::fs::File::create(p).with_context(|| format!("--json-out {}: cannot create", p.display()))?),

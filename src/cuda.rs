@@ -39,8 +39,6 @@ mod ffi {
         pub fn grulm_graph_abort(g: *mut c_void);
         pub fn grulm_graph_replay(g: *mut c_void) -> c_int;
         pub fn grulm_graph_node_count(g: *mut c_void, out: *mut usize) -> c_int;
-        pub fn grulm_graph_kernels(g: *mut c_void, out: *mut *mut c_char) -> c_int;
-        pub fn grulm_free(p: *mut c_char);
         pub fn grulm_graph_free(g: *mut c_void);
         pub fn grulm_cuda_memory(device: c_int, out: *mut i64) -> c_int;
         pub fn grulm_cuda_reset_peak(device: c_int) -> c_int;
@@ -173,9 +171,7 @@ impl Graph {
         #[cfg(not(grulm_cuda_shim))]
         no_shim()
     }
-}
 
-impl Graph {
     /// Nodes in the captured graph: the kernels, copies and memsets one replay
     /// launches (what the step would launch one by one without the graph).
     pub fn node_count(&self) -> Option<usize> {
@@ -188,28 +184,6 @@ impl Graph {
         }
         #[cfg(not(grulm_cuda_shim))]
         None
-    }
-
-    /// What one replay launches, counted by name (kernels by their mangled
-    /// names; memcpy, memset): the profile of a captured step.
-    pub fn launches(&self) -> Result<std::collections::BTreeMap<String, usize>> {
-        #[cfg(grulm_cuda_shim)]
-        {
-            let mut raw: *mut std::ffi::c_char = std::ptr::null_mut();
-            // SAFETY: a captured graph; on success raw is a malloc'ed C string.
-            ffi::check(unsafe { ffi::grulm_graph_kernels(self.raw, &mut raw) }, "listing a CUDA graph's kernels")?;
-            // SAFETY: raw is valid until grulm_free.
-            let text = unsafe { std::ffi::CStr::from_ptr(raw) }.to_string_lossy().into_owned();
-            // SAFETY: allocated by the shim, freed once.
-            unsafe { ffi::grulm_free(raw) };
-            let mut counts = std::collections::BTreeMap::new();
-            for line in text.lines() {
-                *counts.entry(line.to_string()).or_insert(0) += 1;
-            }
-            Ok(counts)
-        }
-        #[cfg(not(grulm_cuda_shim))]
-        no_shim()
     }
 }
 

@@ -94,11 +94,6 @@ impl Stepper {
         self.captured.as_ref().and_then(|c| c.graph.node_count())
     }
 
-    /// Launches per step by kernel name, once captured (see [`Graph::launches`]).
-    pub fn graph_launches(&self) -> Option<Result<std::collections::BTreeMap<String, usize>>> {
-        self.captured.as_ref().map(|c| c.graph.launches())
-    }
-
     /// Why graphs were asked for and not used (taken once, for printing).
     pub fn take_note(&mut self) -> Option<String> {
         self.note.take()
