@@ -1,10 +1,10 @@
 //! `grulm bench`: tokens/s of training steps (forward, backward, clip, update),
 //! median over repeats after a warm-up, and peak memory; optionally side by side
 //! with the same step in Python PyTorch (`bench/pytorch_reference.py`).
-use crate::config::{ModelConfig, ModelKind, OptimizerKind, ResetGate};
+use crate::config::OptimizerKind;
 use crate::data::SeqPartition;
 use crate::device;
-use crate::model::{RecurrentLm, ScratchGru, ScratchPath};
+use crate::model::{BuildOptions, CellKind, ModelConfig, ModelKind, RecurrentLm, ResetGate, ScratchPath};
 use crate::optim::Optimizer;
 use crate::step::Stepper;
 use crate::train;
@@ -109,35 +109,60 @@ fn bad_shape(s: &str) -> anyhow::Error {
 }
 
 /// FLOPs of one training step's matrix products (forward ×3 for forward +
-/// backward): per step and layer, the hidden products `2·B·H·3H`, the input
-/// products of layers above the first `2·B·H·3H`, the output layer `2·B·H·V`.
+/// backward) for a cell of `gates` gates (RNN 1, GRU 3, LSTM 4): per step and
+/// layer, the hidden products `2·B·H·gates·H`, the output layer `2·B·H·V`.
 /// Layer 0's input projection is a row gather in grulm's fast path and is not
-/// counted (d2l's one-hot product spends `2·B·V·3H` on it).
-pub fn step_flops(b: i64, t: i64, h: i64, v: i64) -> f64 {
-    let per_step = 2.0 * (b * h * 3 * h) as f64 + 2.0 * (b * h * v) as f64;
+/// counted (d2l's one-hot product spends `2·B·V·gates·H` on it).
+pub fn step_flops(b: i64, t: i64, h: i64, v: i64, gates: i64) -> f64 {
+    let per_step = 2.0 * (b * h * gates * h) as f64 + 2.0 * (b * h * v) as f64;
     3.0 * per_step * t as f64
+}
+
+/// The gates of a bench model's cell.
+fn gates_of(name: &str) -> i64 {
+    match name.split('-').next() {
+        Some("lstm") => 4,
+        Some("rnn") => 1,
+        _ => 3,
+    }
 }
 
 /// The model and whether its steps may use a CUDA graph (the `-eager` names say no).
 fn model_for(name: &str, v: i64, h: i64, dev: Device) -> Result<(Box<dyn RecurrentLm>, bool)> {
-    let cfg = |kind, reset| ModelConfig { kind, hidden_size: h as usize, num_layers: 1, reset_gate: reset, init_sigma: Some(0.01) };
+    let cfg = |kind, cell, reset| ModelConfig { kind, cell, hidden_size: h as usize, reset_gate: reset, ..ModelConfig::default() };
+    let gru = |kind, reset| cfg(kind, CellKind::Gru, Some(reset));
+    let path = |p| BuildOptions { path: Some(p), ..BuildOptions::default() };
+    let f = Kind::Float;
     Ok(match name {
-        "scratch" | "scratch-eager" => (cfg(ModelKind::Scratch, ResetGate::Before).init(v, dev, Kind::Float), name == "scratch"),
-        "scratch-after" => (cfg(ModelKind::Scratch, ResetGate::After).init(v, dev, Kind::Float), true),
-        "scratch-autograd" | "scratch-ref" => {
-            let mut vs = tch::nn::VarStore::new(dev);
-            vs.set_kind(Kind::Float);
-            let mut m = ScratchGru::new(vs, v, h, 1, ResetGate::Before, 0.01);
-            m.set_path(if name == "scratch-ref" { ScratchPath::Reference } else { ScratchPath::Fused });
-            (Box::new(m), true)
-        }
-        "builtin" | "builtin-eager" => (cfg(ModelKind::Builtin, ResetGate::After).init(v, dev, Kind::Float), name == "builtin"),
+        "scratch" | "scratch-eager" => (gru(ModelKind::Scratch, ResetGate::Before).init(v, dev, f), name == "scratch"),
+        "scratch-after" => (gru(ModelKind::Scratch, ResetGate::After).init(v, dev, f), true),
+        "scratch-autograd" => (gru(ModelKind::Scratch, ResetGate::Before).build(v, dev, f, path(ScratchPath::Fused)), true),
+        "scratch-ref" => (gru(ModelKind::Scratch, ResetGate::Before).build(v, dev, f, path(ScratchPath::Reference)), true),
+        "builtin" | "builtin-eager" => (gru(ModelKind::Builtin, ResetGate::After).init(v, dev, f), name == "builtin"),
+        "lstm" => (cfg(ModelKind::Scratch, CellKind::Lstm, None).init(v, dev, f), true),
+        "lstm-builtin" => (cfg(ModelKind::Builtin, CellKind::Lstm, None).init(v, dev, f), true),
+        "rnn" => (cfg(ModelKind::Scratch, CellKind::Rnn, None).init(v, dev, f), true),
+        "rnn-builtin" => (cfg(ModelKind::Builtin, CellKind::Rnn, None).init(v, dev, f), true),
         other => return Err(usage!("--models {other:?}: expected one of {}", MODELS.join(", "))),
     })
 }
 
 /// What `--models` takes (see [`model_for`]).
-const MODELS: &[&str] = &["scratch", "scratch-eager", "scratch-after", "scratch-autograd", "scratch-ref", "builtin", "builtin-eager"];
+/// `scratch*` and `builtin*` are GRUs; `lstm`, `rnn` the scratch LSTM and RNN,
+/// `lstm-builtin`, `rnn-builtin` libtorch's (no Python reference for those four).
+const MODELS: &[&str] = &[
+    "scratch",
+    "scratch-eager",
+    "scratch-after",
+    "scratch-autograd",
+    "scratch-ref",
+    "builtin",
+    "builtin-eager",
+    "lstm",
+    "lstm-builtin",
+    "rnn",
+    "rnn-builtin",
+];
 
 /// The Python reference's model for a grulm model name (d2l has two).
 fn python_model(name: &str) -> Option<&'static str> {
@@ -398,7 +423,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let same = |r: &&BenchResult| (r.b, r.t, r.h, r.v) == (b, t, h, v);
         for r in results.iter().filter(same) {
             let p = python.iter().filter(same).find(|p| Some(p.model.as_str()) == python_model(&r.model));
-            let gflops = step_flops(b, t, h, v) * steps as f64 / r.seconds_median / 1e9;
+            let gflops = step_flops(b, t, h, v, gates_of(&r.model)) * steps as f64 / r.seconds_median / 1e9;
             println!(
                 "{:<16} {:>12.0} {:>12} {:>8} {:>10.0} {:>10} {:>11.1}  {}",
                 r.model,

@@ -3,7 +3,7 @@
 use crate::config::{Config, MAX_SAMPLE_LEN};
 use crate::console::Console;
 use crate::data;
-use crate::model::ScratchPath;
+use crate::model::{CellKind, ScratchPath};
 use crate::run::{self, RunDir};
 use crate::sample::{self, Decode};
 use crate::train::{self, TrainOptions};
@@ -38,7 +38,7 @@ pub enum Command {
     /// Perplexity of a trained run on a text.
     #[command(after_help = EXIT_CODES)]
     Eval(EvalArgs),
-    /// Compare the scratch GRU (reset-after) with libtorch's GRU: outputs and every gradient.
+    /// Compare a scratch cell with libtorch's (GRU reset-after, LSTM, RNN): outputs and every gradient.
     #[command(after_help = EXIT_CODES)]
     Parity(ParityArgs),
     /// Time training steps of both models (tokens/s, peak memory), optionally beside Python PyTorch.
@@ -127,6 +127,16 @@ pub struct ParityArgs {
     pub layers: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
+    /// The cell to compare.
+    #[arg(long, value_enum, default_value = "gru")]
+    pub cell: ParityCell,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum ParityCell {
+    Gru,
+    Lstm,
+    Rnn,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -194,7 +204,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     }
     device::set_threads(cfg.train.threads);
     if cfg.train.deterministic {
-        crate::model::set_deterministic(true);
+        device::make_deterministic();
     }
     let dev = device::resolve(&cfg.train.device)?;
     let console = Console::new(cfg.train.epochs, 0, a.quiet);
@@ -283,7 +293,7 @@ fn parity_cmd(a: ParityArgs) -> Result<()> {
         crate::cuda::set_tf32(false, false)?;
     } else if dev.is_cuda() && kind == tch::Kind::Float {
         println!(
-            "note: {}; TF32 cannot be switched off, so cuDNN's float32 GRU may differ by more than the tolerance",
+            "note: {}; TF32 cannot be switched off, so cuDNN's float32 cells may differ by more than the tolerance",
             crate::cuda::shim_status()
         );
     }
@@ -291,7 +301,12 @@ fn parity_cmd(a: ParityArgs) -> Result<()> {
     let tables = |asserted: bool| -> Result<bool> {
         let mut ok = true;
         for layers in 1..=a.layers {
-            let mut report = parity::compare(dev, kind, layers, ScratchPath::Bptt, a.seed)?;
+            let cell = match a.cell {
+                ParityCell::Gru => CellKind::Gru,
+                ParityCell::Lstm => CellKind::Lstm,
+                ParityCell::Rnn => CellKind::Rnn,
+            };
+            let mut report = parity::compare(dev, kind, cell, layers, ScratchPath::Bptt, a.seed)?;
             report.asserted = asserted;
             print!("{}", report.table());
             ok &= !asserted || report.passed();

@@ -4,75 +4,13 @@
 //! lists only its differences. Parsing is by hand over a `toml::Table` rather than
 //! serde's derive, so that each mistake gets one line naming the file (or the
 //! `--set`), the key, the value and what was expected.
-use crate::data::SeqPartition;
+pub use crate::data::{DataConfig, Preprocess, SeqPartition};
 use crate::error::UsageError;
+pub use crate::model::{CellKind, GruGates, ModelConfig, ModelKind, ResetGate};
+pub use crate::optim::OptimizerKind;
 use serde::Serialize;
 use std::fmt;
 use toml::{Table, Value};
-
-/// How text becomes characters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Preprocess {
-    /// d2l's: letters only, lowercased, other runs become one space (28 tokens).
-    D2l,
-    /// Every character kept: case, punctuation, newlines (char-rnn style).
-    Raw,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelKind {
-    /// `ScratchGru`: the chapter's hand-written GRU.
-    Scratch,
-    /// `BuiltinGru`: libtorch's fused GRU (cuDNN on CUDA).
-    Builtin,
-}
-
-/// Where the reset gate acts in the candidate state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ResetGate {
-    /// d2l's code: `tanh(X W_xh + (R ⊙ H) W_hh + b_h)`.
-    Before,
-    /// PyTorch/cuDNN/Keras `reset_after`: `tanh(X W_xh + b_xh + R ⊙ (H W_hh + b_hh))`.
-    After,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    Sgd,
-    Adam,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DataConfig {
-    /// `timemachine` (downloaded) or a path to a UTF-8 text file.
-    pub corpus: String,
-    pub preprocess: Preprocess,
-    /// Keep the first N tokens after building the vocabulary (0: all). d2l: 10,000.
-    pub max_tokens: usize,
-    pub min_freq: usize,
-    pub reserved_tokens: Vec<String>,
-    /// The last fraction of the (truncated) corpus, held out for validation.
-    pub val_fraction: f64,
-    pub partition: SeqPartition,
-    pub batch_size: usize,
-    pub num_steps: usize,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ModelConfig {
-    pub kind: ModelKind,
-    pub hidden_size: usize,
-    pub num_layers: usize,
-    pub reset_gate: ResetGate,
-    /// Standard deviation of the scratch model's N(0, sigma) weights (d2l: 0.01);
-    /// none for the built-in model, which is initialised as PyTorch's `nn.GRU`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub init_sigma: Option<f64>,
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainConfig {
@@ -137,13 +75,7 @@ impl Default for Config {
                 batch_size: 32,
                 num_steps: 35,
             },
-            model: ModelConfig {
-                kind: ModelKind::Scratch,
-                hidden_size: 256,
-                num_layers: 1,
-                reset_gate: ResetGate::Before,
-                init_sigma: Some(0.01),
-            },
+            model: ModelConfig::default(),
             train: TrainConfig {
                 epochs: 500,
                 optimizer: OptimizerKind::Sgd,
@@ -288,6 +220,183 @@ impl<'a> Reader<'a> {
     }
 }
 
+impl Reader<'_> {
+    /// `[data]`.
+    fn data(&self, mut t: Table, d: &DataConfig) -> Result<DataConfig, UsageError> {
+        let (r, s) = (self, "data");
+        let data = DataConfig {
+            corpus: match r.string(&mut t, s, "corpus")? {
+                Some(c) if c.trim().is_empty() => {
+                    return Err(r.err(s, "corpus", &Value::String(c), "\"timemachine\" or a path to a text file"))
+                }
+                Some(c) => c,
+                None => d.corpus.clone(),
+            },
+            preprocess: r.choice(&mut t, s, "preprocess", &[("d2l", Preprocess::D2l), ("raw", Preprocess::Raw)])?.unwrap_or(d.preprocess),
+            max_tokens: r.int(&mut t, s, "max_tokens", 0, i64::MAX, d.max_tokens)?,
+            min_freq: r.int(&mut t, s, "min_freq", 0, i64::MAX, d.min_freq)?,
+            reserved_tokens: r.strings(&mut t, s, "reserved_tokens")?.unwrap_or_default(),
+            val_fraction: r.float(&mut t, s, "val_fraction", |x| (0.0..1.0).contains(&x), "in [0, 1)")?.unwrap_or(d.val_fraction),
+            partition: r
+                .choice(&mut t, s, "partition", &[("sequential", SeqPartition::Sequential), ("random", SeqPartition::Random)])?
+                .unwrap_or(d.partition),
+            batch_size: r.int(&mut t, s, "batch_size", 1, MAX_SIZE, d.batch_size)?,
+            num_steps: r.int(&mut t, s, "num_steps", 1, MAX_SIZE, d.num_steps)?,
+        };
+        r.no_more(&t, s, DATA_KEYS)?;
+        Ok(data)
+    }
+
+    /// `[train]`.
+    fn train(&self, mut t: Table, d: &TrainConfig) -> Result<TrainConfig, UsageError> {
+        let (r, s) = (self, "train");
+        let device = match r.string(&mut t, s, "device")? {
+            Some(dev) => {
+                if parse_device_name(&dev).is_none() {
+                    return Err(r.err(s, "device", &Value::String(dev), "\"auto\", \"cpu\", \"cuda\" or \"cuda:N\""));
+                }
+                dev
+            }
+            None => d.device.clone(),
+        };
+        let train = TrainConfig {
+            epochs: r.int(&mut t, s, "epochs", 1, MAX_SIZE, d.epochs)?,
+            optimizer: r
+                .choice(&mut t, s, "optimizer", &[("sgd", OptimizerKind::Sgd), ("adam", OptimizerKind::Adam)])?
+                .unwrap_or(d.optimizer),
+            lr: r.float(&mut t, s, "lr", |x| x > 0.0, "> 0")?.unwrap_or(d.lr),
+            grad_clip: r.float(&mut t, s, "grad_clip", |x| x > 0.0, "> 0")?.unwrap_or(d.grad_clip),
+            seed: r.u64(&mut t, s, "seed", d.seed)?,
+            device,
+            threads: r.int(&mut t, s, "threads", 0, 4096, d.threads)?,
+            predict_every: r.int(&mut t, s, "predict_every", 0, MAX_SIZE, d.predict_every)?,
+            checkpoint_every: r.int(&mut t, s, "checkpoint_every", 0, MAX_SIZE, d.checkpoint_every)?,
+            val_every: r.int(&mut t, s, "val_every", 1, MAX_SIZE, d.val_every)?,
+            deterministic: r.bool(&mut t, s, "deterministic", d.deterministic)?,
+            cuda_graph: r.bool(&mut t, s, "cuda_graph", d.cuda_graph)?,
+        };
+        r.no_more(&t, s, TRAIN_KEYS)?;
+        Ok(train)
+    }
+
+    /// `[sample]`.
+    fn sample(&self, mut t: Table, d: &SampleConfig) -> Result<SampleConfig, UsageError> {
+        let (r, s) = (self, "sample");
+        let prefixes_value = t.get("prefixes").cloned();
+        let prefixes = r.strings(&mut t, s, "prefixes")?.unwrap_or_else(|| d.prefixes.clone());
+        if prefixes.iter().any(String::is_empty) {
+            return Err(r.err(s, "prefixes", &prefixes_value.unwrap_or(Value::Array(vec![])), "non-empty strings"));
+        }
+        let sample = SampleConfig {
+            prefixes,
+            len: r.int(&mut t, s, "len", 1, MAX_SAMPLE_LEN as i64, d.len)?,
+            temperature: r.float(&mut t, s, "temperature", |x| x > 0.0, "> 0")?,
+            top_k: match r.int(&mut t, s, "top_k", 1, MAX_SIZE, 0)? {
+                0 => None,
+                k => Some(k),
+            },
+            seed: r.u64(&mut t, s, "seed", d.seed)?,
+        };
+        r.no_more(&t, s, SAMPLE_KEYS)?;
+        Ok(sample)
+    }
+
+    /// `[model]`.
+    fn model(&self, mut t: Table, d: &ModelConfig) -> Result<ModelConfig, UsageError> {
+        let (r, s) = (self, "model");
+        let kind = r.choice(&mut t, s, "kind", &[("scratch", ModelKind::Scratch), ("builtin", ModelKind::Builtin)])?.unwrap_or(d.kind);
+        let cell =
+            r.choice(&mut t, s, "cell", &[("gru", CellKind::Gru), ("lstm", CellKind::Lstm), ("rnn", CellKind::Rnn)])?.unwrap_or(d.cell);
+        let reset_value = t.get("reset_gate").cloned();
+        let reset_gate = r.choice(&mut t, s, "reset_gate", &[("before", ResetGate::Before), ("after", ResetGate::After)])?;
+        let gates_value = t.get("gru_gates").cloned();
+        let gru_gates = r.choice(
+            &mut t,
+            s,
+            "gru_gates",
+            &[("both", GruGates::Both), ("reset-only", GruGates::ResetOnly), ("update-only", GruGates::UpdateOnly)],
+        )?;
+        // The GRU-only keys say so for the other cells, rather than being ignored.
+        if cell != CellKind::Gru {
+            for (key, value) in [("reset_gate", &reset_value), ("gru_gates", &gates_value)] {
+                if let Some(v) = value {
+                    return Err(r.err(
+                        s,
+                        key,
+                        v,
+                        format!("no value for model.cell = \"{}\" ({key} applies to the GRU only)", cell_name(cell)),
+                    ));
+                }
+            }
+        }
+        let gru_gates = gru_gates.unwrap_or(GruGates::Both);
+        if kind == ModelKind::Builtin && gru_gates != GruGates::Both {
+            return Err(r.err(
+                s,
+                "gru_gates",
+                gates_value.as_ref().unwrap_or(&Value::String(String::new())),
+                "\"both\" for model.kind = \"builtin\" (libtorch's GRU has both gates; the ablations are scratch only)",
+            ));
+        }
+        // The built-in (cuDNN) GRU only computes the reset-after variant, so that is
+        // its default; asking it for the other one is an error, not a silent swap.
+        // Without a reset gate the placement is moot ("before", one bias).
+        let reset_gate = match (cell, kind, gru_gates, reset_gate) {
+            (CellKind::Lstm | CellKind::Rnn, ..) => None,
+            (_, ModelKind::Builtin, _, Some(ResetGate::Before)) => {
+                return Err(r.err(
+                    s,
+                    "reset_gate",
+                    reset_value.as_ref().unwrap_or(&Value::String("before".into())),
+                    "\"after\" for model.kind = \"builtin\" (libtorch's GRU computes only the reset-after variant; use model.kind = \"scratch\" for \"before\")",
+                ))
+            }
+            (_, ModelKind::Builtin, ..) => Some(ResetGate::After),
+            (_, _, GruGates::UpdateOnly, Some(ResetGate::After)) => {
+                return Err(r.err(
+                    s,
+                    "reset_gate",
+                    reset_value.as_ref().unwrap_or(&Value::String("after".into())),
+                    "\"before\" or no value for model.gru_gates = \"update-only\" (without a reset gate both placements are one function)",
+                ))
+            }
+            (_, _, _, g) => Some(g.unwrap_or(ResetGate::Before)),
+        };
+        let sigma_value = t.get("init_sigma").cloned();
+        let init_sigma = r.float(&mut t, s, "init_sigma", |x| x > 0.0, "> 0")?;
+        if let (ModelKind::Builtin, Some(v)) = (kind, sigma_value.filter(|_| init_sigma.is_some())) {
+            return Err(r.err(
+                s,
+                "init_sigma",
+                &v,
+                "no value for model.kind = \"builtin\" (it is initialised as PyTorch's modules; init_sigma applies to the scratch model)",
+            ));
+        }
+        let model = ModelConfig {
+            kind,
+            cell,
+            hidden_size: r.int(&mut t, s, "hidden_size", 1, MAX_SIZE, d.hidden_size)?,
+            num_layers: r.int(&mut t, s, "num_layers", 1, 1024, d.num_layers)?,
+            reset_gate,
+            gru_gates,
+            init_sigma: match kind {
+                ModelKind::Scratch => init_sigma.or(d.init_sigma),
+                ModelKind::Builtin => None,
+            },
+        };
+        r.no_more(&t, s, MODEL_KEYS)?;
+        Ok(model)
+    }
+}
+
+fn cell_name(cell: CellKind) -> &'static str {
+    match cell {
+        CellKind::Gru => "gru",
+        CellKind::Lstm => "lstm",
+        CellKind::Rnn => "rnn",
+    }
+}
+
 fn range_text(min: i64, max: i64) -> String {
     if max >= MAX_SIZE {
         format!("an integer >= {min}")
@@ -306,7 +415,7 @@ fn show_value(v: &Value) -> String {
 
 const DATA_KEYS: &[&str] =
     &["corpus", "preprocess", "max_tokens", "min_freq", "reserved_tokens", "val_fraction", "partition", "batch_size", "num_steps"];
-const MODEL_KEYS: &[&str] = &["kind", "hidden_size", "num_layers", "reset_gate", "init_sigma"];
+const MODEL_KEYS: &[&str] = &["kind", "cell", "hidden_size", "num_layers", "reset_gate", "gru_gates", "init_sigma"];
 const TRAIN_KEYS: &[&str] = &[
     "epochs",
     "optimizer",
@@ -366,121 +475,10 @@ impl Config {
             _ => Table::new(),
         };
 
-        let s = "data";
-        let mut t = section(s);
-        let data = DataConfig {
-            corpus: match r.string(&mut t, s, "corpus")? {
-                Some(c) if c.trim().is_empty() => {
-                    return Err(r.err(s, "corpus", &Value::String(c), "\"timemachine\" or a path to a text file"))
-                }
-                Some(c) => c,
-                None => d.data.corpus,
-            },
-            preprocess: r
-                .choice(&mut t, s, "preprocess", &[("d2l", Preprocess::D2l), ("raw", Preprocess::Raw)])?
-                .unwrap_or(d.data.preprocess),
-            max_tokens: r.int(&mut t, s, "max_tokens", 0, i64::MAX, d.data.max_tokens)?,
-            min_freq: r.int(&mut t, s, "min_freq", 0, i64::MAX, d.data.min_freq)?,
-            reserved_tokens: r.strings(&mut t, s, "reserved_tokens")?.unwrap_or_default(),
-            val_fraction: r.float(&mut t, s, "val_fraction", |x| (0.0..1.0).contains(&x), "in [0, 1)")?.unwrap_or(d.data.val_fraction),
-            partition: r
-                .choice(&mut t, s, "partition", &[("sequential", SeqPartition::Sequential), ("random", SeqPartition::Random)])?
-                .unwrap_or(d.data.partition),
-            batch_size: r.int(&mut t, s, "batch_size", 1, MAX_SIZE, d.data.batch_size)?,
-            num_steps: r.int(&mut t, s, "num_steps", 1, MAX_SIZE, d.data.num_steps)?,
-        };
-        r.no_more(&t, s, DATA_KEYS)?;
-
-        let s = "model";
-        let mut t = section(s);
-        let kind =
-            r.choice(&mut t, s, "kind", &[("scratch", ModelKind::Scratch), ("builtin", ModelKind::Builtin)])?.unwrap_or(d.model.kind);
-        let reset_value = t.get("reset_gate").cloned();
-        let reset_gate = r.choice(&mut t, s, "reset_gate", &[("before", ResetGate::Before), ("after", ResetGate::After)])?;
-        // The built-in (cuDNN) GRU only computes the reset-after variant, so that is
-        // its default; asking it for the other one is an error, not a silent swap.
-        let reset_gate = match (kind, reset_gate) {
-            (ModelKind::Builtin, Some(ResetGate::Before)) => {
-                return Err(r.err(
-                    s,
-                    "reset_gate",
-                    &reset_value.unwrap_or(Value::String("before".into())),
-                    "\"after\" for model.kind = \"builtin\" (libtorch's GRU computes only the reset-after variant; use model.kind = \"scratch\" for \"before\")",
-                ))
-            }
-            (ModelKind::Builtin, _) => ResetGate::After,
-            (ModelKind::Scratch, g) => g.unwrap_or(ResetGate::Before),
-        };
-        let sigma_value = t.get("init_sigma").cloned();
-        let init_sigma = r.float(&mut t, s, "init_sigma", |x| x > 0.0, "> 0")?;
-        if let (ModelKind::Builtin, Some(v)) = (kind, sigma_value.filter(|_| init_sigma.is_some())) {
-            return Err(r.err(
-                s,
-                "init_sigma",
-                &v,
-                "no value for model.kind = \"builtin\" (it is initialised as PyTorch's nn.GRU; init_sigma applies to the scratch model)",
-            ));
-        }
-        let model = ModelConfig {
-            kind,
-            hidden_size: r.int(&mut t, s, "hidden_size", 1, MAX_SIZE, d.model.hidden_size)?,
-            num_layers: r.int(&mut t, s, "num_layers", 1, 1024, d.model.num_layers)?,
-            reset_gate,
-            init_sigma: match kind {
-                ModelKind::Scratch => init_sigma.or(d.model.init_sigma),
-                ModelKind::Builtin => None,
-            },
-        };
-        r.no_more(&t, s, MODEL_KEYS)?;
-
-        let s = "train";
-        let mut t = section(s);
-        let device = match r.string(&mut t, s, "device")? {
-            Some(dev) => {
-                if parse_device_name(&dev).is_none() {
-                    return Err(r.err(s, "device", &Value::String(dev), "\"auto\", \"cpu\", \"cuda\" or \"cuda:N\""));
-                }
-                dev
-            }
-            None => d.train.device,
-        };
-        let train = TrainConfig {
-            epochs: r.int(&mut t, s, "epochs", 1, MAX_SIZE, d.train.epochs)?,
-            optimizer: r
-                .choice(&mut t, s, "optimizer", &[("sgd", OptimizerKind::Sgd), ("adam", OptimizerKind::Adam)])?
-                .unwrap_or(d.train.optimizer),
-            lr: r.float(&mut t, s, "lr", |x| x > 0.0, "> 0")?.unwrap_or(d.train.lr),
-            grad_clip: r.float(&mut t, s, "grad_clip", |x| x > 0.0, "> 0")?.unwrap_or(d.train.grad_clip),
-            seed: r.u64(&mut t, s, "seed", d.train.seed)?,
-            device,
-            threads: r.int(&mut t, s, "threads", 0, 4096, d.train.threads)?,
-            predict_every: r.int(&mut t, s, "predict_every", 0, MAX_SIZE, d.train.predict_every)?,
-            checkpoint_every: r.int(&mut t, s, "checkpoint_every", 0, MAX_SIZE, d.train.checkpoint_every)?,
-            val_every: r.int(&mut t, s, "val_every", 1, MAX_SIZE, d.train.val_every)?,
-            deterministic: r.bool(&mut t, s, "deterministic", d.train.deterministic)?,
-            cuda_graph: r.bool(&mut t, s, "cuda_graph", d.train.cuda_graph)?,
-        };
-        r.no_more(&t, s, TRAIN_KEYS)?;
-
-        let s = "sample";
-        let mut t = section(s);
-        let prefixes_value = t.get("prefixes").cloned();
-        let prefixes = r.strings(&mut t, s, "prefixes")?.unwrap_or(d.sample.prefixes);
-        if prefixes.iter().any(String::is_empty) {
-            return Err(r.err(s, "prefixes", &prefixes_value.unwrap_or(Value::Array(vec![])), "non-empty strings"));
-        }
-        let sample = SampleConfig {
-            prefixes,
-            len: r.int(&mut t, s, "len", 1, MAX_SAMPLE_LEN as i64, d.sample.len)?,
-            temperature: r.float(&mut t, s, "temperature", |x| x > 0.0, "> 0")?,
-            top_k: match r.int(&mut t, s, "top_k", 1, MAX_SIZE, 0)? {
-                0 => None,
-                k => Some(k),
-            },
-            seed: r.u64(&mut t, s, "seed", d.sample.seed)?,
-        };
-        r.no_more(&t, s, SAMPLE_KEYS)?;
-
+        let data = r.data(section("data"), &d.data)?;
+        let model = r.model(section("model"), &d.model)?;
+        let train = r.train(section("train"), &d.train)?;
+        let sample = r.sample(section("sample"), &d.sample)?;
         Ok(Config { data, model, train, sample })
     }
 

@@ -5,7 +5,6 @@
 //! Shapes: B batch size, T time steps (`num_steps`). A [`Minibatches`] holds, for
 //! one epoch, `n` minibatches of inputs `X [B, T]` and targets `Y [B, T]`, where
 //! `Y` is `X` shifted by one token in the corpus.
-use crate::config::{DataConfig, Preprocess};
 use crate::fsutil;
 use crate::usage;
 use anyhow::{bail, Context, Result};
@@ -17,6 +16,32 @@ use sha1::{Digest, Sha1};
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+
+/// How text becomes characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preprocess {
+    /// d2l's: letters only, lowercased, other runs become one space (28 tokens).
+    D2l,
+    /// Every character kept: case, punctuation, newlines (char-rnn style).
+    Raw,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DataConfig {
+    /// `timemachine` (downloaded) or a path to a UTF-8 text file.
+    pub corpus: String,
+    pub preprocess: Preprocess,
+    /// Keep the first N tokens after building the vocabulary (0: all). d2l: 10,000.
+    pub max_tokens: usize,
+    pub min_freq: usize,
+    pub reserved_tokens: Vec<String>,
+    /// The last fraction of the (truncated) corpus, held out for validation.
+    pub val_fraction: f64,
+    pub partition: SeqPartition,
+    pub batch_size: usize,
+    pub num_steps: usize,
+}
 
 /// d2l's address for H. G. Wells' *The Time Machine* and its SHA-1.
 pub const TIMEMACHINE_URL: &str = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt";

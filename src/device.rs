@@ -43,20 +43,21 @@ pub fn describe(device: Device) -> String {
     }
 }
 
-/// Keeps freed tensor memory for reuse instead of handing it back to the kernel.
-///
-/// glibc serves allocations above 32 MiB with a fresh `mmap` and unmaps them on
-/// free, so every training step of a large model page-faults its activations in
-/// again (1.5 million minor faults in a 20 s `grulm bench --shape large`; 0.2
-/// million with this). Serving them from the heap and not trimming it keeps RSS at
-/// the step's peak, as a caching allocator (or PyTorch's Python process) does.
-pub fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets allocator parameters; called before other threads allocate.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_MAX, 0);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+/// Deterministic mode (`train.deterministic`), for CUDA where it matters (CPU
+/// results are reproducible without it). tch exposes no
+/// `torch.use_deterministic_algorithms`, so grulm avoids the non-deterministic
+/// kernels itself: cuDNN is switched off here (the built-in model then runs
+/// ATen's own RNN), the scratch model projects one-hot inputs with a matrix
+/// product instead of a gather (`ModelConfig::build`'s `deterministic`), and
+/// cuBLAS gets the fixed workspace it needs (`CUBLAS_WORKSPACE_CONFIG=:4096:8`,
+/// unless set). Call it before the first CUDA work: cuBLAS reads the variable
+/// when it creates its handle.
+pub fn make_deterministic() {
+    if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+        std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
     }
+    tch::Cuda::set_user_enabled_cudnn(false);
+    tch::Cuda::cudnn_set_benchmark(false);
 }
 
 /// Peak resident memory of this process (VmHWM), in MiB.

@@ -6,9 +6,16 @@
 //!
 //! Nothing here reads a value back to the host: the clipping coefficient and the
 //! gradient norm stay on the device, so a training step never synchronises.
-use crate::config::OptimizerKind;
 use anyhow::{bail, Result};
+use serde::Serialize;
 use tch::{Kind, Tensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Sgd,
+    Adam,
+}
 
 /// d2l's `grad_clipping`: with ‖g‖ the L2 norm over all gradients together,
 /// g <- min(1, θ/‖g‖) g. Returns ‖g‖ before clipping, a 0-d tensor on the device.

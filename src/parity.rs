@@ -1,10 +1,10 @@
-//! Scratch GRU (reset-after) against libtorch's GRU, same weights through the
-//! [`layout`](crate::model::layout) map: logits, final state, loss and the
-//! gradient of every parameter. `grulm parity` prints this; the tests assert it.
+//! Each scratch cell against libtorch's (the GRU in its reset-after form, the
+//! LSTM, the RNN), same weights through the [`layout`](crate::model::layout)
+//! map: logits, final state, loss and the gradient of every parameter.
+//! `grulm parity` prints this; the tests assert it.
 use crate::checkpoint;
-use crate::config::{ModelConfig, ModelKind, ResetGate};
 use crate::model::layout::{pytorch_to_scratch, scratch_to_pytorch, BiasHh};
-use crate::model::{RecurrentLm, ScratchGru, ScratchPath, State};
+use crate::model::{BuildOptions, CellKind, ModelConfig, ModelKind, RecurrentLm, ResetGate, ScratchPath, State};
 use anyhow::{anyhow, Result};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
@@ -32,6 +32,7 @@ pub fn tolerance(kind: Kind, device: Device) -> f64 {
 }
 
 pub struct ParityReport {
+    pub cell: CellKind,
     pub device: Device,
     pub kind: Kind,
     pub layers: usize,
@@ -53,8 +54,13 @@ impl ParityReport {
     }
 
     pub fn table(&self) -> String {
+        let cell = match self.cell {
+            CellKind::Gru => "GRU (reset after)",
+            CellKind::Lstm => "LSTM",
+            CellKind::Rnn => "RNN",
+        };
         let mut s = format!(
-            "scratch GRU (reset after) vs built-in GRU on {} in {:?}, {} layer(s), B={BATCH} T={STEPS} V={VOCAB} H={HIDDEN}\n",
+            "scratch {cell} vs built-in on {} in {:?}, {} layer(s), B={BATCH} T={STEPS} V={VOCAB} H={HIDDEN}\n",
             crate::device::describe(self.device),
             self.kind,
             self.layers
@@ -88,47 +94,52 @@ pub fn randomize(model: &dyn RecurrentLm, scale: f64) {
     });
 }
 
-/// Runs the comparison with the scratch model on `path`.
-pub fn compare(device: Device, kind: Kind, layers: usize, path: ScratchPath, seed: i64) -> Result<ParityReport> {
+/// Runs the comparison for `cell` with the scratch model on `path`.
+pub fn compare(device: Device, kind: Kind, cell: CellKind, layers: usize, path: ScratchPath, seed: i64) -> Result<ParityReport> {
     tch::manual_seed(seed);
     let cfg = |k| ModelConfig {
         kind: k,
+        cell,
         hidden_size: HIDDEN as usize,
         num_layers: layers,
-        reset_gate: ResetGate::After,
+        reset_gate: (cell == CellKind::Gru).then_some(ResetGate::After),
         init_sigma: Some(SCALE),
+        ..ModelConfig::default()
     };
     let builtin = cfg(ModelKind::Builtin).init(VOCAB, device, kind);
     randomize(builtin.as_ref(), SCALE);
-    let mut vs = tch::nn::VarStore::new(device);
-    vs.set_kind(kind);
-    let mut scratch = ScratchGru::new(vs, VOCAB, HIDDEN, layers as i64, ResetGate::After, SCALE);
-    scratch.set_path(path);
+    let scratch = cfg(ModelKind::Scratch).build(VOCAB, device, kind, BuildOptions { path: Some(path), ..BuildOptions::default() });
     let builtin_params: HashMap<String, Tensor> = builtin.named_parameters().into_iter().collect();
-    checkpoint::assign(&scratch.named_parameters(), &pytorch_to_scratch(&builtin_params, layers)?, "built-in weights")?;
+    checkpoint::assign(&scratch.named_parameters(), &pytorch_to_scratch(&builtin_params, cell, layers)?, "built-in weights")?;
 
     let tokens = Tensor::randint(VOCAB, [BATCH, STEPS], (Kind::Int64, device));
     let targets = Tensor::randint(VOCAB, [BATCH, STEPS], (Kind::Int64, device));
-    let h0 = Tensor::randn([layers as i64, BATCH, HIDDEN], (kind, device)) * SCALE;
+    let states = if cell == CellKind::Lstm { 2 } else { 1 };
+    let s0: Vec<Tensor> = (0..states).map(|_| Tensor::randn([layers as i64, BATCH, HIDDEN], (kind, device)) * SCALE).collect();
+    let state0 = || State::new(s0.iter().map(Tensor::shallow_clone).collect());
 
     // Logits from the forward pass; loss, final state and gradients from the
     // training step the trainer runs (hand-written BPTT on the scratch model's
     // default path, autograd on the built-in one).
     let run = |m: &dyn RecurrentLm| {
-        let (logits, _) = tch::no_grad(|| m.forward(&tokens, &State(vec![h0.shallow_clone()])));
-        let (loss, state) = m.train_step(&tokens, &targets, &State(vec![h0.shallow_clone()]));
+        let (logits, _) = tch::no_grad(|| m.forward(&tokens, &state0()));
+        let (loss, state) = m.train_step(&tokens, &targets, &state0());
         (logits, state, loss)
     };
     let (l_b, s_b, loss_b) = run(builtin.as_ref());
-    let (l_s, s_s, loss_s) = run(&scratch);
+    let (l_s, s_s, loss_s) = run(scratch.as_ref());
 
     let row = |name: &str, a: &Tensor, b: &Tensor| (name.to_string(), max_abs_diff(a, b));
-    let mut rows = vec![row("logits", &l_s, &l_b), row("final state", s_s.hidden(), s_b.hidden()), row("loss", &loss_s, &loss_b)];
+    let mut rows = vec![row("logits", &l_s, &l_b), row("final state", s_s.hidden(), s_b.hidden())];
+    if cell == CellKind::Lstm {
+        rows.push(row("final memory cell", &s_s.tensors()[1], &s_b.tensors()[1]));
+    }
+    rows.push(row("loss", &loss_s, &loss_b));
     let scratch_grads: HashMap<String, Tensor> = scratch.named_parameters().into_iter().map(|(n, p)| (n, p.grad())).collect();
-    let mapped = scratch_to_pytorch(&scratch_grads, layers, BiasHh::Gradient)?;
+    let mapped = scratch_to_pytorch(&scratch_grads, cell, layers, BiasHh::Gradient)?;
     for (name, g) in mapped {
         let p = builtin_params.get(&name).ok_or_else(|| anyhow!("built-in model has no {name}"))?;
         rows.push(row(&format!("grad {name}"), &g, &p.grad()));
     }
-    Ok(ParityReport { device, kind, layers, tolerance: tolerance(kind, device), rows, asserted: true })
+    Ok(ParityReport { cell, device, kind, layers, tolerance: tolerance(kind, device), rows, asserted: true })
 }

@@ -61,8 +61,6 @@ pub fn generate(
     device: Device,
     sink: &mut dyn FnMut(&[i64]) -> Result<()>,
 ) -> Result<()> {
-    let was_training = model.training();
-    model.set_train(false);
     let result = tch::no_grad(|| -> Result<()> {
         if let Decode::Sample { temperature, top_k, seed } = decode {
             if temperature.is_nan() || temperature <= 0.0 {
@@ -103,7 +101,6 @@ pub fn generate(
         }
         Ok(())
     });
-    model.set_train(was_training);
     result
 }
 

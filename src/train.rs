@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::console::Console;
 use crate::data::{self, Corpus, Minibatches, SeqPartition};
 use crate::device::describe;
-use crate::model::RecurrentLm;
+use crate::model::{BuildOptions, RecurrentLm};
 use crate::optim::Optimizer;
 use crate::run::{EpochMetrics, RunDir};
 use crate::sample::{self, Decode};
@@ -86,8 +86,6 @@ pub fn perplexity(model: &mut dyn RecurrentLm, ids: &[i64], batch: usize, steps:
     let b = batch.min((ids.len() - 1) / t).max(1);
     let mb = data::eval_minibatches(ids, b, t);
     let (xs, ys) = upload(&mb, device);
-    let was_training = model.training();
-    model.set_train(false);
     let total = tch::no_grad(|| {
         let mut sum = Tensor::zeros([], (Kind::Double, device));
         let mut state = model.zero_state(b as i64);
@@ -105,7 +103,6 @@ pub fn perplexity(model: &mut dyn RecurrentLm, ids: &[i64], batch: usize, steps:
         }
         f64::try_from(sum)
     })?;
-    model.set_train(was_training);
     Ok((total / (mb.n * b * t) as f64).exp())
 }
 
@@ -119,7 +116,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
     }
     let v = corpus.vocab.len() as i64;
     tch::manual_seed(cfg.train.seed as i64);
-    let mut model = cfg.model.init(v, device, Kind::Float);
+    let mut model = cfg.model.build(v, device, Kind::Float, BuildOptions { deterministic: cfg.train.deterministic, path: None });
     let mut opt = Optimizer::new(cfg.train.optimizer, cfg.train.lr, model.named_parameters());
 
     let (start, mut elapsed0, mut history) = if opts.resume {
@@ -179,7 +176,6 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         let timer = Instant::now();
         let mb = data::epoch_minibatches(&corpus.train, b, t, cfg.data.partition, &mut data::epoch_rng(cfg.train.seed, epoch));
         let (xs, ys) = upload(&mb, device);
-        model.set_train(true);
         let out = train_epoch(model.as_ref(), &mut opt, &mut stepper, &xs, &ys, cfg.data.partition, cfg.train.grad_clip)?;
         if let Some(note) = stepper.take_note() {
             console.line(&note);

@@ -1,67 +1,103 @@
-//! `BuiltinGru`: the chapter's concise model, libtorch's GRU plus a linear layer.
+//! `BuiltinLm`: the chapters' concise models, libtorch's fused RNN, GRU or LSTM
+//! plus a linear layer.
 //!
-//! `tch::nn::gru` calls `at::gru`, the whole sequence in one fused call (cuDNN on
-//! CUDA), which computes the reset-after GRU:
+//! The sequence runs in one call to ATen's `rnn_tanh`, `gru` or `lstm` (cuDNN on
+//! CUDA), which compute, per layer (gate rows in PyTorch's order):
 //!
 //! ```text
-//! r = σ(W_ir x + b_ir + W_hr h + b_hr)
-//! z = σ(W_iz x + b_iz + W_hz h + b_hz)
-//! n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))
-//! h' = (1 − z) ⊙ n + z ⊙ h
+//! rnn:  h' = tanh(W_ih x + b_ih + W_hh h + b_hh)
+//! gru:  r = σ(W_ir x + b_ir + W_hr h + b_hr)          lstm: i = σ(W_ii x + b_ii + W_hi h + b_hi)
+//!       z = σ(W_iz x + b_iz + W_hz h + b_hz)                f = σ(W_if x + b_if + W_hf h + b_hf)
+//!       n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))        g = tanh(W_ig x + b_ig + W_hg h + b_hg)
+//!       h' = (1 − z) ⊙ n + z ⊙ h                            o = σ(W_io x + b_io + W_ho h + b_ho)
+//!                                                           c' = f ⊙ c + i ⊙ g,  h' = o ⊙ tanh(c')
 //! ```
 //!
 //! Parameter names are PyTorch's for d2l's `RNNModel`: `rnn.weight_ih_l{k}`,
-//! `rnn.weight_hh_l{k}`, `rnn.bias_ih_l{k}`, `rnn.bias_hh_l{k}` (gate rows r, z,
-//! n; weights `[out, in]`), `linear.weight [V, H]`, `linear.bias [V]`, so a
-//! checkpoint loads into PyTorch. Initialisation is PyTorch's `nn.GRU` and
-//! `nn.Linear` default, U(−1/√H, 1/√H) for every tensor (not tch's Kaiming).
-//!
-//! tch's `RNN::seq`/`step` assume batch-first; d2l is time-major, so the layer is
-//! built with `batch_first = false` and always called through `seq_init` with an
-//! explicit `[L, B, H]` state.
-use super::{RecurrentLm, State};
-use tch::nn::{self, GRUState, Init, Module, RNNConfig, VarStore, RNN};
+//! `rnn.weight_hh_l{k}`, `rnn.bias_ih_l{k}`, `rnn.bias_hh_l{k}` (weights
+//! `[gates·H, in]`), `linear.weight [V, H]`, `linear.bias [V]`, so a checkpoint
+//! loads into PyTorch. Initialisation is PyTorch's module default,
+//! U(−1/√H, 1/√H) for every tensor (not tch's Kaiming). tch has modules for the
+//! GRU and the LSTM but not for `rnn_tanh`, so all three are called the same way
+//! here: the ops directly, time-major, with an explicit `[L, B, H]` state.
+use super::{CellKind, RecurrentLm, State};
+use tch::nn::{self, Init, Module, VarStore};
 use tch::Tensor;
 
-pub struct BuiltinGru {
+pub struct BuiltinLm {
     vs: VarStore,
-    gru: nn::GRU,
+    cell: CellKind,
+    /// Per layer: weight_ih, weight_hh, bias_ih, bias_hh (the order ATen expects).
+    weights: Vec<Tensor>,
     linear: nn::Linear,
     vocab: i64,
     hidden: i64,
     layers: i64,
-    train: bool,
 }
 
-impl BuiltinGru {
-    pub fn new(vs: VarStore, vocab: i64, hidden: i64, layers: i64) -> BuiltinGru {
+/// Gate rows per cell, and cuDNN's mode number (`rnn.cpp`: RNN_TANH 1, LSTM 2, GRU 3).
+fn gates_and_mode(cell: CellKind) -> (i64, i64) {
+    match cell {
+        CellKind::Rnn => (1, 1),
+        CellKind::Lstm => (4, 2),
+        CellKind::Gru => (3, 3),
+    }
+}
+
+impl BuiltinLm {
+    pub fn new(vs: VarStore, cell: CellKind, vocab: i64, hidden: i64, layers: i64) -> BuiltinLm {
         let bound = 1.0 / (hidden as f64).sqrt();
         let u = Init::Uniform { lo: -bound, up: bound };
-        let cfg = RNNConfig {
-            num_layers: layers,
-            batch_first: false,
-            w_ih_init: u,
-            w_hh_init: u,
-            b_ih_init: Some(u),
-            b_hh_init: Some(u),
-            ..Default::default()
-        };
+        let (gates, mode) = gates_and_mode(cell);
         let root = vs.root();
-        let gru = nn::gru(&root / "rnn", vocab, hidden, cfg);
+        let rnn = &root / "rnn";
+        let mut weights = vec![];
+        for k in 0..layers {
+            let input = if k == 0 { vocab } else { hidden };
+            weights.push(rnn.var(&format!("weight_ih_l{k}"), &[gates * hidden, input], u));
+            weights.push(rnn.var(&format!("weight_hh_l{k}"), &[gates * hidden, hidden], u));
+            weights.push(rnn.var(&format!("bias_ih_l{k}"), &[gates * hidden], u));
+            weights.push(rnn.var(&format!("bias_hh_l{k}"), &[gates * hidden], u));
+        }
+        if vs.device().is_cuda() && tch::Cuda::cudnn_is_available() {
+            // One contiguous weight buffer, as PyTorch's `flatten_parameters`
+            // (otherwise cuDNN copies the weights on every call).
+            let _ = Tensor::internal_cudnn_rnn_flatten_weight(&weights, 4, vocab, mode, hidden, 0, layers, false, false);
+        }
         let linear = nn::linear(&root / "linear", hidden, vocab, nn::LinearConfig { ws_init: u, bs_init: Some(u), bias: true });
-        BuiltinGru { vs, gru, linear, vocab, hidden, layers, train: true }
+        BuiltinLm { vs, cell, weights, linear, vocab, hidden, layers }
     }
 }
 
-impl RecurrentLm for BuiltinGru {
+impl RecurrentLm for BuiltinLm {
     fn zero_state(&self, batch: i64) -> State {
-        State(vec![self.gru.zero_state(batch).0])
+        let zeros = || Tensor::zeros([self.layers, batch, self.hidden], (self.linear.ws.kind(), self.linear.ws.device()));
+        State(match self.cell {
+            CellKind::Lstm => vec![zeros(), zeros()],
+            _ => vec![zeros()],
+        })
     }
 
-    fn forward(&self, tokens: &Tensor, state: &State) -> (Tensor, State) {
+    fn forward_t(&self, tokens: &Tensor, state: &State, train: bool) -> (Tensor, State) {
         let inputs = tokens.tr().one_hot(self.vocab).to_kind(self.linear.ws.kind()); // [T, B, V]
-        let (outputs, GRUState(h)) = self.gru.seq_init(&inputs, &GRUState(state.hidden().shallow_clone())); // [T, B, H]
-        (self.linear.forward(&outputs), State(vec![h]))
+        let (w, l) = (&self.weights, self.layers);
+        // has_biases, num_layers, dropout, train, bidirectional, batch_first
+        let (outputs, state) = match self.cell {
+            CellKind::Rnn => {
+                let (y, h) = inputs.rnn_tanh(&state.0[0], w, true, l, 0.0, train, false, false);
+                (y, vec![h])
+            }
+            CellKind::Gru => {
+                let (y, h) = inputs.gru(&state.0[0], w, true, l, 0.0, train, false, false);
+                (y, vec![h])
+            }
+            CellKind::Lstm => {
+                let w: Vec<&Tensor> = w.iter().collect();
+                let (y, h, c) = inputs.lstm(&[&state.0[0], &state.0[1]], &w, true, l, 0.0, train, false, false);
+                (y, vec![h, c])
+            }
+        };
+        (self.linear.forward(&outputs), State(state))
     }
 
     fn var_store(&self) -> &VarStore {
@@ -72,19 +108,16 @@ impl RecurrentLm for BuiltinGru {
         &mut self.vs
     }
 
-    fn set_train(&mut self, train: bool) {
-        self.train = train;
-    }
-
-    fn training(&self) -> bool {
-        self.train
-    }
-
     fn vocab_size(&self) -> i64 {
         self.vocab
     }
 
     fn describe(&self) -> String {
-        format!("built-in GRU (libtorch, reset after, {} layer(s), H={})", self.layers, self.hidden)
+        let cell = match self.cell {
+            CellKind::Rnn => "RNN (libtorch, tanh",
+            CellKind::Gru => "GRU (libtorch, reset after",
+            CellKind::Lstm => "LSTM (libtorch",
+        };
+        format!("built-in {cell}, {} layer(s), H={})", self.layers, self.hidden)
     }
 }

@@ -1,60 +1,118 @@
 //! Character-level recurrent language models behind one trait.
 //!
-//! * [`ScratchGru`]: the chapter's GRU written by hand, parameters as plain
-//!   tensors with `requires_grad` (the readable reference, plus a fused fast path
-//!   that computes the same function).
-//! * [`BuiltinGru`]: libtorch's fused GRU (`tch::nn::gru`, cuDNN on CUDA) and a
-//!   linear output layer, with PyTorch's parameter names and initialisation.
+//! * [`ScratchLm`]: a cell of d2l's chapters written by hand (`cell/`: RNN, GRU
+//!   and its ablations, LSTM), parameters as plain tensors with `requires_grad`
+//!   (the readable reference, plus a fused fast path and a hand-written BPTT step
+//!   that compute the same function).
+//! * [`BuiltinLm`]: libtorch's fused RNN, GRU or LSTM (cuDNN on CUDA) and a linear
+//!   output layer, with PyTorch's parameter names and initialisation.
 //!
 //! Shape legend: B batch, T time steps, V vocabulary, H hidden units, L layers.
 //! Token ids come in batch-major `[B, T]` (as the minibatches); logits go out
 //! time-major `[T, B, V]`, the order of d2l's `Y.T.reshape(-1)` labels.
 mod bptt;
 pub mod builtin;
+pub mod cell;
 pub mod layout;
 pub mod scratch;
 
-pub use builtin::BuiltinGru;
-pub use scratch::{ScratchGru, ScratchPath};
+pub use builtin::BuiltinLm;
+pub use scratch::{ScratchLm, ScratchPath};
 
-use crate::config::{ModelConfig, ModelKind};
-use std::sync::atomic::{AtomicBool, Ordering};
+use serde::Serialize;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-static DETERMINISTIC: AtomicBool = AtomicBool::new(false);
+/// The scratch GRU, d2l's `RNNModelScratch` with `gru` (the default model).
+pub type ScratchGru = ScratchLm<cell::Gru>;
 
-/// Deterministic mode (`train.deterministic`), for CUDA where it matters (CPU
-/// results are reproducible without it). tch exposes no
-/// `torch.use_deterministic_algorithms`, so grulm avoids the non-deterministic
-/// kernels itself: cuDNN is switched off (the built-in GRU then runs ATen's own
-/// GRU), the scratch model projects one-hot inputs with a matrix product instead
-/// of a gather (whose CUDA backward adds with atomics), and cuBLAS gets the
-/// fixed workspace it needs (`CUBLAS_WORKSPACE_CONFIG=:4096:8`, unless set).
-pub fn set_deterministic(on: bool) {
-    DETERMINISTIC.store(on, Ordering::Relaxed);
-    if on {
-        if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
-            std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
-        }
-        tch::Cuda::set_user_enabled_cudnn(false);
-        tch::Cuda::cudnn_set_benchmark(false);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// [`ScratchLm`]: the chapter's hand-written cell.
+    Scratch,
+    /// [`BuiltinLm`]: libtorch's fused cell (cuDNN on CUDA).
+    Builtin,
+}
+
+/// The recurrent cell (`model.cell`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CellKind {
+    Gru,
+    Lstm,
+    Rnn,
+}
+
+/// Where the GRU's reset gate acts in the candidate state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResetGate {
+    /// d2l's code: `tanh(X W_xh + (R ⊙ H) W_hh + b_h)`.
+    Before,
+    /// PyTorch/cuDNN/Keras `reset_after`: `tanh(X W_xh + b_xh + R ⊙ (H W_hh + b_hh))`.
+    After,
+}
+
+impl GruGates {
+    fn is_both(&self) -> bool {
+        *self == GruGates::Both
     }
 }
 
-pub fn deterministic() -> bool {
-    DETERMINISTIC.load(Ordering::Relaxed)
+/// Which of the GRU's gates exist (the chapter's exercise; scratch only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GruGates {
+    Both,
+    /// No update gate: Z ≡ 0, so H_t = H~_t.
+    ResetOnly,
+    /// No reset gate: R ≡ 1.
+    UpdateOnly,
 }
 
-/// Recurrent state, opaque to callers. A GRU holds one tensor, `[L, B, H]`; the
-/// `Vec` leaves room for cells with two (an LSTM's h and c).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelConfig {
+    pub kind: ModelKind,
+    pub cell: CellKind,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    /// GRU only (none for the other cells).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset_gate: Option<ResetGate>,
+    /// GRU only, scratch only.
+    #[serde(skip_serializing_if = "GruGates::is_both")]
+    pub gru_gates: GruGates,
+    /// Standard deviation of the scratch model's N(0, sigma) weights (d2l: 0.01);
+    /// none for the built-in model, which is initialised as PyTorch's modules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_sigma: Option<f64>,
+}
+
+impl Default for ModelConfig {
+    /// d2l 0.17's scratch GRU.
+    fn default() -> Self {
+        ModelConfig {
+            kind: ModelKind::Scratch,
+            cell: CellKind::Gru,
+            hidden_size: 256,
+            num_layers: 1,
+            reset_gate: Some(ResetGate::Before),
+            gru_gates: GruGates::Both,
+            init_sigma: Some(0.01),
+        }
+    }
+}
+
+/// Recurrent state, opaque to callers: one tensor `[L, B, H]` per state tensor of
+/// the cell (`H`; an LSTM's `H` and `C`).
 #[derive(Debug)]
 pub struct State(pub(crate) Vec<Tensor>);
 
 impl State {
-    /// A GRU state from its hidden tensor `[L, B, H]`.
-    pub fn from_hidden(h: Tensor) -> State {
-        State(vec![h])
+    /// A state from its tensors, each `[L, B, H]` (`H`, then an LSTM's `C`).
+    pub fn new(tensors: Vec<Tensor>) -> State {
+        State(tensors)
     }
 
     /// The same state cut off from the graph that produced it (truncated BPTT).
@@ -65,6 +123,22 @@ impl State {
     /// The hidden state `[L, B, H]`.
     pub fn hidden(&self) -> &Tensor {
         &self.0[0]
+    }
+
+    /// Every state tensor, each `[L, B, H]`.
+    pub fn tensors(&self) -> &[Tensor] {
+        &self.0
+    }
+
+    /// Per layer, the cell's state tensors `[B, H]`.
+    pub(crate) fn per_layer(&self) -> Vec<Vec<Tensor>> {
+        let split: Vec<Vec<Tensor>> = self.0.iter().map(|t| t.unbind(0)).collect();
+        (0..split[0].len()).map(|l| split.iter().map(|s| s[l].shallow_clone()).collect()).collect()
+    }
+
+    /// The inverse of [`State::per_layer`].
+    pub(crate) fn from_layers(layers: &[Vec<Tensor>]) -> State {
+        State((0..layers[0].len()).map(|k| Tensor::stack(&layers.iter().map(|l| &l[k]).collect::<Vec<_>>(), 0)).collect())
     }
 }
 
@@ -79,7 +153,7 @@ pub fn lm_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
 
 /// A training step by autograd: forward, loss, backward.
 pub fn autograd_step<M: RecurrentLm + ?Sized>(model: &M, tokens: &Tensor, targets: &Tensor, state: &State) -> (Tensor, State) {
-    let (logits, new_state) = model.forward(tokens, state);
+    let (logits, new_state) = model.forward_t(tokens, state, true);
     let loss = lm_loss(&logits, targets);
     loss.backward();
     (loss.detach(), new_state.detach())
@@ -91,8 +165,15 @@ pub trait RecurrentLm {
     fn zero_state(&self, batch: i64) -> State;
 
     /// Runs over token ids `[B, T]` (Int64) from `state`: logits `[T, B, V]` for
-    /// every step, and the state after the last step.
-    fn forward(&self, tokens: &Tensor, state: &State) -> (Tensor, State);
+    /// every step, and the state after the last step. `train` says whether this
+    /// is a training pass (as tch's `forward_t`; no cell has dropout yet, so today
+    /// it changes no number).
+    fn forward_t(&self, tokens: &Tensor, state: &State, train: bool) -> (Tensor, State);
+
+    /// [`RecurrentLm::forward_t`] for evaluation and sampling.
+    fn forward(&self, tokens: &Tensor, state: &State) -> (Tensor, State) {
+        self.forward_t(tokens, state, false)
+    }
 
     /// One training step's forward and backward: d2l's loss of `tokens` against
     /// `targets` (both `[B, T]`) from `state`, every parameter's gradient added
@@ -106,15 +187,9 @@ pub trait RecurrentLm {
 
     fn var_store_mut(&mut self) -> &mut VarStore;
 
-    /// Train/eval flag. Neither GRU has dropout, so today the flag changes no
-    /// number; it is here so the trainer states its intent for cells that will.
-    fn set_train(&mut self, train: bool);
-
-    fn training(&self) -> bool;
-
     fn vocab_size(&self) -> i64;
 
-    /// `scratch GRU (reset before)`, `built-in GRU`: for logs.
+    /// `scratch GRU (reset before, 1 layer(s), H=256)`, ...: for logs.
     fn describe(&self) -> String;
 
     /// Parameters sorted by name (a fixed order for optimisers and files).
@@ -129,18 +204,45 @@ pub trait RecurrentLm {
     }
 }
 
+/// How [`ModelConfig::build`] builds beyond the config.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuildOptions {
+    /// `train.deterministic`: the scratch model avoids kernels that add with
+    /// atomics on CUDA (see `device::make_deterministic`).
+    pub deterministic: bool,
+    /// The scratch model's path (default: [`ScratchPath::Bptt`]); ignored by the
+    /// built-in model.
+    pub path: Option<ScratchPath>,
+}
+
 impl ModelConfig {
     /// Builds the model on `device` with parameters of `kind` (Float or Double),
     /// initialised from libtorch's generator (seed it first).
     pub fn init(&self, vocab_size: i64, device: Device, kind: Kind) -> Box<dyn RecurrentLm> {
+        self.build(vocab_size, device, kind, BuildOptions::default())
+    }
+
+    /// [`ModelConfig::init`] with [`BuildOptions`].
+    pub fn build(&self, vocab_size: i64, device: Device, kind: Kind, opts: BuildOptions) -> Box<dyn RecurrentLm> {
         let mut vs = VarStore::new(device);
         // Set before any variable exists, so parameters are created in this kind
-        // (the built-in GRU's cuDNN weight buffer must not be re-cast afterwards).
+        // (the built-in model's cuDNN weight buffer must not be re-cast afterwards).
         vs.set_kind(kind);
         let (h, l) = (self.hidden_size as i64, self.num_layers as i64);
-        match self.kind {
-            ModelKind::Scratch => Box::new(ScratchGru::new(vs, vocab_size, h, l, self.reset_gate, self.init_sigma.unwrap_or(0.01))),
-            ModelKind::Builtin => Box::new(BuiltinGru::new(vs, vocab_size, h, l)),
+        let sigma = self.init_sigma.unwrap_or(0.01);
+        fn scratch<C: cell::Cell + 'static>(mut m: ScratchLm<C>, opts: BuildOptions) -> Box<dyn RecurrentLm> {
+            m.set_deterministic(opts.deterministic);
+            m.set_path(opts.path.unwrap_or(ScratchPath::Bptt));
+            Box::new(m)
+        }
+        match (self.kind, self.cell) {
+            (ModelKind::Scratch, CellKind::Gru) => {
+                let gru = cell::Gru::new(self.reset_gate.unwrap_or(ResetGate::Before), self.gru_gates);
+                scratch(ScratchLm::new(vs, gru, vocab_size, h, l, sigma), opts)
+            }
+            (ModelKind::Scratch, CellKind::Lstm) => scratch(ScratchLm::new(vs, cell::Lstm, vocab_size, h, l, sigma), opts),
+            (ModelKind::Scratch, CellKind::Rnn) => scratch(ScratchLm::new(vs, cell::Rnn, vocab_size, h, l, sigma), opts),
+            (ModelKind::Builtin, c) => Box::new(BuiltinLm::new(vs, c, vocab_size, h, l)),
         }
     }
 }

@@ -1,15 +1,11 @@
-//! `ScratchGru`: the GRU of d2l's chapter, written by hand.
+//! `ScratchLm`: a character-level language model on a cell written by hand.
 //!
-//! For each layer, with `X_t [B, in]` its input at step t (a one-hot token for
-//! layer 0, the hidden state of the layer below otherwise) and `H_{t-1} [B, H]`:
+//! Layer k of L runs its cell (`cell/`: the chapter's RNN, GRU or LSTM) over its
+//! input `X_t [B, in]` (a one-hot token for layer 0, the hidden state of the layer
+//! below otherwise); the top layer's `H_t` goes through the output layer:
 //!
 //! ```text
-//! Z_t  = σ(X_t W_xz + H_{t-1} W_hz + b_z)                  update gate
-//! R_t  = σ(X_t W_xr + H_{t-1} W_hr + b_r)                  reset gate
-//! H~_t = tanh(X_t W_xh + (R_t ⊙ H_{t-1}) W_hh + b_h)       reset "before" (d2l's code)
-//! H~_t = tanh(X_t W_xh + b_xh + R_t ⊙ (H_{t-1} W_hh + b_hh)) reset "after" (PyTorch, cuDNN)
-//! H_t  = Z_t ⊙ H_{t-1} + (1 − Z_t) ⊙ H~_t
-//! Y_t  = H_t W_hq + b_q                                     top layer only
+//! Y_t = H_t W_hq + b_q
 //! ```
 //!
 //! Weights are `[in, out]` and applied as `X W` (d2l's layout; PyTorch stores
@@ -18,25 +14,26 @@
 //! and the output layer `W_hq`, `b_q`.
 //!
 //! Three paths compute the same function ([`ScratchPath`]):
-//! * [`ScratchPath::Reference`] reads like the chapter: one-hot inputs, one step
-//!   function with nine matrix products, looped over time. It is the reference the
-//!   tests hold everything else to.
-//! * [`ScratchPath::Fused`] hoists the input projection of
-//!   all T steps out of the time loop (for layer 0 a row gather, which is what a
-//!   one-hot product computes) and fuses the per-gate hidden products into one
-//!   matrix product per step (two for reset-before, whose candidate needs R first).
-//! * [`ScratchPath::Bptt`] (what the trainer uses) runs the fused forward and
-//!   differentiates a training step by hand (`bptt.rs`): the weight gradients
-//!   become one product over all T·B rows instead of T small ones.
+//! * [`ScratchPath::Reference`] reads like the chapter: one-hot inputs, the cell's
+//!   readable step (a matrix product per gate and input), looped over time. It is
+//!   the reference the tests hold everything else to.
+//! * [`ScratchPath::Fused`] hoists the input projection of all T steps out of the
+//!   time loop (for layer 0 a row gather, which is what a one-hot product
+//!   computes) and fuses the gates' hidden products into one matrix product per
+//!   step; autograd differentiates it.
+//! * [`ScratchPath::Bptt`] (what the trainer uses) runs the cell in place over
+//!   `[T, B, ·]` buffers and differentiates a training step by hand (`bptt.rs`):
+//!   the weight gradients become one product over all T·B rows instead of T
+//!   small ones.
+use super::cell::{Cell, Gate, Layer};
 use super::{RecurrentLm, State};
-use crate::config::ResetGate;
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
 /// How the model computes: its forward, and the gradients of a training step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScratchPath {
-    /// The readable forward (one-hot, one step function), autograd backward.
+    /// The readable forward (one-hot, the cell's reference step), autograd backward.
     Reference,
     /// The fused forward (gathered input projections, fused hidden products),
     /// autograd backward.
@@ -46,96 +43,58 @@ pub enum ScratchPath {
     Bptt,
 }
 
-/// One layer's parameters. `b_h` is the candidate's input bias (`b_xh` in the
-/// reset-after variant, which adds the hidden bias `b_hh`).
-pub struct GruLayer {
-    pub w_xz: Tensor,
-    pub w_hz: Tensor,
-    pub b_z: Tensor,
-    pub w_xr: Tensor,
-    pub w_hr: Tensor,
-    pub b_r: Tensor,
-    pub w_xh: Tensor,
-    pub w_hh: Tensor,
-    pub b_h: Tensor,
-    pub b_hh: Option<Tensor>,
-}
-
-pub struct ScratchGru {
+pub struct ScratchLm<C: Cell> {
     vs: VarStore,
-    layers: Vec<GruLayer>,
-    w_hq: Tensor,
-    b_q: Tensor,
+    pub(super) cell: C,
+    pub(super) layers: Vec<Layer>,
+    pub(super) w_hq: Tensor,
+    pub(super) b_q: Tensor,
     vocab: i64,
     hidden: i64,
-    reset: ResetGate,
     path: ScratchPath,
-    train: bool,
+    /// Project one-hot inputs with a matrix product instead of a gather, whose
+    /// CUDA backward adds with atomics (`train.deterministic`).
+    deterministic: bool,
 }
 
-impl ScratchGru {
-    pub fn new(vs: VarStore, vocab: i64, hidden: i64, num_layers: i64, reset: ResetGate, sigma: f64) -> ScratchGru {
-        let (layers, w_hq, b_q) = {
-            let root = vs.root();
-            let mut layers = Vec::new();
-            for l in 0..num_layers {
+impl<C: Cell> ScratchLm<C> {
+    /// A model of `num_layers` layers of `cell`, weights N(0, sigma²), biases zero.
+    pub fn new(vs: VarStore, cell: C, vocab: i64, hidden: i64, num_layers: i64, sigma: f64) -> ScratchLm<C> {
+        let root = vs.root();
+        let layers = (0..num_layers)
+            .map(|l| {
                 let input = if l == 0 { vocab } else { hidden };
-                let w = |name: &str, rows: i64| root.randn(&format!("{name}_l{l}"), &[rows, hidden], 0.0, sigma);
+                let w = |name: String, rows: i64| root.randn(&format!("{name}_l{l}"), &[rows, hidden], 0.0, sigma);
                 let b = |name: &str| root.zeros(&format!("{name}_l{l}"), &[hidden]);
-                let (w_xz, w_hz, b_z) = (w("W_xz", input), w("W_hz", hidden), b("b_z"));
-                let (w_xr, w_hr, b_r) = (w("W_xr", input), w("W_hr", hidden), b("b_r"));
-                let (w_xh, w_hh) = (w("W_xh", input), w("W_hh", hidden));
-                let (b_h, b_hh) = match reset {
-                    ResetGate::Before => (b("b_h"), None),
-                    ResetGate::After => (b("b_xh"), Some(b("b_hh"))),
-                };
-                layers.push(GruLayer { w_xz, w_hz, b_z, w_xr, w_hr, b_r, w_xh, w_hh, b_h, b_hh });
-            }
-            let w_hq = root.randn("W_hq", &[hidden, vocab], 0.0, sigma);
-            let b_q = root.zeros("b_q", &[vocab]);
-            (layers, w_hq, b_q)
-        };
-        ScratchGru { vs, layers, w_hq, b_q, vocab, hidden, reset, path: ScratchPath::Bptt, train: true }
+                let gates = cell
+                    .gates()
+                    .into_iter()
+                    .map(|def| Gate {
+                        w_x: w(format!("W_x{}", def.name), input),
+                        w_h: w(format!("W_h{}", def.name), hidden),
+                        b: b(def.bias),
+                        b_h: def.hidden_bias.map(b),
+                        def,
+                    })
+                    .collect();
+                Layer { gates }
+            })
+            .collect();
+        let w_hq = root.randn("W_hq", &[hidden, vocab], 0.0, sigma);
+        let b_q = root.zeros("b_q", &[vocab]);
+        ScratchLm { vs, cell, layers, w_hq, b_q, vocab, hidden, path: ScratchPath::Bptt, deterministic: false }
     }
 
     pub fn set_path(&mut self, path: ScratchPath) {
         self.path = path;
     }
 
-    pub fn reset_gate(&self) -> ResetGate {
-        self.reset
+    pub fn set_deterministic(&mut self, on: bool) {
+        self.deterministic = on;
     }
 
-    pub fn layers(&self) -> &[GruLayer] {
-        &self.layers
-    }
-
-    pub(super) fn hidden_i64(&self) -> i64 {
+    pub(super) fn hidden_size(&self) -> i64 {
         self.hidden
-    }
-
-    pub(super) fn vocab_size_i64(&self) -> i64 {
-        self.vocab
-    }
-
-    /// `(W_hq [H, V], b_q [V])`.
-    pub(super) fn output_layer(&self) -> (&Tensor, &Tensor) {
-        (&self.w_hq, &self.b_q)
-    }
-
-    /// One time step of one layer, exactly as the equations read.
-    /// x `[B, in]`, h `[B, H]` -> the new h `[B, H]`.
-    pub fn step_reference(&self, p: &GruLayer, x: &Tensor, h: &Tensor) -> Tensor {
-        let z = (x.mm(&p.w_xz) + h.mm(&p.w_hz) + &p.b_z).sigmoid();
-        let r = (x.mm(&p.w_xr) + h.mm(&p.w_hr) + &p.b_r).sigmoid();
-        let h_tilde = match self.reset {
-            ResetGate::Before => (x.mm(&p.w_xh) + (&r * h).mm(&p.w_hh) + &p.b_h).tanh(),
-            ResetGate::After => {
-                let b_hh = p.b_hh.as_ref().expect("reset-after layer has b_hh");
-                (x.mm(&p.w_xh) + &p.b_h + &r * (h.mm(&p.w_hh) + b_hh)).tanh()
-            }
-        };
-        &z * h + (1.0 - &z) * h_tilde
     }
 
     /// The readable forward: one-hot `[T, B, V]` inputs, a loop over time, the
@@ -143,92 +102,79 @@ impl ScratchGru {
     fn forward_reference(&self, tokens: &Tensor, state: &State) -> (Tensor, State) {
         let inputs = tokens.tr().one_hot(self.vocab).to_kind(self.w_hq.kind()); // [T, B, V]
         let steps = inputs.size()[0];
-        let mut h: Vec<Tensor> = state.hidden().unbind(0); // L x [B, H]
+        let mut s: Vec<Vec<Tensor>> = state.per_layer(); // L x state
         let mut outputs = Vec::with_capacity(steps as usize);
         for t in 0..steps {
             let mut x = inputs.get(t);
             for (l, p) in self.layers.iter().enumerate() {
-                h[l] = self.step_reference(p, &x, &h[l]);
-                x = h[l].shallow_clone();
+                s[l] = self.cell.step_reference(p, &x, &s[l]);
+                x = s[l][0].shallow_clone();
             }
             outputs.push(x.mm(&self.w_hq) + &self.b_q); // [B, V]
         }
-        (Tensor::stack(&outputs, 0), State(vec![Tensor::stack(&h, 0)]))
+        (Tensor::stack(&outputs, 0), State::from_layers(&s))
     }
 
     /// Input projections of all T steps at once: `[T*B, out]`, X W + b. For layer 0
-    /// the input is one-hot, and one_hot(tokens) W is a row gather of W.
+    /// the input is one-hot (token ids `[T*B]`), and one_hot(ids) W is a row gather of W.
     pub(super) fn project(&self, below: Option<&Tensor>, ids: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
         match below {
             Some(x) => b.addmm(x, w),
-            None if !super::deterministic() => Tensor::embedding(w, ids, -1, false, false) + b,
+            None if !self.deterministic => Tensor::embedding(w, ids, -1, false, false) + b,
             // The gather's CUDA backward adds with atomics; a product does not.
             None => b.addmm(&ids.one_hot(self.vocab).to_kind(w.kind()), w),
         }
     }
 
+    /// `[T·B, in]ᵀ d [T·B, out]` for a layer's input: a row scatter-add for tokens.
+    pub(super) fn input_grad(&self, below: Option<&Tensor>, ids: &Tensor, d: &Tensor) -> Tensor {
+        match below {
+            Some(x) => x.tr().mm(d),
+            None if !self.deterministic => Tensor::zeros([self.vocab, d.size()[1]], (d.kind(), d.device())).index_add(0, ids, d),
+            None => ids.one_hot(self.vocab).to_kind(d.kind()).tr().mm(d),
+        }
+    }
+
     /// The fast forward, same function (see the module doc).
     ///
-    /// Per-step tensors come from `unbind`/`chunk`, whose backward is one `stack`
-    /// or `cat`; indexing a slice (`get`, `narrow`) would make autograd write a
-    /// zero-filled copy of the whole `[T, B, 3H]` tensor for every step.
+    /// Per-step tensors come from `unbind`, whose backward is one `stack`;
+    /// indexing a slice (`get`, `narrow`) would make autograd write a zero-filled
+    /// copy of the whole `[T, B, G·H]` tensor for every step.
     fn forward_fused(&self, tokens: &Tensor, state: &State) -> (Tensor, State) {
         let (b, t) = (tokens.size()[0], tokens.size()[1]);
         let hd = self.hidden;
         let ids = tokens.tr().reshape([-1]); // [T*B], time-major
-        let h0: Vec<Tensor> = state.hidden().unbind(0);
+        let s0 = state.per_layer();
         let mut finals = Vec::with_capacity(self.layers.len());
         let mut below: Option<Tensor> = None; // [T*B, H], the layer below's outputs
         for (l, p) in self.layers.iter().enumerate() {
-            // Gates z and r together [T, B, 2H], the candidate apart [T, B, H].
-            let w_x_zr = Tensor::cat(&[&p.w_xz, &p.w_xr], 1);
-            let b_x_zr = Tensor::cat(&[&p.b_z, &p.b_r], 0);
-            let x_zr = self.project(below.as_ref(), &ids, &w_x_zr, &b_x_zr).view([t, b, 2 * hd]).unbind(0);
-            let x_h = self.project(below.as_ref(), &ids, &p.w_xh, &p.b_h).view([t, b, hd]).unbind(0);
-            let mut h = h0[l].shallow_clone();
+            let xa = self.project(below.as_ref(), &ids, &p.w_x(), &p.b());
+            let xa = xa.view([t, b, -1]).unbind(0);
+            let w_h = p.w_h();
+            let mut s = s0[l].iter().map(Tensor::shallow_clone).collect::<Vec<_>>();
             let mut outs = Vec::with_capacity(t as usize);
-            match self.reset {
-                ResetGate::Before => {
-                    let w_h_zr = Tensor::cat(&[&p.w_hz, &p.w_hr], 1); // [H, 2H]
-                    for s in 0..t as usize {
-                        let zr = x_zr[s].addmm(&h, &w_h_zr).sigmoid().chunk(2, 1);
-                        let (z, r) = (&zr[0], &zr[1]);
-                        let h_tilde = x_h[s].addmm(&(r * &h), &p.w_hh).tanh();
-                        // z*h + (1-z)*h~, with one product fewer.
-                        h = &h_tilde + z * (&h - &h_tilde);
-                        outs.push(h.shallow_clone());
-                    }
-                }
-                ResetGate::After => {
-                    let b_hh = p.b_hh.as_ref().expect("reset-after layer has b_hh");
-                    let w_h = Tensor::cat(&[&p.w_hz, &p.w_hr, &p.w_hh], 1); // [H, 3H]
-                    let b_h = Tensor::cat(&[&b_hh.zeros_like(), &b_hh.zeros_like(), b_hh], 0); // [3H]: b_hh on the candidate
-                    for s in 0..t as usize {
-                        let hh = b_h.addmm(&h, &w_h).split_with_sizes([2 * hd, hd], 1); // H W_h + [0, 0, b_hh]
-                        let zr = (&x_zr[s] + &hh[0]).sigmoid().chunk(2, 1);
-                        let (z, r) = (&zr[0], &zr[1]);
-                        let h_tilde = (&x_h[s] + r * &hh[1]).tanh();
-                        h = &h_tilde + z * (&h - &h_tilde);
-                        outs.push(h.shallow_clone());
-                    }
-                }
+            for xa_t in &xa {
+                s = self.cell.step_fused(p, xa_t, &w_h, &s);
+                outs.push(s[0].shallow_clone());
             }
-            finals.push(h);
+            finals.push(s);
             below = Some(Tensor::stack(&outs, 0).view([t * b, hd]));
         }
         let top = below.expect("at least one layer");
         let logits = self.b_q.addmm(&top, &self.w_hq).view([t, b, self.vocab]);
-        (logits, State(vec![Tensor::stack(&finals, 0)]))
+        (logits, State::from_layers(&finals))
     }
 }
 
-impl RecurrentLm for ScratchGru {
+impl<C: Cell> RecurrentLm for ScratchLm<C> {
     fn zero_state(&self, batch: i64) -> State {
         let opts = (self.w_hq.kind(), self.w_hq.device());
-        State(vec![Tensor::zeros([self.layers.len() as i64, batch, self.hidden], opts)])
+        let zeros = || Tensor::zeros([self.layers.len() as i64, batch, self.hidden], opts);
+        State((0..self.cell.state_size()).map(|_| zeros()).collect())
     }
 
-    fn forward(&self, tokens: &Tensor, state: &State) -> (Tensor, State) {
+    /// No dropout yet: `train` changes no number.
+    fn forward_t(&self, tokens: &Tensor, state: &State, _train: bool) -> (Tensor, State) {
         debug_assert_eq!(tokens.kind(), Kind::Int64);
         match self.path {
             ScratchPath::Reference => self.forward_reference(tokens, state),
@@ -251,23 +197,13 @@ impl RecurrentLm for ScratchGru {
         &mut self.vs
     }
 
-    fn set_train(&mut self, train: bool) {
-        self.train = train;
-    }
-
-    fn training(&self) -> bool {
-        self.train
-    }
-
     fn vocab_size(&self) -> i64 {
         self.vocab
     }
 
     fn describe(&self) -> String {
-        let reset = match self.reset {
-            ResetGate::Before => "before",
-            ResetGate::After => "after",
-        };
-        format!("scratch GRU (reset {reset}, {} layer(s), H={})", self.layers.len(), self.hidden)
+        let (name, detail) = self.cell.describe();
+        let detail = detail.map(|d| d + ", ").unwrap_or_default();
+        format!("scratch {name} ({detail}{} layer(s), H={})", self.layers.len(), self.hidden)
     }
 }

@@ -1,7 +1,9 @@
 """Loads a grulm built-in run's model.safetensors into d2l 0.17's concise model
-(nn.GRU + nn.Linear, strict: every name and shape must match) and prints d2l's
-greedy predict_ch8(prefix, num_preds). Used by the test
-`cli::builtin_checkpoint_loads_in_pytorch`; needs only torch (the set-up venv's).
+(nn.GRU, nn.LSTM or nn.RNN + nn.Linear, strict: every name and shape must
+match) and prints d2l's greedy predict_ch8(prefix, num_preds). The cell is read
+off the weights' shapes (weight_ih_l0 has 3H rows for a GRU, 4H for an LSTM, H
+for an RNN). Used by the test
+`cli::builtin_checkpoints_load_in_pytorch`; needs only torch (the set-up venv's).
 
     python pytorch_predict.py RUN_DIR PREFIX NUM_PREDS
 """
@@ -29,9 +31,9 @@ def load_safetensors(path):
 
 
 class RNNModel(nn.Module):
-    def __init__(self, vocab, hidden, layers):
+    def __init__(self, cell, vocab, hidden, layers):
         super().__init__()
-        self.rnn = nn.GRU(vocab, hidden, num_layers=layers)
+        self.rnn = cell(vocab, hidden, num_layers=layers)
         self.linear = nn.Linear(hidden, vocab)
 
 
@@ -41,10 +43,13 @@ def main():
     sd = load_safetensors(os.path.join(run, "model.safetensors"))
     hidden = sd["rnn.weight_hh_l0"].shape[1]
     layers = sum(1 for k in sd if k.startswith("rnn.weight_ih_l"))
-    model = RNNModel(len(vocab), hidden, layers).float()
+    cell = {1: nn.RNN, 3: nn.GRU, 4: nn.LSTM}[sd["rnn.weight_ih_l0"].shape[0] // hidden]
+    model = RNNModel(cell, len(vocab), hidden, layers).float()
     model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
     idx = {t: i for i, t in enumerate(vocab)}
     state = torch.zeros(layers, 1, hidden)
+    if cell is nn.LSTM:
+        state = (state, torch.zeros(layers, 1, hidden))
     out = [idx[prefix[0]]]
 
     def step(token, state):

@@ -97,17 +97,18 @@ fn train_sample_eval_end_to_end() {
 #[test]
 fn parity_command_prints_its_table() {
     let dir = TempDir::new("parity");
-    for dtype in ["f64", "f32"] {
-        let o = grulm(dir.path(), &["parity", "--device", "cpu", "--dtype", dtype]);
+    for (cell, dtype) in [("gru", "f64"), ("gru", "f32"), ("lstm", "f64"), ("rnn", "f32")] {
+        let o = grulm(dir.path(), &["parity", "--device", "cpu", "--dtype", dtype, "--cell", cell]);
         let s = stdout(&o);
         assert!(o.status.success(), "{s}");
         assert!(s.contains("grad rnn.weight_hh_l1") && s.contains("grad linear.weight") && s.contains("final state"), "{s}");
         assert_eq!(s.matches(": ok").count(), 2, "{s}");
+        assert_eq!(s.contains("final memory cell"), cell == "lstm", "{s}");
     }
 }
 
 #[test]
-fn builtin_checkpoint_loads_in_pytorch() {
+fn builtin_checkpoints_load_in_pytorch() {
     // The set-up venv's Python (make test exports VIRTUAL_ENV); absent with LIBTORCH.
     let Some(venv) = std::env::var_os("VIRTUAL_ENV") else {
         eprintln!("SKIPPED: no VIRTUAL_ENV with torch");
@@ -115,18 +116,22 @@ fn builtin_checkpoint_loads_in_pytorch() {
     };
     let Some(corpus) = timemachine() else { return };
     let dir = TempDir::new("pytorch");
-    dir.write(
-        "exp.toml",
-        small_config(&corpus, "[model]\nkind = \"builtin\"\nnum_layers = 2\n").replace("[model]\nhidden_size = 32\n", ""),
-    );
-    let o = grulm(dir.path(), &["train", "--config", "exp.toml", "--set", "model.hidden_size=32"]);
-    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
-    let ours = stdout(&grulm(dir.path(), &["sample", "--run", "runs/exp", "--prefix", "the time ", "--len", "40"]));
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/pytorch_predict.py");
-    let py = std::process::Command::new(std::path::Path::new(&venv).join("bin/python"))
-        .args([script, &dir.join("runs/exp").display().to_string(), "the time ", "40"])
-        .output()
-        .unwrap();
-    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
-    assert_eq!(String::from_utf8_lossy(&py.stdout), ours, "PyTorch's d2l predict_ch8 on grulm's checkpoint");
+    for (cell, layers) in [("gru", 2), ("lstm", 2), ("rnn", 1)] {
+        dir.write(
+            &format!("{cell}.toml"),
+            small_config(&corpus, &format!("[model]\nkind = \"builtin\"\ncell = \"{cell}\"\nnum_layers = {layers}\n"))
+                .replace("[model]\nhidden_size = 32\n", ""),
+        );
+        let o = grulm(dir.path(), &["train", "--config", &format!("{cell}.toml"), "--set", "model.hidden_size=32"]);
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+        let run = format!("runs/{cell}");
+        let ours = stdout(&grulm(dir.path(), &["sample", "--run", &run, "--prefix", "the time ", "--len", "40"]));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/pytorch_predict.py");
+        let py = std::process::Command::new(std::path::Path::new(&venv).join("bin/python"))
+            .args([script, &dir.join(&run).display().to_string(), "the time ", "40"])
+            .output()
+            .unwrap();
+        assert!(py.status.success(), "{cell}: {}", String::from_utf8_lossy(&py.stderr));
+        assert_eq!(String::from_utf8_lossy(&py.stdout), ours, "{cell}: PyTorch's d2l predict_ch8 on grulm's checkpoint");
+    }
 }

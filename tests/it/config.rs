@@ -15,7 +15,7 @@ fn defaults_are_d2l_gru_chapter() {
     assert_eq!((c.data.batch_size, c.data.num_steps), (32, 35));
     assert_eq!(c.model.hidden_size, 256);
     assert_eq!(c.model.kind, ModelKind::Scratch);
-    assert_eq!(c.model.reset_gate, ResetGate::Before);
+    assert_eq!(c.model.reset_gate, Some(ResetGate::Before));
     assert_eq!(c.model.num_layers, 1);
     assert_eq!(c.train.epochs, 500);
     assert_eq!(c.train.optimizer, OptimizerKind::Sgd);
@@ -27,7 +27,7 @@ fn defaults_are_d2l_gru_chapter() {
 #[test]
 fn builtin_defaults_to_reset_after_and_refuses_before() {
     let c = Config::parse("[model]\nkind = \"builtin\"\n", "exp.toml", &[]).unwrap();
-    assert_eq!(c.model.reset_gate, ResetGate::After);
+    assert_eq!(c.model.reset_gate, Some(ResetGate::After));
     let e = err("[model]\nkind = \"builtin\"\nreset_gate = \"before\"\n", &[]);
     assert!(e.starts_with("exp.toml: model.reset_gate = \"before\": expected \"after\""), "{e}");
 }
@@ -129,4 +129,30 @@ fn shipped_configs_parse_and_differ_from_defaults() {
         n += 1;
     }
     assert!(n >= 4);
+}
+
+#[test]
+fn cells_and_gru_variants() {
+    use grulm::config::{CellKind, GruGates};
+    let c = Config::parse("[model]\ncell = \"lstm\"\n", "exp.toml", &[]).unwrap();
+    assert_eq!((c.model.cell, c.model.reset_gate), (CellKind::Lstm, None), "a reset gate is the GRU's only");
+    let c = Config::parse("[model]\nkind = \"builtin\"\ncell = \"rnn\"\n", "exp.toml", &[]).unwrap();
+    assert_eq!((c.model.cell, c.model.reset_gate), (CellKind::Rnn, None));
+    let c = Config::parse("[model]\ngru_gates = \"reset-only\"\nreset_gate = \"after\"\n", "exp.toml", &[]).unwrap();
+    assert_eq!((c.model.gru_gates, c.model.reset_gate), (GruGates::ResetOnly, Some(ResetGate::After)));
+    // Every resolved config reads back as itself (run directories keep it).
+    for text in ["[model]\ncell = \"lstm\"\n", "[model]\nkind = \"builtin\"\ncell = \"lstm\"\n", "[model]\ngru_gates = \"update-only\"\n"] {
+        let c = Config::parse(text, "exp.toml", &[]).unwrap();
+        assert_eq!(Config::parse(&c.to_toml(), "resolved", &[]).unwrap(), c, "{text}");
+    }
+    for (text, want) in [
+        ("[model]\ncell = \"gru2\"\n", "exp.toml: model.cell = \"gru2\": expected \"gru\" or \"lstm\" or \"rnn\""),
+        ("[model]\ncell = \"lstm\"\nreset_gate = \"after\"\n", "exp.toml: model.reset_gate = \"after\": expected no value for model.cell = \"lstm\" (reset_gate applies to the GRU only)"),
+        ("[model]\ncell = \"rnn\"\ngru_gates = \"both\"\n", "exp.toml: model.gru_gates = \"both\": expected no value for model.cell = \"rnn\" (gru_gates applies to the GRU only)"),
+        ("[model]\nkind = \"builtin\"\ngru_gates = \"reset-only\"\n", "exp.toml: model.gru_gates = \"reset-only\": expected \"both\" for model.kind = \"builtin\" (libtorch's GRU has both gates; the ablations are scratch only)"),
+        ("[model]\ngru_gates = \"update-only\"\nreset_gate = \"after\"\n", "exp.toml: model.reset_gate = \"after\": expected \"before\" or no value for model.gru_gates = \"update-only\" (without a reset gate both placements are one function)"),
+        ("[model]\ngru_gates = \"none\"\n", "exp.toml: model.gru_gates = \"none\": expected \"both\" or \"reset-only\" or \"update-only\""),
+    ] {
+        assert_eq!(err(text, &[]), want);
+    }
 }

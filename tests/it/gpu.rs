@@ -65,6 +65,10 @@ fn gpu_check_script_runs_every_check_in_a_cpu_dry_run() {
             "info",
             "parity-f64",
             "parity-f32",
+            "parity-lstm-f64",
+            "parity-lstm-f32",
+            "parity-rnn-f64",
+            "parity-rnn-f32",
             "train-scratch",
             "train-concise",
             "cuda-run-on-cpu-scratch",
@@ -77,14 +81,24 @@ fn gpu_check_script_runs_every_check_in_a_cpu_dry_run() {
         ]
     );
     let ok = |name: &str| checks.iter().find(|c| c["check"] == name).unwrap()["ok"] == true;
-    for name in ["info", "parity-f64", "parity-f32", "cpu-run-on-cuda", "deterministic-scratch", "deterministic-concise", "bench"] {
+    for name in [
+        "info",
+        "parity-f64",
+        "parity-f32",
+        "parity-lstm-f64",
+        "parity-rnn-f32",
+        "cpu-run-on-cuda",
+        "deterministic-scratch",
+        "deterministic-concise",
+        "bench",
+    ] {
         assert!(ok(name), "{name}: {summary}");
     }
     assert!(!ok("train-scratch"), "2 epochs cannot reach perplexity 1.1");
     assert_eq!(o.status.code(), Some(1), "a failed check fails the script");
     let all: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("gpu-check.json")).unwrap()).unwrap();
-    assert_eq!(all["checks"].as_array().unwrap().len(), 12);
-    assert_eq!(all["bench"].as_array().unwrap().len(), 7, "5 grulm models and 2 python ones, merged: {summary}");
+    assert_eq!(all["checks"].as_array().unwrap().len(), 16);
+    assert_eq!(all["bench"].as_array().unwrap().len(), 11, "9 grulm models and 2 python ones, merged: {summary}");
 }
 
 #[test]
@@ -109,8 +123,18 @@ fn bench_runs_each_step_variant_and_names_them() {
     assert_eq!(line["model"], "scratch");
     assert_eq!(line["step"], "eager", "no CUDA graph on the CPU");
     assert!(line["graph_nodes"].is_null());
-    let o = grulm(dir.path(), &["bench", "--shape", "2,3,4,5", "--models", "scratch,lstm"]);
-    assert_fails(&o, 2, &["--models \"lstm\"", "scratch-eager", "builtin-eager"]);
+    // Every cell benches, scratch and built-in.
+    let o = grulm(
+        dir.path(),
+        &["bench", "--shape", "2,3,4,5", "--models", "lstm,lstm-builtin,rnn,rnn-builtin", "--repeats", "1", "--rounds", "1"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = crate::helpers::stdout(&o);
+    for m in ["lstm ", "lstm-builtin ", "rnn ", "rnn-builtin "] {
+        assert!(table.lines().any(|l| l.starts_with(m)), "{m}: {table}");
+    }
+    let o = grulm(dir.path(), &["bench", "--shape", "2,3,4,5", "--models", "scratch,transformer"]);
+    assert_fails(&o, 2, &["--models \"transformer\"", "scratch-eager", "lstm-builtin"]);
     let o = grulm(dir.path(), &["bench", "--shape", "gpus"]);
     assert_fails(&o, 2, &["--shape \"gpus\"", "d2l, large, gpu or B,T,H,V"]);
 }

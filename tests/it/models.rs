@@ -1,17 +1,16 @@
-//! The models against independent references: a plain f64 GRU written here
-//! (loops over `Vec<f64>`, hand-derived BPTT, checked by finite differences),
-//! libtorch's own GRU, and numbers computed by PyTorch in Python.
+//! The models against independent references: a plain f64 language model for
+//! every scratch cell written here (loops over `Vec<f64>`, hand-derived BPTT,
+//! checked by finite differences), libtorch's own RNN, GRU and LSTM, and numbers
+//! computed by PyTorch in Python.
 #![allow(clippy::needless_range_loop)] // index loops read like the equations
 use grulm::checkpoint::assign;
-use grulm::config::{ModelConfig, ModelKind, ResetGate};
-use grulm::model::{RecurrentLm, ScratchGru, ScratchPath, State};
+use grulm::model::{BuildOptions, CellKind, GruGates, ModelConfig, ModelKind, RecurrentLm, ResetGate, ScratchPath, State};
 use grulm::parity;
 use std::collections::HashMap;
-use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
 // ---------------------------------------------------------------------------
-// An independent GRU language model in plain f64.
+// An independent language model in plain f64, for every scratch cell.
 
 /// Parameters in the scratch model's names; matrices `[rows, cols]` row-major.
 #[derive(Clone)]
@@ -23,26 +22,96 @@ struct RefParams {
 
 impl RefParams {
     fn get(&self, name: &str) -> &[f64] {
-        &self.values[self.names.iter().position(|n| n == name).unwrap_or_else(|| panic!("{name}"))]
+        &self.values[self.idx(name)]
+    }
+
+    fn idx(&self, name: &str) -> usize {
+        self.names.iter().position(|n| n == name).unwrap_or_else(|| panic!("{name}"))
     }
 }
 
-struct RefGru {
+/// The cells, as the chapters write them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum RefCell {
+    /// `after`: reset after the hidden product; `z`/`r`: whether the gate exists.
+    Gru {
+        after: bool,
+        z: bool,
+        r: bool,
+    },
+    Lstm,
+    Rnn,
+}
+
+/// Every scratch cell: the GRU both ways, its two ablations (reset-only both
+/// ways), the LSTM and the RNN.
+const CELLS: [RefCell; 7] = [
+    RefCell::Gru { after: false, z: true, r: true },
+    RefCell::Gru { after: true, z: true, r: true },
+    RefCell::Gru { after: false, z: false, r: true },
+    RefCell::Gru { after: true, z: false, r: true },
+    RefCell::Gru { after: false, z: true, r: false },
+    RefCell::Lstm,
+    RefCell::Rnn,
+];
+
+impl RefCell {
+    /// (gate, bias, hidden-side bias)
+    fn gates(&self) -> Vec<(&'static str, &'static str, Option<&'static str>)> {
+        match *self {
+            RefCell::Gru { after, z, r } => {
+                let mut v = vec![];
+                if z {
+                    v.push(("z", "b_z", None));
+                }
+                if r {
+                    v.push(("r", "b_r", None));
+                }
+                v.push(if after && r { ("h", "b_xh", Some("b_hh")) } else { ("h", "b_h", None) });
+                v
+            }
+            RefCell::Lstm => vec![("i", "b_i", None), ("f", "b_f", None), ("o", "b_o", None), ("c", "b_c", None)],
+            RefCell::Rnn => vec![("h", "b_h", None)],
+        }
+    }
+
+    fn config(&self, layers: usize, h: usize) -> ModelConfig {
+        let (cell, reset_gate, gru_gates) = match *self {
+            RefCell::Gru { after, z, r } => {
+                let gates = match (z, r) {
+                    (true, true) => GruGates::Both,
+                    (false, true) => GruGates::ResetOnly,
+                    _ => GruGates::UpdateOnly,
+                };
+                (CellKind::Gru, Some(if after { ResetGate::After } else { ResetGate::Before }), gates)
+            }
+            RefCell::Lstm => (CellKind::Lstm, None, GruGates::Both),
+            RefCell::Rnn => (CellKind::Rnn, None, GruGates::Both),
+        };
+        ModelConfig { cell, reset_gate, gru_gates, hidden_size: h, num_layers: layers, ..ModelConfig::default() }
+    }
+}
+
+struct RefLm {
+    cell: RefCell,
     v: usize,
     h: usize,
     layers: usize,
-    after: bool,
 }
 
-/// What the forward pass keeps for the backward pass, per (t, layer, batch row).
+/// What one step of one layer keeps for the backward pass (one batch row).
+#[derive(Default)]
 struct Cache {
     x: Vec<f64>,
     h_prev: Vec<f64>,
-    z: Vec<f64>,
-    r: Vec<f64>,
-    c: Vec<f64>,
-    /// reset-after: H W_hh + b_hh; reset-before: R ⊙ H
+    c_prev: Vec<f64>,
+    /// Gate activations by gate name (the candidate too).
+    act: HashMap<&'static str, Vec<f64>>,
+    /// GRU: what W_hh multiplies (R ⊙ H or H; reset-after: H W_hh + b_hh).
     u: Vec<f64>,
+    h_new: Vec<f64>,
+    /// LSTM: tanh(C_t).
+    tanh_c: Vec<f64>,
 }
 
 /// y[j] = Σ_i x[i] W[i, j] for W [x.len(), cols].
@@ -71,11 +140,19 @@ fn outer_add(w: &mut [f64], a: &[f64], d: &[f64]) {
     }
 }
 
+fn add(a: &mut [f64], b: &[f64]) {
+    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+}
+
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
-impl RefGru {
+fn zip(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+    a.iter().zip(b).map(|(x, y)| f(*x, *y)).collect()
+}
+
+impl RefLm {
     fn random_params(&self, seed: u64, scale: f64) -> RefParams {
         // A tiny LCG + Box-Muller: independent of libtorch's generator.
         let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -87,20 +164,15 @@ impl RefGru {
         let (mut names, mut shapes) = (vec![], vec![]);
         for l in 0..self.layers {
             let input = if l == 0 { self.v } else { self.h };
-            let mut gate = |g: &str, bias: &str| {
+            for (g, bias, hidden_bias) in self.cell.gates() {
                 names.push(format!("W_x{g}_l{l}"));
                 shapes.push(vec![input, self.h]);
                 names.push(format!("W_h{g}_l{l}"));
                 shapes.push(vec![self.h, self.h]);
-                names.push(format!("{bias}_l{l}"));
-                shapes.push(vec![self.h]);
-            };
-            gate("z", "b_z");
-            gate("r", "b_r");
-            gate("h", if self.after { "b_xh" } else { "b_h" });
-            if self.after {
-                names.push(format!("b_hh_l{l}"));
-                shapes.push(vec![self.h]);
+                for b in std::iter::once(bias).chain(hidden_bias) {
+                    names.push(format!("{b}_l{l}"));
+                    shapes.push(vec![self.h]);
+                }
             }
         }
         names.push("W_hq".into());
@@ -111,73 +183,221 @@ impl RefGru {
         RefParams { names, shapes, values }
     }
 
-    /// tokens/targets [B][T]; h0 [L][B][H]. Returns (logits [T][B][V], final h [L][B][H], loss, caches).
+    /// One step of layer `l`: the chapter's equations.
+    fn step(&self, p: &RefParams, l: usize, x: &[f64], hp: &[f64], cp: &[f64]) -> Cache {
+        let h = self.h;
+        let g = |n: &str| p.get(&format!("{n}_l{l}"));
+        // X W_x + M W_h + b for a gate whose hidden input is M.
+        let pre = |gate: &str, bias: &str, m: &[f64]| -> Vec<f64> {
+            let a = vec_mat(x, g(&format!("W_x{gate}")), h);
+            let b = vec_mat(m, g(&format!("W_h{gate}")), h);
+            (0..h).map(|j| a[j] + b[j] + g(bias)[j]).collect()
+        };
+        let mut c = Cache { x: x.to_vec(), h_prev: hp.to_vec(), c_prev: cp.to_vec(), ..Cache::default() };
+        match self.cell {
+            RefCell::Rnn => {
+                c.h_new = pre("h", "b_h", hp).iter().map(|a| a.tanh()).collect();
+                c.act.insert("h", c.h_new.clone());
+            }
+            RefCell::Lstm => {
+                for (gate, bias) in [("i", "b_i"), ("f", "b_f"), ("o", "b_o")] {
+                    c.act.insert(gate, pre(gate, bias, hp).iter().map(|a| sigmoid(*a)).collect());
+                }
+                c.act.insert("c", pre("c", "b_c", hp).iter().map(|a| a.tanh()).collect());
+                let a = &c.act;
+                let c_new: Vec<f64> = (0..h).map(|j| a["f"][j] * cp[j] + a["i"][j] * a["c"][j]).collect();
+                c.tanh_c = c_new.iter().map(|v| v.tanh()).collect();
+                c.h_new = zip(&a["o"], &c.tanh_c, |o, t| o * t);
+                c.c_prev = cp.to_vec();
+                c.u = c_new; // C_t, for the state
+            }
+            RefCell::Gru { after, z, r } => {
+                if z {
+                    c.act.insert("z", pre("z", "b_z", hp).iter().map(|a| sigmoid(*a)).collect());
+                }
+                if r {
+                    c.act.insert("r", pre("r", "b_r", hp).iter().map(|a| sigmoid(*a)).collect());
+                }
+                let cand: Vec<f64> = if after && r {
+                    let ax = vec_mat(x, g("W_xh"), h);
+                    c.u = zip(&vec_mat(hp, g("W_hh"), h), g("b_hh"), |a, b| a + b);
+                    (0..h).map(|j| (ax[j] + g("b_xh")[j] + c.act["r"][j] * c.u[j]).tanh()).collect()
+                } else {
+                    c.u = if r { zip(&c.act["r"], hp, |a, b| a * b) } else { hp.to_vec() };
+                    pre("h", "b_h", &c.u).iter().map(|a| a.tanh()).collect()
+                };
+                c.h_new = match c.act.get("z") {
+                    Some(zv) => (0..h).map(|j| zv[j] * hp[j] + (1.0 - zv[j]) * cand[j]).collect(),
+                    None => cand.clone(),
+                };
+                c.act.insert("h", cand);
+            }
+        }
+        c
+    }
+
+    /// tokens/targets [B][T]; s0 [L][B][state] (H, then C for the LSTM). Returns
+    /// (logits [T][B][V], final state [state][L][B][H], loss, caches [T][L][B]).
     #[allow(clippy::type_complexity)]
     fn forward(
         &self,
         p: &RefParams,
         tokens: &[Vec<usize>],
         targets: &[Vec<usize>],
-        h0: &[Vec<Vec<f64>>],
-    ) -> (Vec<Vec<Vec<f64>>>, Vec<Vec<Vec<f64>>>, f64, Vec<Vec<Vec<Cache>>>, Vec<Vec<Vec<f64>>>) {
-        let (b_n, t_n, h) = (tokens.len(), tokens[0].len(), self.h);
-        let mut hs = h0.to_vec();
-        let mut logits = vec![];
-        let mut caches = vec![];
-        let mut tops = vec![];
-        let mut loss = 0.0;
+        s0: &[Vec<Vec<Vec<f64>>>],
+    ) -> (Vec<Vec<Vec<f64>>>, Vec<Vec<Vec<Vec<f64>>>>, f64, Vec<Vec<Vec<Cache>>>) {
+        let (b_n, t_n) = (tokens.len(), tokens[0].len());
+        let mut hs: Vec<Vec<Vec<f64>>> = s0.iter().map(|l| l.iter().map(|b| b[0].clone()).collect()).collect();
+        let mut cs: Vec<Vec<Vec<f64>>> =
+            s0.iter().map(|l| l.iter().map(|b| b.get(1).cloned().unwrap_or_else(|| vec![0.0; self.h])).collect()).collect();
+        let (mut logits, mut caches, mut loss) = (vec![], vec![], 0.0);
         for t in 0..t_n {
             let mut step_logits = vec![];
             let mut step_caches: Vec<Vec<Cache>> = (0..self.layers).map(|_| vec![]).collect();
-            let mut step_tops = vec![];
             for b in 0..b_n {
                 let mut x = vec![0.0; self.v];
                 x[tokens[b][t]] = 1.0;
                 for l in 0..self.layers {
-                    let g = |n: &str| p.get(&format!("{n}_l{l}"));
-                    let hp = hs[l][b].clone();
-                    let az = vec_mat(&x, g("W_xz"), h);
-                    let hz = vec_mat(&hp, g("W_hz"), h);
-                    let z: Vec<f64> = (0..h).map(|j| sigmoid(az[j] + hz[j] + g("b_z")[j])).collect();
-                    let ar = vec_mat(&x, g("W_xr"), h);
-                    let hr = vec_mat(&hp, g("W_hr"), h);
-                    let r: Vec<f64> = (0..h).map(|j| sigmoid(ar[j] + hr[j] + g("b_r")[j])).collect();
-                    let ax = vec_mat(&x, g("W_xh"), h);
-                    let (c, u): (Vec<f64>, Vec<f64>) = if self.after {
-                        let hh = vec_mat(&hp, g("W_hh"), h);
-                        let u: Vec<f64> = (0..h).map(|j| hh[j] + g("b_hh")[j]).collect();
-                        ((0..h).map(|j| (ax[j] + g("b_xh")[j] + r[j] * u[j]).tanh()).collect(), u)
-                    } else {
-                        let s: Vec<f64> = (0..h).map(|j| r[j] * hp[j]).collect();
-                        let sh = vec_mat(&s, g("W_hh"), h);
-                        ((0..h).map(|j| (ax[j] + sh[j] + g("b_h")[j]).tanh()).collect(), s)
-                    };
-                    let hn: Vec<f64> = (0..h).map(|j| z[j] * hp[j] + (1.0 - z[j]) * c[j]).collect();
-                    step_caches[l].push(Cache { x: x.clone(), h_prev: hp, z, r, c, u });
-                    hs[l][b] = hn.clone();
-                    x = hn;
+                    let c = self.step(p, l, &x, &hs[l][b], &cs[l][b]);
+                    hs[l][b] = c.h_new.clone();
+                    if self.cell == RefCell::Lstm {
+                        cs[l][b] = c.u.clone();
+                    }
+                    x = c.h_new.clone();
+                    step_caches[l].push(c);
                 }
-                let y: Vec<f64> = vec_mat(&x, p.get("W_hq"), self.v).iter().zip(p.get("b_q")).map(|(a, b)| a + b).collect();
+                let y: Vec<f64> = zip(&vec_mat(&x, p.get("W_hq"), self.v), p.get("b_q"), |a, b| a + b);
                 let m = y.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let lse = m + y.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
                 loss += lse - y[targets[b][t]];
                 step_logits.push(y);
-                step_tops.push(x);
             }
             logits.push(step_logits);
             caches.push(step_caches);
-            tops.push(step_tops);
         }
-        (logits, hs, loss / (b_n * t_n) as f64, caches, tops)
+        let mut finals = vec![hs];
+        if self.cell == RefCell::Lstm {
+            finals.push(cs);
+        }
+        (logits, finals, loss / (b_n * t_n) as f64, caches)
+    }
+
+    /// Adds a standard gate's gradients (pre-activation `X W_x + M W_h + b`, its
+    /// gradient `da`): into the weights and bias; returns (dX, dM). The arguments
+    /// are the chapter's quantities spelled out, one by one.
+    #[allow(clippy::too_many_arguments)]
+    fn gate_back(
+        &self,
+        p: &RefParams,
+        grads: &mut [Vec<f64>],
+        l: usize,
+        gate: &str,
+        bias: &str,
+        x: &[f64],
+        m: &[f64],
+        da: &[f64],
+    ) -> (Vec<f64>, Vec<f64>) {
+        let n = |s: String| p.idx(&format!("{s}_l{l}"));
+        outer_add(&mut grads[n(format!("W_x{gate}"))], x, da);
+        outer_add(&mut grads[n(format!("W_h{gate}"))], m, da);
+        add(&mut grads[n(bias.to_string())], da);
+        (mat_vec(&p.values[n(format!("W_x{gate}"))], da, x.len()), mat_vec(&p.values[n(format!("W_h{gate}"))], da, self.h))
+    }
+
+    /// Backward through one cached step: dH reaching H_t, dC reaching C_t (LSTM)
+    /// -> (dX, dH_{t-1}, dC_{t-1}).
+    fn step_back(
+        &self,
+        p: &RefParams,
+        grads: &mut [Vec<f64>],
+        l: usize,
+        c: &Cache,
+        dh: &[f64],
+        dc_next: &[f64],
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let h = self.h;
+        let mut dx = vec![0.0; c.x.len()];
+        let mut dh_prev = vec![0.0; h];
+        let mut dc_prev = vec![0.0; h];
+        let sig_back = |d: &[f64], a: &[f64]| zip(d, a, |d, a| d * a * (1.0 - a));
+        let tanh_back = |d: &[f64], a: &[f64]| zip(d, a, |d, a| d * (1.0 - a * a));
+        let std_gate =
+            |grads: &mut [Vec<f64>], gate: &str, bias: &str, m: &[f64], da: &[f64], dx: &mut Vec<f64>, dh_prev: &mut Vec<f64>| {
+                let (gx, gm) = self.gate_back(p, grads, l, gate, bias, &c.x, m, da);
+                add(dx, &gx);
+                add(dh_prev, &gm);
+            };
+        match self.cell {
+            RefCell::Rnn => {
+                let da = tanh_back(dh, &c.h_new);
+                std_gate(grads, "h", "b_h", &c.h_prev, &da, &mut dx, &mut dh_prev);
+            }
+            RefCell::Lstm => {
+                let a = &c.act;
+                let d_o = zip(dh, &c.tanh_c, |d, t| d * t);
+                let dc: Vec<f64> = (0..h).map(|j| dc_next[j] + dh[j] * a["o"][j] * (1.0 - c.tanh_c[j] * c.tanh_c[j])).collect();
+                let d_i = zip(&dc, &a["c"], |d, g| d * g);
+                let d_f = zip(&dc, &c.c_prev, |d, cp| d * cp);
+                let d_g = zip(&dc, &a["i"], |d, i| d * i);
+                dc_prev = zip(&dc, &a["f"], |d, f| d * f);
+                for (gate, bias, da) in [
+                    ("i", "b_i", sig_back(&d_i, &a["i"])),
+                    ("f", "b_f", sig_back(&d_f, &a["f"])),
+                    ("o", "b_o", sig_back(&d_o, &a["o"])),
+                    ("c", "b_c", tanh_back(&d_g, &a["c"])),
+                ] {
+                    std_gate(grads, gate, bias, &c.h_prev, &da, &mut dx, &mut dh_prev);
+                }
+            }
+            RefCell::Gru { after, z, r } => {
+                let cand = &c.act["h"];
+                let (dz, dcand) = match c.act.get("z") {
+                    Some(zv) => {
+                        dh_prev = zip(dh, zv, |d, z| d * z);
+                        (zip(dh, &zip(&c.h_prev, cand, |a, b| a - b), |d, x| d * x), zip(dh, zv, |d, z| d * (1.0 - z)))
+                    }
+                    None => (vec![], dh.to_vec()),
+                };
+                let dac = tanh_back(&dcand, cand);
+                let gi = |s: &str| p.idx(&format!("{s}_l{l}"));
+                let dr: Vec<f64> = if after && r {
+                    outer_add(&mut grads[gi("W_xh")], &c.x, &dac);
+                    add(&mut grads[gi("b_xh")], &dac);
+                    add(&mut dx, &mat_vec(p.get(&format!("W_xh_l{l}")), &dac, c.x.len()));
+                    let du = zip(&dac, &c.act["r"], |d, r| d * r);
+                    outer_add(&mut grads[gi("W_hh")], &c.h_prev, &du);
+                    add(&mut grads[gi("b_hh")], &du);
+                    add(&mut dh_prev, &mat_vec(p.get(&format!("W_hh_l{l}")), &du, h));
+                    zip(&dac, &c.u, |d, u| d * u)
+                } else {
+                    let (gx, ds) = self.gate_back(p, grads, l, "h", "b_h", &c.x, &c.u, &dac);
+                    add(&mut dx, &gx);
+                    if r {
+                        add(&mut dh_prev, &zip(&ds, &c.act["r"], |d, r| d * r));
+                        zip(&ds, &c.h_prev, |d, h| d * h)
+                    } else {
+                        add(&mut dh_prev, &ds); // R ≡ 1: U = H
+                        vec![]
+                    }
+                };
+                if r {
+                    std_gate(grads, "r", "b_r", &c.h_prev, &sig_back(&dr, &c.act["r"]), &mut dx, &mut dh_prev);
+                }
+                if z {
+                    std_gate(grads, "z", "b_z", &c.h_prev, &sig_back(&dz, &c.act["z"]), &mut dx, &mut dh_prev);
+                }
+            }
+        }
+        (dx, dh_prev, dc_prev)
     }
 
     /// Hand-derived backpropagation through time; gradients in `p`'s order.
-    fn backward(&self, p: &RefParams, tokens: &[Vec<usize>], targets: &[Vec<usize>], h0: &[Vec<Vec<f64>>]) -> Vec<Vec<f64>> {
-        let (logits, _, _, caches, tops) = self.forward(p, tokens, targets, h0);
+    fn backward(&self, p: &RefParams, tokens: &[Vec<usize>], targets: &[Vec<usize>], s0: &[Vec<Vec<Vec<f64>>>]) -> Vec<Vec<f64>> {
+        let (logits, _, _, caches) = self.forward(p, tokens, targets, s0);
         let (b_n, t_n, h) = (tokens.len(), tokens[0].len(), self.h);
         let mut grads: Vec<Vec<f64>> = p.values.iter().map(|x| vec![0.0; x.len()]).collect();
-        let idx = |n: &str| p.names.iter().position(|x| x == n).unwrap();
-        let mut carry = vec![vec![vec![0.0; h]; b_n]; self.layers];
+        let mut carry_h = vec![vec![vec![0.0; h]; b_n]; self.layers];
+        let mut carry_c = vec![vec![vec![0.0; h]; b_n]; self.layers];
         for t in (0..t_n).rev() {
             for b in 0..b_n {
                 let y = &logits[t][b];
@@ -186,45 +406,15 @@ impl RefGru {
                 let mut dy: Vec<f64> = y.iter().map(|x| (x - m).exp() / z).collect();
                 dy[targets[b][t]] -= 1.0;
                 dy.iter_mut().for_each(|d| *d /= (b_n * t_n) as f64);
-                outer_add(&mut grads[idx("W_hq")], &tops[t][b], &dy);
-                grads[idx("b_q")].iter_mut().zip(&dy).for_each(|(g, d)| *g += d);
+                let top = &caches[t][self.layers - 1][b].h_new;
+                outer_add(&mut grads[p.idx("W_hq")], top, &dy);
+                add(&mut grads[p.idx("b_q")], &dy);
                 let mut dh_above = mat_vec(p.get("W_hq"), &dy, h);
                 for l in (0..self.layers).rev() {
-                    let cch = &caches[t][l][b];
-                    let g = |n: &str| p.get(&format!("{n}_l{l}"));
-                    let gi = |n: &str| idx(&format!("{n}_l{l}"));
-                    let dh: Vec<f64> = (0..h).map(|j| dh_above[j] + carry[l][b][j]).collect();
-                    let dz: Vec<f64> = (0..h).map(|j| dh[j] * (cch.h_prev[j] - cch.c[j])).collect();
-                    let dc: Vec<f64> = (0..h).map(|j| dh[j] * (1.0 - cch.z[j])).collect();
-                    let mut dh_prev: Vec<f64> = (0..h).map(|j| dh[j] * cch.z[j]).collect();
-                    let da_h: Vec<f64> = (0..h).map(|j| dc[j] * (1.0 - cch.c[j] * cch.c[j])).collect();
-                    let mut dx = mat_vec(g("W_xh"), &da_h, cch.x.len());
-                    outer_add(&mut grads[gi("W_xh")], &cch.x, &da_h);
-                    let dr: Vec<f64> = if self.after {
-                        grads[gi("b_xh")].iter_mut().zip(&da_h).for_each(|(g, d)| *g += d);
-                        let du: Vec<f64> = (0..h).map(|j| da_h[j] * cch.r[j]).collect();
-                        outer_add(&mut grads[gi("W_hh")], &cch.h_prev, &du);
-                        grads[gi("b_hh")].iter_mut().zip(&du).for_each(|(g, d)| *g += d);
-                        mat_vec(g("W_hh"), &du, h).iter().enumerate().for_each(|(j, d)| dh_prev[j] += d);
-                        (0..h).map(|j| da_h[j] * cch.u[j]).collect()
-                    } else {
-                        grads[gi("b_h")].iter_mut().zip(&da_h).for_each(|(g, d)| *g += d);
-                        outer_add(&mut grads[gi("W_hh")], &cch.u, &da_h);
-                        let ds = mat_vec(g("W_hh"), &da_h, h);
-                        (0..h).for_each(|j| dh_prev[j] += ds[j] * cch.r[j]);
-                        (0..h).map(|j| ds[j] * cch.h_prev[j]).collect()
-                    };
-                    for (gate, da) in [
-                        ("r", (0..h).map(|j| dr[j] * cch.r[j] * (1.0 - cch.r[j])).collect::<Vec<f64>>()),
-                        ("z", (0..h).map(|j| dz[j] * cch.z[j] * (1.0 - cch.z[j])).collect::<Vec<f64>>()),
-                    ] {
-                        outer_add(&mut grads[gi(&format!("W_x{gate}"))], &cch.x, &da);
-                        outer_add(&mut grads[gi(&format!("W_h{gate}"))], &cch.h_prev, &da);
-                        grads[gi(&format!("b_{gate}"))].iter_mut().zip(&da).for_each(|(g, d)| *g += d);
-                        mat_vec(g(&format!("W_x{gate}")), &da, cch.x.len()).iter().enumerate().for_each(|(i, d)| dx[i] += d);
-                        mat_vec(g(&format!("W_h{gate}")), &da, h).iter().enumerate().for_each(|(j, d)| dh_prev[j] += d);
-                    }
-                    carry[l][b] = dh_prev;
+                    let dh: Vec<f64> = zip(&dh_above, &carry_h[l][b], |a, c| a + c);
+                    let (dx, dh_prev, dc_prev) = self.step_back(p, &mut grads, l, &caches[t][l][b], &dh, &carry_c[l][b]);
+                    carry_h[l][b] = dh_prev;
+                    carry_c[l][b] = dc_prev;
                     dh_above = dx;
                 }
             }
@@ -234,63 +424,93 @@ impl RefGru {
 }
 
 struct Case {
-    gru: RefGru,
+    lm: RefLm,
     params: RefParams,
     tokens: Vec<Vec<usize>>,
     targets: Vec<Vec<usize>>,
-    h0: Vec<Vec<Vec<f64>>>,
+    /// [L][B][state][H]
+    s0: Vec<Vec<Vec<Vec<f64>>>>,
 }
 
-/// The issue's tiny case: V=5, H=3, T=4 (B=2), weights and state at scale 0.5.
-fn tiny_case(layers: usize, after: bool, seed: u64) -> Case {
-    let gru = RefGru { v: 5, h: 3, layers, after };
-    let params = gru.random_params(seed, 0.5);
+impl Case {
+    fn states(&self) -> usize {
+        if self.lm.cell == RefCell::Lstm {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The initial state as grulm's `State`: per state tensor `[L, B, H]`.
+    fn state(&self) -> State {
+        let (l, h) = (self.lm.layers as i64, self.lm.h as i64);
+        State::new(
+            (0..self.states())
+                .map(|k| {
+                    let v: Vec<f64> = self.s0.iter().flat_map(|layer| layer.iter().flat_map(|b| b[k].clone())).collect();
+                    Tensor::from_slice(&v).view([l, 2, h])
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The tiny case: V=5, H=3, T=4 (B=2), weights and state at scale 0.5.
+fn tiny_case(cell: RefCell, layers: usize, seed: u64) -> Case {
+    let lm = RefLm { cell, v: 5, h: 3, layers };
+    let params = lm.random_params(seed, 0.5);
     let tokens = vec![vec![0, 3, 1, 4], vec![2, 2, 0, 1]];
     let targets = vec![vec![3, 1, 4, 2], vec![2, 0, 1, 3]];
-    let h0 = (0..layers).map(|l| (0..2).map(|b| (0..3).map(|j| 0.3 * ((l * 7 + b * 3 + j) as f64).sin()).collect()).collect()).collect();
-    Case { gru, params, tokens, targets, h0 }
+    let states = if cell == RefCell::Lstm { 2 } else { 1 };
+    let s0 = (0..layers)
+        .map(|l| {
+            (0..2)
+                .map(|b| (0..states).map(|k| (0..3).map(|j| 0.3 * ((l * 7 + b * 3 + j + 11 * k) as f64).sin()).collect()).collect())
+                .collect()
+        })
+        .collect();
+    Case { lm, params, tokens, targets, s0 }
 }
 
 #[test]
 fn reference_gradients_match_finite_differences() {
-    for (layers, after) in [(1, false), (2, false), (1, true), (2, true)] {
-        let c = tiny_case(layers, after, 11);
-        let grads = c.gru.backward(&c.params, &c.tokens, &c.targets, &c.h0);
-        let eps = 1e-6;
-        let mut worst: f64 = 0.0;
-        for (pi, values) in c.params.values.iter().enumerate() {
-            for e in 0..values.len() {
-                let mut plus = c.params.clone();
-                plus.values[pi][e] += eps;
-                let mut minus = c.params.clone();
-                minus.values[pi][e] -= eps;
-                let fd = (c.gru.forward(&plus, &c.tokens, &c.targets, &c.h0).2 - c.gru.forward(&minus, &c.tokens, &c.targets, &c.h0).2)
-                    / (2.0 * eps);
-                let an = grads[pi][e];
-                // Relative error. Central differences in f64 carry ~1e-10 of rounding
-                // noise (loss ~1, ε = 1e-6), so gradients below 1e-3 are held to an
-                // absolute 1e-9 instead: the floor of the denominator.
-                let rel = (an - fd).abs() / an.abs().max(fd.abs()).max(1e-3);
-                worst = worst.max(rel);
-                assert!(
-                    rel <= 1e-6,
-                    "layers {layers} after {after}: {}[{e}] analytic {an} vs finite difference {fd} (rel {rel:e})",
-                    c.params.names[pi]
-                );
+    for cell in CELLS {
+        for layers in [1, 2] {
+            let c = tiny_case(cell, layers, 11);
+            let grads = c.lm.backward(&c.params, &c.tokens, &c.targets, &c.s0);
+            let eps = 1e-6;
+            let mut worst: f64 = 0.0;
+            for (pi, values) in c.params.values.iter().enumerate() {
+                for e in 0..values.len() {
+                    let mut plus = c.params.clone();
+                    plus.values[pi][e] += eps;
+                    let mut minus = c.params.clone();
+                    minus.values[pi][e] -= eps;
+                    let fd = (c.lm.forward(&plus, &c.tokens, &c.targets, &c.s0).2 - c.lm.forward(&minus, &c.tokens, &c.targets, &c.s0).2)
+                        / (2.0 * eps);
+                    let an = grads[pi][e];
+                    // Relative error. Central differences in f64 carry ~1e-10 of rounding
+                    // noise (loss ~1, ε = 1e-6), so gradients below 1e-3 are held to an
+                    // absolute 1e-9 instead: the floor of the denominator.
+                    let rel = (an - fd).abs() / an.abs().max(fd.abs()).max(1e-3);
+                    worst = worst.max(rel);
+                    assert!(
+                        rel <= 1e-6,
+                        "{cell:?} layers {layers}: {}[{e}] analytic {an} vs finite difference {fd} (rel {rel:e})",
+                        c.params.names[pi]
+                    );
+                }
             }
+            assert!(grads.iter().flatten().any(|g| g.abs() > 1e-3), "gradients must not all vanish");
+            eprintln!("{cell:?} layers {layers}: worst relative error {worst:e}");
         }
-        assert!(grads.iter().flatten().any(|g| g.abs() > 1e-3), "gradients must not all vanish");
-        eprintln!("layers {layers} reset-after {after}: worst relative error {worst:e}");
     }
 }
 
-/// Loads the reference parameters into a ScratchGru (f64, CPU).
-fn scratch_from(c: &Case, path: ScratchPath) -> ScratchGru {
-    let mut vs = VarStore::new(Device::Cpu);
-    vs.set_kind(Kind::Double);
-    let reset = if c.gru.after { ResetGate::After } else { ResetGate::Before };
-    let mut m = ScratchGru::new(vs, c.gru.v as i64, c.gru.h as i64, c.gru.layers as i64, reset, 0.01);
-    m.set_path(path);
+/// Loads the reference parameters into a scratch model (f64, CPU).
+fn scratch_from(c: &Case, path: ScratchPath) -> Box<dyn RecurrentLm> {
+    let opts = BuildOptions { path: Some(path), ..BuildOptions::default() };
+    let m = c.lm.cell.config(c.lm.layers, c.lm.h).build(c.lm.v as i64, Device::Cpu, Kind::Double, opts);
     let src: Vec<(String, Tensor)> = c
         .params
         .names
@@ -310,139 +530,192 @@ fn max_diff(t: &Tensor, v: &[f64]) -> f64 {
     got.iter().zip(v).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
 }
 
+/// Max difference between a model's training step and the reference's, over
+/// logits, every state tensor, the loss and every gradient (f64).
+fn worst_against_reference(c: &Case, path: ScratchPath) -> Vec<(String, f64)> {
+    let (logits, finals, loss, _) = c.lm.forward(&c.params, &c.tokens, &c.targets, &c.s0);
+    let grads = c.lm.backward(&c.params, &c.tokens, &c.targets, &c.s0);
+    let m = scratch_from(c, path);
+    let ids = |v: &[Vec<usize>]| Tensor::from_slice(&v.concat().iter().map(|&x| x as i64).collect::<Vec<_>>()).view([2, 4]);
+    let (tokens, targets) = (ids(&c.tokens), ids(&c.targets));
+    let (out, _) = tch::no_grad(|| m.forward(&tokens, &c.state()));
+    // The training step: autograd on Reference and Fused, hand-written on Bptt.
+    let (l, state) = m.train_step(&tokens, &targets, &c.state());
+    let mut rows = vec![("logits".to_string(), max_diff(&out, &logits.concat().concat()))];
+    for (k, fin) in finals.iter().enumerate() {
+        rows.push((format!("state {k}"), max_diff(&state.tensors()[k], &fin.concat().concat())));
+    }
+    rows.push(("loss".into(), (f64::try_from(&l).unwrap() - loss).abs()));
+    let named: HashMap<String, Tensor> = m.named_parameters().into_iter().collect();
+    for (i, name) in c.params.names.iter().enumerate() {
+        rows.push((format!("grad {name}"), max_diff(&named[name].grad(), &grads[i])));
+    }
+    rows
+}
+
 #[test]
-fn scratch_gru_matches_the_independent_reference() {
-    // f64: logits, state, loss and every gradient within 1e-10 of the reference.
+fn every_scratch_cell_matches_the_independent_reference() {
+    // f64: logits, state, loss and every gradient within 1e-10 of the reference,
+    // on every path, 1 and 2 layers.
     const TOL: f64 = 1e-10;
-    for (layers, after) in [(1, false), (2, false), (1, true), (2, true)] {
-        let c = tiny_case(layers, after, 5);
-        let (logits, h_final, loss, _, _) = c.gru.forward(&c.params, &c.tokens, &c.targets, &c.h0);
-        let grads = c.gru.backward(&c.params, &c.tokens, &c.targets, &c.h0);
-        for path in [ScratchPath::Reference, ScratchPath::Fused, ScratchPath::Bptt] {
-            let m = scratch_from(&c, path);
-            let tokens = Tensor::from_slice(&c.tokens.concat().iter().map(|&x| x as i64).collect::<Vec<_>>()).view([2, 4]);
-            let targets = Tensor::from_slice(&c.targets.concat().iter().map(|&x| x as i64).collect::<Vec<_>>()).view([2, 4]);
-            let h0 = Tensor::from_slice(&c.h0.concat().concat()).view([layers as i64, 2, 3]);
-            let (out, _) = tch::no_grad(|| m.forward(&tokens, &State::from_hidden(h0.shallow_clone())));
-            // The training step: autograd on Reference and Fused, hand-written on Bptt.
-            let (l, state) = m.train_step(&tokens, &targets, &State::from_hidden(h0));
-            let what = format!("layers {layers} after {after} {path:?}");
-            assert!(max_diff(&out, &logits.concat().concat()) <= TOL, "{what}: logits");
-            assert!(max_diff(state.hidden(), &h_final.concat().concat()) <= TOL, "{what}: state");
-            assert!((f64::try_from(&l).unwrap() - loss).abs() <= TOL, "{what}: loss");
-            let named: HashMap<String, Tensor> = m.named_parameters().into_iter().collect();
-            for (i, name) in c.params.names.iter().enumerate() {
-                let d = max_diff(&named[name].grad(), &grads[i]);
-                assert!(d <= TOL, "{what}: grad {name} differs by {d:e}");
-            }
-        }
-    }
-}
-
-#[test]
-fn scratch_reset_after_matches_builtin_gru() {
-    // Same weights through the layout map; B=4, T=7, weights ~ N(0, 0.5²).
-    // Tolerances on the CPU: f64 1e-10, f32 1e-5 (max abs difference).
-    for kind in [Kind::Double, Kind::Float] {
+    for cell in CELLS {
         for layers in [1, 2] {
+            let c = tiny_case(cell, layers, 5);
             for path in [ScratchPath::Reference, ScratchPath::Fused, ScratchPath::Bptt] {
-                let r = parity::compare(Device::Cpu, kind, layers, path, 3).unwrap();
-                assert_eq!(r.rows.len(), 3 + 4 * layers + 2, "every parameter's gradient is compared");
-                assert!(r.passed(), "{path:?}\n{}", r.table());
-                assert!(r.tolerance == if kind == Kind::Double { 1e-10 } else { 1e-5 });
+                for (what, d) in worst_against_reference(&c, path) {
+                    assert!(d <= TOL, "{cell:?} layers {layers} {path:?}: {what} differs by {d:e}");
+                }
             }
         }
     }
 }
 
 #[test]
-fn reset_variants_really_differ() {
-    let before = tiny_case(1, false, 9);
-    let mut after = tiny_case(1, true, 9);
-    // Same weights; reset-after's extra b_hh is zero, so only where R acts differs.
-    for (i, name) in after.params.names.clone().iter().enumerate() {
-        after.params.values[i] = match name.as_str() {
-            "b_xh_l0" => before.params.get("b_h_l0").to_vec(),
-            "b_hh_l0" => vec![0.0; 3],
-            n => before.params.get(n).to_vec(),
-        };
+fn every_scratch_cell_matches_libtorch() {
+    // Same weights through the layout table; B=4, T=7, weights ~ N(0, 0.5²).
+    // Tolerances on the CPU: f64 1e-10, f32 1e-5 (max abs difference).
+    for cell in [CellKind::Gru, CellKind::Lstm, CellKind::Rnn] {
+        for kind in [Kind::Double, Kind::Float] {
+            for layers in [1, 2] {
+                for path in [ScratchPath::Reference, ScratchPath::Fused, ScratchPath::Bptt] {
+                    let r = parity::compare(Device::Cpu, kind, cell, layers, path, 3).unwrap();
+                    let states = if cell == CellKind::Lstm { 2 } else { 1 };
+                    assert_eq!(r.rows.len(), 2 + states + 4 * layers + 2, "every parameter's gradient is compared");
+                    assert!(r.passed(), "{cell:?} {path:?}\n{}", r.table());
+                    assert!(r.tolerance == if kind == Kind::Double { 1e-10 } else { 1e-5 });
+                }
+            }
+        }
     }
-    let mb = scratch_from(&before, ScratchPath::Fused);
-    let ma = scratch_from(&after, ScratchPath::Fused);
-    let tokens = Tensor::from_slice(&[0i64, 3, 1, 4, 2, 2, 0, 1]).view([2, 4]);
-    let h0 = Tensor::from_slice(&before.h0.concat().concat()).view([1, 2, 3]);
-    let (yb, _) = mb.forward(&tokens, &State::from_hidden(h0.shallow_clone()));
-    let (ya, _) = ma.forward(&tokens, &State::from_hidden(h0));
-    let d = f64::try_from((yb - ya).abs().max()).unwrap();
-    assert!(d > 1e-3, "reset-before and reset-after must give different outputs when R != 1 (max diff {d:e})");
 }
 
 #[test]
-fn builtin_matches_pytorch_golden() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/builtin_gru.json")).unwrap();
-    let g: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert!(g["torch_version"].as_str().unwrap().starts_with("2.11.0"));
-    let n = |k: &str| g[k].as_i64().unwrap();
-    let floats = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>();
-    let cfg = ModelConfig {
-        kind: ModelKind::Builtin,
-        hidden_size: n("H") as usize,
-        num_layers: n("L") as usize,
-        reset_gate: ResetGate::After,
-        init_sigma: None,
-    };
-    let m = cfg.init(n("V"), Device::Cpu, Kind::Double);
-    let src: Vec<(String, Tensor)> = g["params"]
-        .as_object()
-        .unwrap()
+fn gru_variants_really_differ() {
+    // Same weights where the variants share them; every pair must give different
+    // outputs (a variant silently computing another would pass the reference test
+    // only if the reference made the same mistake).
+    let cells = [CELLS[0], CELLS[1], CELLS[2], CELLS[4]];
+    let outputs: Vec<Tensor> = cells
         .iter()
-        .map(|(name, p)| {
-            let shape: Vec<i64> = p["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
-            (name.clone(), Tensor::from_slice(&floats(&p["values"])).view(shape.as_slice()))
+        .map(|&cell| {
+            let base = tiny_case(RefCell::Gru { after: true, z: true, r: true }, 1, 9);
+            let mut c = tiny_case(cell, 1, 9);
+            for (i, name) in c.params.names.clone().iter().enumerate() {
+                let from = if name == "b_h_l0" { "b_xh_l0" } else { name.as_str() };
+                c.params.values[i] = base.params.get(from).to_vec();
+            }
+            let m = scratch_from(&c, ScratchPath::Fused);
+            let tokens = Tensor::from_slice(&[0i64, 3, 1, 4, 2, 2, 0, 1]).view([2, 4]);
+            m.forward(&tokens, &c.state()).0
         })
         .collect();
-    assert_eq!(src.len(), m.named_parameters().len(), "PyTorch's state_dict names are grulm's");
-    assign(&m.named_parameters(), &src, "golden").unwrap();
-    let tokens: Vec<i64> =
-        g["tokens"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap())).collect();
-    let tokens = Tensor::from_slice(&tokens).view([n("B"), n("T")]);
-    let h0 = Tensor::from_slice(&floats(&g["h0"])).view([n("L"), n("B"), n("H")]);
-    let (logits, state) = m.forward(&tokens, &State::from_hidden(h0));
-    assert_eq!(logits.size(), vec![n("T"), n("B"), n("V")]);
-    assert!(max_diff(&logits, &floats(&g["logits"])) <= 1e-12);
-    assert!(max_diff(state.hidden(), &floats(&g["final_state"])) <= 1e-12);
+    for i in 0..cells.len() {
+        for j in i + 1..cells.len() {
+            let d = f64::try_from((&outputs[i] - &outputs[j]).abs().max()).unwrap();
+            assert!(d > 1e-3, "{:?} and {:?} give the same outputs (max diff {d:e})", cells[i], cells[j]);
+        }
+    }
+}
+
+#[test]
+fn builtin_cells_match_pytorch_golden() {
+    for (cell, file) in [(CellKind::Gru, "builtin_gru.json"), (CellKind::Lstm, "builtin_lstm.json"), (CellKind::Rnn, "builtin_rnn.json")] {
+        let text = std::fs::read_to_string(format!("{}/tests/golden/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let g: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(g["torch_version"].as_str().unwrap().starts_with("2.11.0"));
+        let n = |k: &str| g[k].as_i64().unwrap();
+        let floats = |v: &serde_json::Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>();
+        let cfg = ModelConfig {
+            kind: ModelKind::Builtin,
+            cell,
+            hidden_size: n("H") as usize,
+            num_layers: n("L") as usize,
+            reset_gate: (cell == CellKind::Gru).then_some(ResetGate::After),
+            init_sigma: None,
+            ..ModelConfig::default()
+        };
+        let m = cfg.init(n("V"), Device::Cpu, Kind::Double);
+        let src: Vec<(String, Tensor)> = g["params"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(name, p)| {
+                let shape: Vec<i64> = p["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
+                (name.clone(), Tensor::from_slice(&floats(&p["values"])).view(shape.as_slice()))
+            })
+            .collect();
+        assert_eq!(src.len(), m.named_parameters().len(), "{file}: PyTorch's state_dict names are grulm's");
+        assign(&m.named_parameters(), &src, "golden").unwrap();
+        let tokens: Vec<i64> =
+            g["tokens"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_i64().unwrap())).collect();
+        let tokens = Tensor::from_slice(&tokens).view([n("B"), n("T")]);
+        let shape = [n("L"), n("B"), n("H")];
+        let mut s0 = vec![Tensor::from_slice(&floats(&g["h0"])).view(shape)];
+        if cell == CellKind::Lstm {
+            s0.push(Tensor::from_slice(&floats(&g["c0"])).view(shape));
+        }
+        let (logits, state) = m.forward(&tokens, &State::new(s0));
+        assert_eq!(logits.size(), vec![n("T"), n("B"), n("V")]);
+        assert!(max_diff(&logits, &floats(&g["logits"])) <= 1e-12, "{file}: logits");
+        assert!(max_diff(state.hidden(), &floats(&g["final_state"])) <= 1e-12, "{file}: final state");
+        if cell == CellKind::Lstm {
+            assert!(max_diff(&state.tensors()[1], &floats(&g["final_cell"])) <= 1e-12, "{file}: final memory cell");
+        }
+    }
 }
 
 #[test]
 fn parameter_counts_match_d2l() {
-    let count = |kind, reset| {
-        let cfg = ModelConfig { kind, hidden_size: 256, num_layers: 1, reset_gate: reset, init_sigma: Some(0.01) };
+    let count = |kind, cell, gates| {
+        let reset = match (cell, kind) {
+            (CellKind::Gru, ModelKind::Builtin) => Some(ResetGate::After),
+            (CellKind::Gru, _) => Some(ResetGate::Before),
+            _ => None,
+        };
+        let cfg = ModelConfig { kind, cell, reset_gate: reset, gru_gates: gates, ..ModelConfig::default() };
         cfg.init(28, Device::Cpu, Kind::Float).parameter_count()
     };
-    assert_eq!(count(ModelKind::Scratch, ResetGate::Before), 226_076);
-    assert_eq!(count(ModelKind::Builtin, ResetGate::After), 226_844);
+    // d2l 0.17 (H=256, V=28): the GRU chapter's, the LSTM chapter's, the RNN's.
+    assert_eq!(count(ModelKind::Scratch, CellKind::Gru, GruGates::Both), 226_076);
+    assert_eq!(count(ModelKind::Builtin, CellKind::Gru, GruGates::Both), 226_844);
+    assert_eq!(count(ModelKind::Scratch, CellKind::Lstm, GruGates::Both), 299_036);
+    assert_eq!(count(ModelKind::Builtin, CellKind::Lstm, GruGates::Both), 300_060);
+    assert_eq!(count(ModelKind::Scratch, CellKind::Rnn, GruGates::Both), 80_156);
+    assert_eq!(count(ModelKind::Builtin, CellKind::Rnn, GruGates::Both), 80_412);
+    // A GRU without a gate: one gate (72,960) fewer.
+    assert_eq!(count(ModelKind::Scratch, CellKind::Gru, GruGates::ResetOnly), 153_116);
+    assert_eq!(count(ModelKind::Scratch, CellKind::Gru, GruGates::UpdateOnly), 153_116);
     // reset-after adds b_hh: 256 more.
-    assert_eq!(count(ModelKind::Scratch, ResetGate::After), 226_332);
+    let after = ModelConfig { reset_gate: Some(ResetGate::After), ..ModelConfig::default() };
+    assert_eq!(after.init(28, Device::Cpu, Kind::Float).parameter_count(), 226_332);
+    // 2-layer nn.LSTM (the deep-RNN section).
+    let deep = ModelConfig { kind: ModelKind::Builtin, cell: CellKind::Lstm, num_layers: 2, reset_gate: None, ..ModelConfig::default() };
+    assert_eq!(deep.init(28, Device::Cpu, Kind::Float).parameter_count(), 826_396);
 }
 
 #[test]
 fn initialisation_follows_d2l_and_pytorch() {
-    tch::manual_seed(0);
-    let scratch =
-        ModelConfig { kind: ModelKind::Scratch, hidden_size: 256, num_layers: 1, reset_gate: ResetGate::Before, init_sigma: Some(0.01) }
-            .init(28, Device::Cpu, Kind::Float);
-    for (name, p) in scratch.named_parameters() {
-        let std = f64::try_from(p.std(true)).unwrap();
-        if name.starts_with('b') {
-            assert_eq!(std, 0.0, "{name} starts at zero");
-        } else {
-            assert!((std - 0.01).abs() < 0.001, "{name}: std {std}");
+    for cell in [CellKind::Gru, CellKind::Lstm, CellKind::Rnn] {
+        tch::manual_seed(0);
+        let reset = (cell == CellKind::Gru).then_some(ResetGate::Before);
+        let scratch = ModelConfig { cell, reset_gate: reset, ..ModelConfig::default() }.init(28, Device::Cpu, Kind::Float);
+        for (name, p) in scratch.named_parameters() {
+            let std = f64::try_from(p.std(true)).unwrap();
+            if name.starts_with('b') {
+                assert_eq!(std, 0.0, "{cell:?} {name} starts at zero");
+            } else {
+                assert!((std - 0.01).abs() < 0.001, "{cell:?} {name}: std {std}");
+            }
         }
-    }
-    let builtin = ModelConfig { kind: ModelKind::Builtin, hidden_size: 256, num_layers: 1, reset_gate: ResetGate::After, init_sigma: None }
-        .init(28, Device::Cpu, Kind::Float);
-    for (name, p) in builtin.named_parameters() {
-        let max = f64::try_from(p.abs().max()).unwrap();
-        assert!(max <= 0.0625 && max > 0.05, "{name}: U(-1/16, 1/16) expected, max |w| {max}");
+        let reset = (cell == CellKind::Gru).then_some(ResetGate::After);
+        let builtin = ModelConfig { kind: ModelKind::Builtin, cell, reset_gate: reset, init_sigma: None, ..ModelConfig::default() }.init(
+            28,
+            Device::Cpu,
+            Kind::Float,
+        );
+        for (name, p) in builtin.named_parameters() {
+            let max = f64::try_from(p.abs().max()).unwrap();
+            assert!(max <= 0.0625 && max > 0.05, "{cell:?} {name}: U(-1/16, 1/16) expected, max |w| {max}");
+        }
     }
 }

@@ -38,11 +38,17 @@ fn small(corpus: &std::path::Path, extra: &str, sets: &[&str]) -> Config {
 fn short_runs_lower_perplexity_at_least_twofold() {
     let Some(corpus) = timemachine() else { return };
     let dir = TempDir::new("lower");
-    // Each model kind and partition, with SGD and Adam: 30 epochs of 3,000 tokens.
+    // Each model kind, cell and partition, with SGD and Adam: 30 epochs of 3,000 tokens.
     for (i, sets) in [
         vec!["model.kind=\"scratch\""],
         vec!["model.kind=\"builtin\"", "data.partition=\"random\""],
         vec!["model.kind=\"scratch\"", "model.num_layers=2", "train.optimizer=\"adam\"", "train.lr=0.01"],
+        vec!["model.cell=\"lstm\""],
+        vec!["model.cell=\"lstm\"", "model.kind=\"builtin\"", "model.num_layers=2", "train.lr=2"],
+        vec!["model.cell=\"rnn\""],
+        vec!["model.cell=\"rnn\"", "model.kind=\"builtin\""],
+        vec!["model.gru_gates=\"reset-only\""],
+        vec!["model.gru_gates=\"update-only\""],
     ]
     .iter()
     .enumerate()

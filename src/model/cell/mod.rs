@@ -1,0 +1,189 @@
+//! Recurrent cells for the scratch engine: what varies between the RNN, the GRU
+//! and the LSTM, and nothing else.
+//!
+//! Every cell is a list of gates. A gate is one parameter unit (burn's
+//! `GateController`): `W_x [in, H]`, `W_h [H, H]` and a bias `b [H]`, whose
+//! pre-activation is `X W_x + H_{t-1} W_h + b` (the GRU's reset-after candidate
+//! also has a hidden-side bias, `b_hh`). Names, initialisation, the fused weight
+//! columns and the weight gradients all come from that one list
+//! ([`Cell::gates`]); a cell adds only its equations:
+//!
+//! * [`Cell::step_reference`]: one step as the chapter writes it (readable; the
+//!   reference the tests hold the other paths to);
+//! * [`Cell::step_fused`]: one step on the input projections of all gates at once
+//!   and one hidden product, differentiable by autograd;
+//! * [`Cell::forward_tape`] / [`Cell::backward_tape`]: the same step in place over
+//!   `[T, B, ·]` buffers, keeping what the hand-written backward pass needs, and
+//!   that backward pass (the gradients of the gates' pre-activations; the engine
+//!   turns them into weight gradients with one product over all T·B rows).
+//!
+//! Shape legend: T steps, B batch, H hidden units, G gates (the fused columns are
+//! G·H wide, gate k at columns k·H..(k+1)·H).
+mod gru;
+mod lstm;
+mod rnn;
+
+pub use gru::Gru;
+pub use lstm::Lstm;
+pub use rnn::Rnn;
+
+use tch::Tensor;
+
+/// One gate's names: `W_x{name}`, `W_h{name}`, its bias, and the hidden-side bias
+/// if it has one. Every name gets the layer suffix `_l{k}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateDef {
+    pub name: &'static str,
+    pub bias: &'static str,
+    pub hidden_bias: Option<&'static str>,
+}
+
+impl GateDef {
+    pub const fn new(name: &'static str, bias: &'static str) -> GateDef {
+        GateDef { name, bias, hidden_bias: None }
+    }
+}
+
+/// One gate's parameters (see the module doc).
+pub struct Gate {
+    pub def: GateDef,
+    /// `[in, H]`
+    pub w_x: Tensor,
+    /// `[H, H]`
+    pub w_h: Tensor,
+    /// `[H]`, added to the input side.
+    pub b: Tensor,
+    /// `[H]`, added to the hidden product (GRU reset-after candidate only).
+    pub b_h: Option<Tensor>,
+}
+
+/// One layer: its gates, in the cell's column order.
+pub struct Layer {
+    pub gates: Vec<Gate>,
+}
+
+impl Layer {
+    /// The gate named `name` (cells look their gates up by name, so a GRU variant
+    /// without a gate cannot read a wrong one).
+    pub fn gate(&self, name: &str) -> &Gate {
+        self.gates.iter().find(|g| g.def.name == name).unwrap_or_else(|| panic!("the cell has no gate {name}"))
+    }
+
+    /// `[W_x of each gate]`: `[in, G·H]`.
+    pub fn w_x(&self) -> Tensor {
+        Tensor::cat(&self.gates.iter().map(|g| &g.w_x).collect::<Vec<_>>(), 1)
+    }
+
+    /// `[W_h of each gate]`: `[H, G·H]`.
+    pub fn w_h(&self) -> Tensor {
+        Tensor::cat(&self.gates.iter().map(|g| &g.w_h).collect::<Vec<_>>(), 1)
+    }
+
+    /// `[W_h]` of gates `first..first+n`: `[H, n·H]`.
+    pub fn w_h_of(&self, first: usize, n: usize) -> Tensor {
+        Tensor::cat(&self.gates[first..first + n].iter().map(|g| &g.w_h).collect::<Vec<_>>(), 1)
+    }
+
+    /// `[b of each gate]`: `[G·H]`.
+    pub fn b(&self) -> Tensor {
+        Tensor::cat(&self.gates.iter().map(|g| &g.b).collect::<Vec<_>>(), 0)
+    }
+
+    /// The hidden-side biases as one `[G·H]` vector (zeros where a gate has none),
+    /// or `None` when no gate has one.
+    pub fn b_h(&self) -> Option<Tensor> {
+        if self.gates.iter().all(|g| g.b_h.is_none()) {
+            return None;
+        }
+        let parts: Vec<Tensor> =
+            self.gates.iter().map(|g| g.b_h.as_ref().map_or_else(|| g.b.zeros_like(), Tensor::shallow_clone)).collect();
+        Some(Tensor::cat(&parts, 0))
+    }
+}
+
+/// What a layer's in-place forward pass keeps for its backward pass.
+pub struct Tape {
+    /// `H_0, H_1, ..., H_T` in one buffer `[T+1, B, H]`: the outputs are rows 1..,
+    /// and `H_{t-1}` of every step is rows ..T, with no copy.
+    pub states: Tensor,
+    /// The cell's own saved tensors (its gate activations, ...).
+    pub saved: Vec<Tensor>,
+    /// The final state after `H_T`: an LSTM's `C_T` (`[B, H]`); empty otherwise.
+    pub final_extra: Vec<Tensor>,
+}
+
+impl Tape {
+    /// A tape whose state buffer starts at `h0 [B, H]`.
+    pub fn start(h0: &Tensor, t: i64) -> Tape {
+        let (b, h) = (h0.size()[0], h0.size()[1]);
+        let states = Tensor::empty([t + 1, b, h], (h0.kind(), h0.device()));
+        states.get(0).copy_(h0);
+        Tape { states, saved: vec![], final_extra: vec![] }
+    }
+
+    pub fn steps(&self) -> i64 {
+        self.states.size()[0] - 1
+    }
+
+    /// `H_1..H_T`: `[T, B, H]`.
+    pub fn out(&self) -> Tensor {
+        self.states.narrow(0, 1, self.steps())
+    }
+
+    /// `H_0..H_{T-1}`: `[T, B, H]`.
+    pub fn h_prev(&self) -> Tensor {
+        self.states.narrow(0, 0, self.steps())
+    }
+
+    /// The state after the last step: `H_T`, then the cell's extra state.
+    pub fn final_state(&self) -> Vec<Tensor> {
+        let mut v = vec![self.states.get(self.steps())];
+        v.extend(self.final_extra.iter().map(Tensor::shallow_clone));
+        v
+    }
+}
+
+/// What a layer's backward pass hands the engine: gradients of the gates'
+/// pre-activations, grouped by contiguous runs of gates, all `[T, B, n·H]`.
+pub struct Backward {
+    /// `(first gate, dA)`: the input side, `X W_x + b`. Gives `W_x` and `b`
+    /// gradients and the gradient of the layer's input.
+    pub input: Vec<(usize, Tensor)>,
+    /// `(first gate, M, dP)`: the hidden side, `M W_h (+ b_h)`, where `M [T, B, H]`
+    /// is what the gates' hidden weights multiply (`H_{t-1}`, or the GRU's
+    /// `R ⊙ H_{t-1}`). Gives `W_h` and `b_h` gradients.
+    pub hidden: Vec<(usize, Tensor, Tensor)>,
+}
+
+/// A recurrent cell (see the module doc). All tensors are one layer's; `state`
+/// holds `H` first, then the cell's other state tensors (an LSTM's `C`).
+pub trait Cell {
+    /// The gates in fused-column order.
+    fn gates(&self) -> Vec<GateDef>;
+
+    /// Tensors in the state: 1 (`H`), or 2 for the LSTM (`H`, `C`).
+    fn state_size(&self) -> usize {
+        1
+    }
+
+    /// The cell's name (`GRU`, `LSTM`, `RNN`) and its variant, if any
+    /// (`reset before`): for logs.
+    fn describe(&self) -> (&'static str, Option<String>);
+
+    /// One step as the chapter writes it: x `[B, in]`, state `[B, H]` each.
+    fn step_reference(&self, p: &Layer, x: &Tensor, state: &[Tensor]) -> Vec<Tensor>;
+
+    /// One step from the input projection `xa = X W_x + b` (`[B, G·H]`) and the
+    /// fused hidden weights `w_h = [W_h ...]` (`[H, G·H]`); autograd differentiates it.
+    fn step_fused(&self, p: &Layer, xa: &Tensor, w_h: &Tensor, state: &[Tensor]) -> Vec<Tensor>;
+
+    /// The whole sequence in place, without autograd: `xa [T, B, G·H]` is the
+    /// input projection of every step (a fresh tensor, which the cell may
+    /// overwrite), `state0` the state it starts from.
+    fn forward_tape(&self, p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape;
+
+    /// Backward through the sequence: `d_out [T, B, H]` is the gradient reaching
+    /// the layer's outputs from above; the cell may overwrite it. The state the
+    /// sequence started from is detached (truncated BPTT): no gradient for it.
+    fn backward_tape(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward;
+}
