@@ -23,9 +23,6 @@ use serde::Serialize;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-/// The scratch GRU, d2l's `RNNModelScratch` with `gru` (the default model).
-pub type ScratchGru = ScratchLm<cell::Gru>;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelKind {

@@ -205,12 +205,13 @@ impl Cell for Gru {
         let sig = self.sig() as i64;
         let g = sig + 1;
         let after = self.after();
-        // d_a: the gates' gradients [dA_z, dA_r, ·]: the candidate's column holds
-        // dA_h (before) or dU (after, whose hidden product covers W_hh too). After,
-        // the input side of the candidate, dA_h, goes to d_ah.
-        let d_a = Tensor::empty([t, b, g * hd], opts);
-        let d_ah = if after { Tensor::empty([t, b, hd], opts) } else { block(&d_a, sig, 1, hd) };
-        let d_sig = Tensor::empty([b, sig.max(1) * hd], opts);
+        // d_a: the sigmoid gates' gradients [dA_z, dA_r], and after, dU too (its
+        // hidden product covers W_hh, so one product per step serves all three).
+        // The candidate's input side, dA_h, has its own buffer: contiguous rows
+        // keep the per-step kernels and products as fast as they can be.
+        let d_a = Tensor::empty([t, b, if after { g } else { sig } * hd], opts);
+        let d_ah = Tensor::empty([t, b, hd], opts);
+        let d_sig = Tensor::empty([b, sig * hd], opts);
         let dc = Tensor::empty([b, hd], opts);
         let zeros = Tensor::zeros([b, hd], opts);
         let w_h_t = p.w_h().tr();
@@ -237,27 +238,25 @@ impl Cell for Gru {
                 let _ = dah.mul_out(&block(&d_sig, self.r_col(), 1, hd), &u.get(s)); // dR
                 let _ = dah.mul_out(&block(&da, sig, 1, hd), &r); // dU
                 None
-            } else if self.has_r {
-                let du = dah.mm(&w_hh_t);
-                let _ = du.mul_out(&block(&d_sig, self.r_col(), 1, hd), &h_prev.get(s)); // dR
-                Some(du)
             } else {
-                None
+                let du = dah.mm(&w_hh_t);
+                if self.has_r {
+                    let _ = du.mul_out(&block(&d_sig, self.r_col(), 1, hd), &h_prev.get(s)); // dR
+                }
+                Some(du)
             };
-            if sig > 0 {
-                let _ = Tensor::sigmoid_backward_grad_input(&block(&da, 0, sig, hd), &block(&d_sig, 0, sig, hd), &block(&a, 0, sig, hd));
-            }
+            let _ = Tensor::sigmoid_backward_grad_input(&block(&da, 0, sig, hd), &d_sig, &block(&a, 0, sig, hd));
             if s > 0 {
                 // H_0 comes from a detached state: no gradient is needed for it.
                 let mut next = d_out.get(s - 1);
                 match &du {
-                    Some(du) => {
-                        let _ = next.addmm_(&block(&da, 0, sig, hd), &w_sig_t);
-                        let _ = next.addcmul_(du, &r);
-                    }
-                    // after: [dA_z, dA_r, dU]; update-only: [dA_z, dA_h], both against all of W_h.
+                    // after: [dA_z, dA_r, dU] against all of W_h.
                     None => {
                         let _ = next.addmm_(&da, &w_h_t);
+                    }
+                    Some(du) => {
+                        let _ = next.addmm_(&da, &w_sig_t);
+                        let _ = if self.has_r { next.addcmul_(du, &r) } else { next.g_add_(du) }; // R ≡ 1: U = H
                     }
                 }
                 if self.has_z {
@@ -265,17 +264,11 @@ impl Cell for Gru {
                 }
             }
         }
+        let input = vec![(0, block(&d_a, 0, sig, hd)), (sig as usize, d_ah.shallow_clone())];
         if after {
-            Backward { input: vec![(0, block(&d_a, 0, sig, hd)), (sig as usize, d_ah)], hidden: vec![(0, h_prev, d_a)] }
-        } else if self.has_r {
-            let mut hidden = vec![];
-            if sig > 0 {
-                hidden.push((0, h_prev, block(&d_a, 0, sig, hd)));
-            }
-            hidden.push((sig as usize, u.shallow_clone(), block(&d_a, sig, 1, hd)));
-            Backward { input: vec![(0, d_a)], hidden }
+            Backward { input, hidden: vec![(0, h_prev, d_a)] }
         } else {
-            Backward { input: vec![(0, d_a.shallow_clone())], hidden: vec![(0, h_prev, d_a)] }
+            Backward { input, hidden: vec![(0, h_prev, d_a), (sig as usize, u.shallow_clone(), d_ah)] }
         }
     }
 }
