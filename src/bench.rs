@@ -25,7 +25,8 @@ pub struct BenchArgs {
     pub shapes: Vec<String>,
     /// Models: scratch (the trainer's path: fused forward, hand-written BPTT; a CUDA graph on CUDA), scratch-after (the
     /// same, reset-after), scratch-autograd (fused forward, autograd), scratch-ref (the readable reference), builtin;
-    /// scratch-eager and builtin-eager are scratch and builtin without the CUDA graph.
+    /// scratch-eager and builtin-eager are scratch and builtin without the CUDA graph; those are GRUs. lstm, rnn:
+    /// the scratch LSTM and RNN; lstm-builtin, rnn-builtin: libtorch's.
     #[arg(long, value_delimiter = ',', default_values_t = ["scratch".to_string(), "builtin".to_string()])]
     pub models: Vec<String>,
     /// Timed repeats per round; the median over all rounds is reported.

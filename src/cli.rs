@@ -41,7 +41,7 @@ pub enum Command {
     /// Compare a scratch cell with libtorch's (GRU reset-after, LSTM, RNN): outputs and every gradient.
     #[command(after_help = EXIT_CODES)]
     Parity(ParityArgs),
-    /// Time training steps of both models (tokens/s, peak memory), optionally beside Python PyTorch.
+    /// Time training steps of the models and cells (tokens/s, peak memory), optionally beside Python PyTorch.
     #[command(after_help = EXIT_CODES)]
     Bench(bench::BenchArgs),
 }

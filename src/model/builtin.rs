@@ -104,10 +104,6 @@ impl RecurrentLm for BuiltinLm {
         &self.vs
     }
 
-    fn var_store_mut(&mut self) -> &mut VarStore {
-        &mut self.vs
-    }
-
     fn vocab_size(&self) -> i64 {
         self.vocab
     }

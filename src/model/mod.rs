@@ -11,10 +11,10 @@
 //! Token ids come in batch-major `[B, T]` (as the minibatches); logits go out
 //! time-major `[T, B, V]`, the order of d2l's `Y.T.reshape(-1)` labels.
 mod bptt;
-pub mod builtin;
+mod builtin;
 pub mod cell;
 pub mod layout;
-pub mod scratch;
+mod scratch;
 
 pub use builtin::BuiltinLm;
 pub use scratch::{ScratchLm, ScratchPath};
@@ -181,8 +181,6 @@ pub trait RecurrentLm {
 
     /// The parameters: optimisers and checkpoints work through this.
     fn var_store(&self) -> &VarStore;
-
-    fn var_store_mut(&mut self) -> &mut VarStore;
 
     fn vocab_size(&self) -> i64;
 

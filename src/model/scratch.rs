@@ -193,10 +193,6 @@ impl<C: Cell> RecurrentLm for ScratchLm<C> {
         &self.vs
     }
 
-    fn var_store_mut(&mut self) -> &mut VarStore {
-        &mut self.vs
-    }
-
     fn vocab_size(&self) -> i64 {
         self.vocab
     }

@@ -69,12 +69,18 @@ fn short_runs_lower_perplexity_at_least_twofold() {
 fn resume_equals_an_uninterrupted_run() {
     let Some(corpus) = timemachine() else { return };
     let dir = TempDir::new("resume");
-    for (opt, partition) in [("sgd", "sequential"), ("adam", "random")] {
-        let sets = [format!("train.optimizer=\"{opt}\""), format!("data.partition=\"{partition}\""), "train.lr=0.5".into()];
+    // Every cell resumes exactly; the LSTM (two state tensors, four gates) stands for them.
+    for (opt, partition, cell) in [("sgd", "sequential", "gru"), ("adam", "random", "gru"), ("sgd", "sequential", "lstm")] {
+        let sets = [
+            format!("train.optimizer=\"{opt}\""),
+            format!("data.partition=\"{partition}\""),
+            "train.lr=0.5".into(),
+            format!("model.cell=\"{cell}\""),
+        ];
         let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
         let full = small(&corpus, "", &sets);
-        let a = format!("full-{opt}");
-        let b = format!("part-{opt}");
+        let a = format!("full-{opt}-{cell}");
+        let b = format!("part-{opt}-{cell}");
         let out_full = train_in(&dir, &full, &a, false);
         // Stop after 2 epochs (a checkpoint), then resume to 4.
         let mut first = full.clone();

@@ -241,7 +241,8 @@ impl Cell for Gru {
             } else {
                 let du = dah.mm(&w_hh_t);
                 if self.has_r {
-                    let _ = du.mul_out(&block(&d_sig, self.r_col(), 1, hd), &h_prev.get(s)); // dR
+                    let _ = du.mul_out(&block(&d_sig, self.r_col(), 1, hd), &h_prev.get(s));
+                    // dR
                 }
                 Some(du)
             };
@@ -256,7 +257,8 @@ impl Cell for Gru {
                     }
                     Some(du) => {
                         let _ = next.addmm_(&da, &w_sig_t);
-                        let _ = if self.has_r { next.addcmul_(du, &r) } else { next.g_add_(du) }; // R ≡ 1: U = H
+                        let _ = if self.has_r { next.addcmul_(du, &r) } else { next.g_add_(du) };
+                        // R ≡ 1: U = H
                     }
                 }
                 if self.has_z {
