@@ -9,7 +9,7 @@ use crate::sample::{self, Decode};
 use crate::train::{self, TrainOptions};
 use crate::{bench, device, parity, usage};
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -41,6 +41,9 @@ pub enum Command {
     /// Compare a scratch cell with libtorch's (GRU reset-after, LSTM, RNN): outputs and every gradient.
     #[command(after_help = EXIT_CODES)]
     Parity(ParityArgs),
+    /// Print a shell completion script: `grulm completions bash > ~/.local/share/bash-completion/completions/grulm`.
+    #[command(after_help = EXIT_CODES)]
+    Completions(CompletionsArgs),
     /// Time training steps of the models and cells (tokens/s, peak memory), optionally beside Python PyTorch.
     #[command(after_help = EXIT_CODES)]
     Bench(bench::BenchArgs),
@@ -132,6 +135,13 @@ pub struct ParityArgs {
     pub cell: ParityCell,
 }
 
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum ParityCell {
     Gru,
@@ -150,6 +160,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval_cmd(a),
         Command::Parity(a) => parity_cmd(a),
         Command::Bench(a) => bench::run(a),
+        Command::Completions(a) => {
+            clap_complete::generate(a.shell, &mut Cli::command(), "grulm", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }
 

@@ -135,3 +135,28 @@ fn builtin_checkpoints_load_in_pytorch() {
         assert_eq!(String::from_utf8_lossy(&py.stdout), ours, "{cell}: PyTorch's d2l predict_ch8 on grulm's checkpoint");
     }
 }
+
+#[test]
+fn bash_completion_completes_subcommands_and_flags() {
+    let dir = TempDir::new("completions");
+    let o = grulm(dir.path(), &["completions", "bash"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let script = dir.write("grulm.bash", &o.stdout);
+    // What bash does on `grulm tr<TAB>` and `grulm parity --ce<TAB>`: set the words
+    // and call the function `complete -p grulm` names.
+    let run = |words: &str, cword: usize| {
+        let cmd = format!(
+            "source {}; f=$(complete -p grulm | sed -E 's/.*-F ([^ ]+).*/\\1/'); COMP_WORDS=({words}); COMP_CWORD={cword}; \
+             COMP_LINE=\"{words}\"; COMP_POINT=${{#COMP_LINE}}; $f grulm \"${{COMP_WORDS[$COMP_CWORD]}}\" \"${{COMP_WORDS[$COMP_CWORD-1]}}\"; \
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display()
+        );
+        let out = std::process::Command::new("bash").args(["-c", &cmd]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect::<Vec<_>>()
+    };
+    assert_eq!(run("grulm tr", 1), ["train"]);
+    assert_eq!(run("grulm parity --ce", 2), ["--cell"]);
+    let o = grulm(dir.path(), &["completions", "tcsh"]);
+    assert_fails(&o, 2, &["tcsh", "bash"]);
+}
