@@ -3,7 +3,8 @@
 use crate::config::{Config, MAX_SAMPLE_LEN};
 use crate::console::Console;
 use crate::data;
-use crate::model::{CellKind, ScratchPath};
+use crate::model::layout::{scratch_to_pytorch, BiasHh};
+use crate::model::{CellKind, ModelKind, ScratchPath};
 use crate::run::{self, RunDir};
 use crate::sample::{self, Decode};
 use crate::train::{self, TrainOptions};
@@ -41,6 +42,9 @@ pub enum Command {
     /// Compare a scratch cell with libtorch's (GRU reset-after, LSTM, RNN): outputs and every gradient.
     #[command(after_help = EXIT_CODES)]
     Parity(ParityArgs),
+    /// Write a run's weights under PyTorch's names (nn.RNN/nn.GRU/nn.LSTM + nn.Linear), for d2l's RNNModel.
+    #[command(after_help = EXIT_CODES)]
+    Export(ExportArgs),
     /// Print a shell completion script: `grulm completions bash > ~/.local/share/bash-completion/completions/grulm`.
     #[command(after_help = EXIT_CODES)]
     Completions(CompletionsArgs),
@@ -111,6 +115,9 @@ pub struct EvalArgs {
     pub corpus: Option<String>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Print one JSON object (perplexity, bits per character, tokens) instead of a sentence.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -133,6 +140,24 @@ pub struct ParityArgs {
     /// The cell to compare.
     #[arg(long, value_enum, default_value = "gru")]
     pub cell: ParityCell,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Run directory of a trained model.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// The format: PyTorch's state_dict names and layouts, as safetensors.
+    #[arg(long, value_enum, default_value = "pytorch")]
+    pub format: ExportFormat,
+    /// Output file [default: RUN/pytorch.safetensors].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum ExportFormat {
+    Pytorch,
 }
 
 #[derive(Args, Debug)]
@@ -160,6 +185,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval_cmd(a),
         Command::Parity(a) => parity_cmd(a),
         Command::Bench(a) => bench::run(a),
+        Command::Export(a) => export_cmd(a),
         Command::Completions(a) => {
             clap_complete::generate(a.shell, &mut Cli::command(), "grulm", &mut std::io::stdout());
             Ok(())
@@ -282,7 +308,52 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let ids = vocab.encode(&chars);
     let ppl = train::perplexity(model.as_mut(), &ids, cfg.data.batch_size, cfg.data.num_steps, dev)
         .with_context(|| format!("corpus {}", path.display()))?;
-    println!("perplexity {ppl:.3} on {} tokens of {} ({} mapped to <unk>)", ids.len(), path.display(), unknown);
+    if a.json {
+        // bits per character: log2 of the per-character cross-entropy's exponent.
+        let line = serde_json::json!({
+            "perplexity": ppl,
+            "bits_per_char": ppl.log2(),
+            "tokens": ids.len(),
+            "unknown": unknown,
+            "corpus": path.display().to_string(),
+        });
+        println!("{line}");
+    } else {
+        println!("perplexity {ppl:.3} on {} tokens of {} ({} mapped to <unk>)", ids.len(), path.display(), unknown);
+    }
+    Ok(())
+}
+
+/// `grulm export`: the run's `model.safetensors` in PyTorch's names. A built-in
+/// model has them already; a scratch one goes through the layout table, which
+/// exists for the cells PyTorch computes (not the reset-before GRU or the ablations).
+fn export_cmd(a: ExportArgs) -> Result<()> {
+    let ExportFormat::Pytorch = a.format;
+    let run_dir = RunDir::new(&a.run);
+    let (cfg, _vocab, model) = run_dir.load_model(tch::Device::Cpu)?;
+    let params: std::collections::HashMap<String, tch::Tensor> = model.named_parameters().into_iter().collect();
+    let tensors = match cfg.model.kind {
+        ModelKind::Builtin => model.named_parameters(),
+        ModelKind::Scratch => {
+            if cfg.model.cell == CellKind::Gru && cfg.model.gru_gates != crate::model::GruGates::Both {
+                return Err(usage!(
+                    "--run {}: a GRU with only one of its gates (model.gru_gates) has no PyTorch module to load into",
+                    a.run.display()
+                ));
+            }
+            if cfg.model.cell == CellKind::Gru && cfg.model.reset_gate != Some(crate::model::ResetGate::After) {
+                return Err(usage!(
+                    "--run {}: the scratch GRU with model.reset_gate = \"before\" (d2l's) is not the function PyTorch's nn.GRU computes; train with model.reset_gate = \"after\" to export",
+                    a.run.display()
+                ));
+            }
+            scratch_to_pytorch(&params, cfg.model.cell, cfg.model.num_layers, BiasHh::Zero)?
+        }
+    };
+    let out = a.out.unwrap_or_else(|| run_dir.file("pytorch.safetensors"));
+    let meta = std::collections::HashMap::from([("grulm.model".to_string(), model.describe())]);
+    crate::checkpoint::save(&out, &tensors, &meta).with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote {} ({} tensors in PyTorch's names, for d2l's RNNModel)", out.display(), tensors.len());
     Ok(())
 }
 

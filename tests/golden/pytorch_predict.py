@@ -3,9 +3,12 @@
 match) and prints d2l's greedy predict_ch8(prefix, num_preds). The cell is read
 off the weights' shapes (weight_ih_l0 has 3H rows for a GRU, 4H for an LSTM, H
 for an RNN). Used by the test
-`cli::builtin_checkpoints_load_in_pytorch`; needs only torch (the set-up venv's).
+`cli::checkpoints_load_in_pytorch`; needs only torch (the set-up venv's).
 
-    python pytorch_predict.py RUN_DIR PREFIX NUM_PREDS
+    python pytorch_predict.py RUN_DIR PREFIX NUM_PREDS [WEIGHTS]
+
+WEIGHTS defaults to RUN_DIR/model.safetensors; `grulm export` writes a scratch
+run's weights in PyTorch's names to RUN_DIR/pytorch.safetensors.
 """
 import json
 import os
@@ -40,7 +43,8 @@ class RNNModel(nn.Module):
 def main():
     run, prefix, num_preds = sys.argv[1], sys.argv[2], int(sys.argv[3])
     vocab = json.load(open(os.path.join(run, "vocab.json")))["idx_to_token"]
-    sd = load_safetensors(os.path.join(run, "model.safetensors"))
+    weights = sys.argv[4] if len(sys.argv) > 4 else os.path.join(run, "model.safetensors")
+    sd = load_safetensors(weights)
     hidden = sd["rnn.weight_hh_l0"].shape[1]
     layers = sum(1 for k in sd if k.startswith("rnn.weight_ih_l"))
     cell = {1: nn.RNN, 3: nn.GRU, 4: nn.LSTM}[sd["rnn.weight_ih_l0"].shape[0] // hidden]

@@ -108,7 +108,7 @@ fn parity_command_prints_its_table() {
 }
 
 #[test]
-fn builtin_checkpoints_load_in_pytorch() {
+fn checkpoints_load_in_pytorch() {
     // The set-up venv's Python (make test exports VIRTUAL_ENV); absent with LIBTORCH.
     let Some(venv) = std::env::var_os("VIRTUAL_ENV") else {
         eprintln!("SKIPPED: no VIRTUAL_ENV with torch");
@@ -134,6 +134,50 @@ fn builtin_checkpoints_load_in_pytorch() {
         assert!(py.status.success(), "{cell}: {}", String::from_utf8_lossy(&py.stderr));
         assert_eq!(String::from_utf8_lossy(&py.stdout), ours, "{cell}: PyTorch's d2l predict_ch8 on grulm's checkpoint");
     }
+    // Scratch runs exported in PyTorch's names: the reset-after GRU and the LSTM.
+    for (name, model) in [("scratch-gru", "reset_gate = \"after\"\n"), ("scratch-lstm", "cell = \"lstm\"\n")] {
+        dir.write(&format!("{name}.toml"), small_config(&corpus, "").replace("[model]\n", &format!("[model]\n{model}")));
+        let o = grulm(dir.path(), &["train", "--config", &format!("{name}.toml")]);
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+        let run = format!("runs/{name}");
+        let o = grulm(dir.path(), &["export", "--run", &run]);
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+        let ours = stdout(&grulm(dir.path(), &["sample", "--run", &run, "--prefix", "the time ", "--len", "40"]));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/pytorch_predict.py");
+        let weights = dir.join(&run).join("pytorch.safetensors");
+        let py = std::process::Command::new(std::path::Path::new(&venv).join("bin/python"))
+            .args([script, &dir.join(&run).display().to_string(), "the time ", "40", &weights.display().to_string()])
+            .output()
+            .unwrap();
+        assert!(py.status.success(), "{name}: {}", String::from_utf8_lossy(&py.stderr));
+        assert_eq!(String::from_utf8_lossy(&py.stdout), ours, "{name}: PyTorch's d2l predict_ch8 on the exported weights");
+        // And the same perplexity on a text, by grulm eval's protocol (B=8, T=10).
+        let text = dir.write(
+            "text.txt",
+            "a model reads this line of plain words and we count how well it guesses each next letter \
+             then we ask python to do the same with the weights it was given and the two numbers must agree \
+             to the sixth decimal place or one of the two programs computes something else than it says",
+        );
+        let o = grulm(dir.path(), &["eval", "--run", &run, "--corpus", &text.display().to_string(), "--json"]);
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+        let ours: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/pytorch_perplexity.py");
+        let py = std::process::Command::new(std::path::Path::new(&venv).join("bin/python"))
+            .args([script, &dir.join(&run).display().to_string(), &weights.display().to_string(), &text.display().to_string(), "8", "10"])
+            .output()
+            .unwrap();
+        assert!(py.status.success(), "{name}: {}", String::from_utf8_lossy(&py.stderr));
+        let theirs: f64 = String::from_utf8_lossy(&py.stdout).trim().parse().unwrap();
+        let ppl = ours["perplexity"].as_f64().unwrap();
+        assert!((ppl - theirs).abs() <= 1e-6, "{name}: grulm eval {ppl} vs PyTorch {theirs}");
+        assert!((ours["bits_per_char"].as_f64().unwrap() - ppl.log2()).abs() < 1e-12);
+    }
+    // d2l's reset-before GRU is not a function PyTorch has: one line, exit 2.
+    dir.write("before.toml", small_config(&corpus, ""));
+    let o = grulm(dir.path(), &["train", "--config", "before.toml", "--set", "train.epochs=1"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let o = grulm(dir.path(), &["export", "--run", "runs/before"]);
+    assert_fails(&o, 2, &["reset_gate = \"before\"", "nn.GRU", "reset_gate = \"after\" to export"]);
 }
 
 #[test]
