@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pytorch_predict import RNNModel, load_safetensors  # noqa: E402
+from pytorch_predict import load_model, zero_state  # noqa: E402
 
 
 def main():
@@ -24,20 +24,13 @@ def main():
     vocab = json.load(open(os.path.join(run, "vocab.json")))["idx_to_token"]
     idx = {t: i for i, t in enumerate(vocab)}
     ids = [idx[c] for c in open(text).read()]
-    sd = load_safetensors(weights)
-    hidden = sd["rnn.weight_hh_l0"].shape[1]
-    layers = sum(1 for k in sd if k.startswith("rnn.weight_ih_l"))
-    cell = {1: nn.RNN, 3: nn.GRU, 4: nn.LSTM}[sd["rnn.weight_ih_l0"].shape[0] // hidden]
-    model = RNNModel(cell, len(vocab), hidden, layers).float()
-    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    model = load_model(weights, len(vocab))
     # grulm's train::perplexity and data::sequential_minibatches (offset 0).
     t = min(steps, len(ids) - 1)
     b = max(1, min(batch, (len(ids) - 1) // t))
     row = ((len(ids) - 1) // b) * b // b
     n = row // t
-    state = torch.zeros(layers, b, hidden)
-    if cell is nn.LSTM:
-        state = (state, torch.zeros(layers, b, hidden))
+    state = zero_state(model, b)
     total = 0.0
     with torch.no_grad():
         for k in range(n):

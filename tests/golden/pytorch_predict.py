@@ -40,20 +40,31 @@ class RNNModel(nn.Module):
         self.linear = nn.Linear(hidden, vocab)
 
 
-def main():
-    run, prefix, num_preds = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    vocab = json.load(open(os.path.join(run, "vocab.json")))["idx_to_token"]
-    weights = sys.argv[4] if len(sys.argv) > 4 else os.path.join(run, "model.safetensors")
+def load_model(weights, vocab_size):
+    """d2l's RNNModel with the weights loaded strictly; the cell is read off the shapes."""
     sd = load_safetensors(weights)
     hidden = sd["rnn.weight_hh_l0"].shape[1]
     layers = sum(1 for k in sd if k.startswith("rnn.weight_ih_l"))
     cell = {1: nn.RNN, 3: nn.GRU, 4: nn.LSTM}[sd["rnn.weight_ih_l0"].shape[0] // hidden]
-    model = RNNModel(cell, len(vocab), hidden, layers).float()
+    model = RNNModel(cell, vocab_size, hidden, layers).float()
     model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    return model
+
+
+def zero_state(model, batch):
+    """begin_state: zeros [L, B, H], a pair of them for an LSTM."""
+    rnn = model.rnn
+    h = torch.zeros(rnn.num_layers, batch, rnn.hidden_size)
+    return (h, torch.zeros_like(h)) if isinstance(rnn, nn.LSTM) else h
+
+
+def main():
+    run, prefix, num_preds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    vocab = json.load(open(os.path.join(run, "vocab.json")))["idx_to_token"]
+    weights = sys.argv[4] if len(sys.argv) > 4 else os.path.join(run, "model.safetensors")
+    model = load_model(weights, len(vocab))
     idx = {t: i for i, t in enumerate(vocab)}
-    state = torch.zeros(layers, 1, hidden)
-    if cell is nn.LSTM:
-        state = (state, torch.zeros(layers, 1, hidden))
+    state = zero_state(model, 1)
     out = [idx[prefix[0]]]
 
     def step(token, state):
