@@ -331,7 +331,6 @@ fn export_cmd(a: ExportArgs) -> Result<()> {
     let ExportFormat::Pytorch = a.format;
     let run_dir = RunDir::new(&a.run);
     let (cfg, _vocab, model) = run_dir.load_model(tch::Device::Cpu)?;
-    let params: std::collections::HashMap<String, tch::Tensor> = model.named_parameters().into_iter().collect();
     let tensors = match cfg.model.kind {
         ModelKind::Builtin => model.named_parameters(),
         ModelKind::Scratch => {
@@ -347,6 +346,7 @@ fn export_cmd(a: ExportArgs) -> Result<()> {
                     a.run.display()
                 ));
             }
+            let params = model.named_parameters().into_iter().collect();
             scratch_to_pytorch(&params, cfg.model.cell, cfg.model.num_layers, BiasHh::Zero)?
         }
     };

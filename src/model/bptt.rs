@@ -41,7 +41,8 @@ fn ensure_grads(params: &[Tensor]) {
 impl<C: Cell> ScratchLm<C> {
     /// Adds a layer's weight gradients from its cell's [`Backward`]; returns the
     /// gradient of the layer's input (`[T·B, H]`) when it is the layer below's output.
-    fn weight_grads(&self, p: &Layer, back: &Backward, below: Option<&Tensor>, ids: &Tensor) -> Option<Tensor> {
+    /// `w_x` is the layer's fused `[W_x ...]`, as its forward pass used it.
+    fn weight_grads(&self, p: &Layer, w_x: &Tensor, back: &Backward, below: Option<&Tensor>, ids: &Tensor) -> Option<Tensor> {
         let hd = self.hidden_size();
         let rows = |d: &Tensor| {
             let n = d.size()[2];
@@ -58,10 +59,10 @@ impl<C: Cell> ScratchLm<C> {
                 add_grad(&gate.b, &g_b.narrow(0, k as i64 * hd, hd));
             }
             if below.is_some() {
-                let w_x = Tensor::cat(&gates.iter().map(|g| &g.w_x).collect::<Vec<_>>(), 1);
+                let w_t = w_x.narrow(1, *first as i64 * hd, d.size()[1]).tr();
                 d_input = Some(match d_input {
-                    None => d.mm(&w_x.tr()),
-                    Some(acc) => acc.addmm(&d, &w_x.tr()),
+                    None => d.mm(&w_t),
+                    Some(acc) => acc.addmm(&d, &w_t),
                 });
             }
         }
@@ -90,9 +91,10 @@ impl<C: Cell> ScratchLm<C> {
             let ids = tokens.tr().reshape([-1]); // [T*B], time-major
             let s0 = state.detach().per_layer();
             let mut tapes: Vec<Tape> = Vec::with_capacity(self.layers.len());
+            let w_xs: Vec<Tensor> = self.layers.iter().map(Layer::w_x).collect();
             for (l, p) in self.layers.iter().enumerate() {
                 let below = tapes.last().map(|tp| tp.out().view([t * b, hd]));
-                let xa = self.project(below.as_ref(), &ids, &p.w_x(), &p.b()).view([t, b, -1]);
+                let xa = self.project(below.as_ref(), &ids, &w_xs[l], &p.b()).view([t, b, -1]);
                 tapes.push(self.cell.forward_tape(p, xa, &s0[l]));
             }
             let top = tapes.last().expect("at least one layer").out().view([t * b, hd]);
@@ -108,7 +110,7 @@ impl<C: Cell> ScratchLm<C> {
             for (l, p) in self.layers.iter().enumerate().rev() {
                 let below = (l > 0).then(|| tapes[l - 1].out().view([t * b, hd]));
                 let back = self.cell.backward_tape(p, &tapes[l], &d_out);
-                if let Some(d) = self.weight_grads(p, &back, below.as_ref(), &ids) {
+                if let Some(d) = self.weight_grads(p, &w_xs[l], &back, below.as_ref(), &ids) {
                     d_out = d.view([t, b, hd]);
                 }
             }

@@ -26,7 +26,7 @@
 //!         dH_{t-1} = dH ⊙ Z + [dA_z, dA_r, dU] [W_hz, W_hr, W_hh]ᵀ
 //! dA_z = dZ ⊙ Z(1 − Z)      dA_r = dR ⊙ R(1 − R)
 //! ```
-use super::{Backward, Cell, GateDef, Layer, Tape};
+use super::{block, Backward, Cell, GateDef, Layer, Tape};
 use crate::model::{GruGates, ResetGate};
 use tch::Tensor;
 
@@ -66,12 +66,6 @@ impl Gru {
     fn r_col(&self) -> i64 {
         self.has_z as i64
     }
-}
-
-/// Gates of an `[B, G·H]` (or `[T, B, G·H]`) tensor, by column block.
-fn block(t: &Tensor, k: i64, n: i64, h: i64) -> Tensor {
-    let dim = t.dim() as i64 - 1;
-    t.narrow(dim, k * h, n * h)
 }
 
 impl Cell for Gru {
@@ -214,8 +208,9 @@ impl Cell for Gru {
         let d_sig = Tensor::empty([b, sig * hd], opts);
         let dc = Tensor::empty([b, hd], opts);
         let zeros = Tensor::zeros([b, hd], opts);
-        let w_h_t = p.w_h().tr();
-        let w_sig_t = p.w_h_of(0, sig as usize).tr();
+        // What d_a[s] multiplies for dH_{t-1}: all of W_h after (d_a holds dU too),
+        // the sigmoid gates' W_h before (the candidate's part goes through dU).
+        let w_a_t = if after { p.w_h().tr() } else { p.w_h_of(0, sig as usize).tr() };
         let w_hh_t = p.gate("h").w_h.tr();
         // The gradient reaching H_{t-1} is added in place into d_out[t-1] (which
         // already holds what reaches it from above), so d_out[s] is the whole dH
@@ -250,16 +245,10 @@ impl Cell for Gru {
             if s > 0 {
                 // H_0 comes from a detached state: no gradient is needed for it.
                 let mut next = d_out.get(s - 1);
-                match &du {
-                    // after: [dA_z, dA_r, dU] against all of W_h.
-                    None => {
-                        let _ = next.addmm_(&da, &w_h_t);
-                    }
-                    Some(du) => {
-                        let _ = next.addmm_(&da, &w_sig_t);
-                        let _ = if self.has_r { next.addcmul_(du, &r) } else { next.g_add_(du) };
-                        // R ≡ 1: U = H
-                    }
+                let _ = next.addmm_(&da, &w_a_t);
+                if let Some(du) = &du {
+                    // before: dU reaches H_{t-1} through R (or whole, R ≡ 1: U = H).
+                    let _ = if self.has_r { next.addcmul_(du, &r) } else { next.g_add_(du) };
                 }
                 if self.has_z {
                     let _ = next.addcmul_(&dh, &z);

@@ -20,7 +20,7 @@
 //! dI = dC ⊙ C~   dF = dC ⊙ C_{t-1}   dC~ = dC ⊙ I   dC_{t-1} = dC ⊙ F
 //! dA = [dI, dF, dO] ⊙ σ' ,  dC~ ⊙ (1 − C~²)      dH_{t-1} = dA W_hᵀ
 //! ```
-use super::{Backward, Cell, GateDef, Layer, Tape};
+use super::{block, Backward, Cell, GateDef, Layer, Tape};
 use tch::Tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,11 +31,6 @@ const I: i64 = 0;
 const F: i64 = 1;
 const O: i64 = 2;
 const C: i64 = 3;
-
-fn block(t: &Tensor, k: i64, n: i64, h: i64) -> Tensor {
-    let dim = t.dim() as i64 - 1;
-    t.narrow(dim, k * h, n * h)
-}
 
 impl Cell for Lstm {
     fn gates(&self) -> Vec<GateDef> {

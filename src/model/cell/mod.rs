@@ -29,6 +29,13 @@ pub use rnn::Rnn;
 
 use tch::Tensor;
 
+/// Gates `k..k+n` of a tensor whose last dimension is the fused columns
+/// (`[B, G·H]` or `[T, B, G·H]`): a view, no copy.
+fn block(t: &Tensor, k: i64, n: i64, h: i64) -> Tensor {
+    let dim = t.dim() as i64 - 1;
+    t.narrow(dim, k * h, n * h)
+}
+
 /// One gate's names: `W_x{name}`, `W_h{name}`, its bias, and the hidden-side bias
 /// if it has one. Every name gets the layer suffix `_l{k}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
