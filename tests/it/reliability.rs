@@ -101,6 +101,12 @@ fn config_mistakes_through_the_binary() {
         ("[train]\noptimizer = \"lion\"\n", &[], "c.toml: train.optimizer = \"lion\": expected \"sgd\" or \"adam\""),
         ("[data]\npartition = \"striped\"\n", &[], "c.toml: data.partition = \"striped\": expected \"sequential\" or \"random\""),
         ("[model]\nreset_gate = \"sideways\"\n", &[], "c.toml: model.reset_gate = \"sideways\": expected \"before\" or \"after\""),
+        ("[model]\ncell = \"gru2\"\n", &[], "c.toml: model.cell = \"gru2\": expected \"gru\" or \"lstm\" or \"rnn\""),
+        (
+            "[model]\nkind = \"builtin\"\n",
+            &["model.gru_gates=reset-only"],
+            "--set model.gru_gates=reset-only: model.gru_gates = \"reset-only\": expected \"both\" for model.kind = \"builtin\"",
+        ),
         ("[train]\ndevice = \"gpu\"\n", &[], "c.toml: train.device = \"gpu\": expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""),
         ("", &["train.lr"], "--set train.lr: no '='; expected SECTION.KEY=VALUE"),
         ("", &["lr=0.5"], "--set lr=0.5: the key has no section"),
