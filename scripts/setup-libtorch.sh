@@ -69,6 +69,16 @@ if [ -f "$SITE/nvidia/cu13/include/cuda_runtime_api.h" ] && [ ! -f "$SITE/nvidia
   touch "$CRT_MARKER"
 fi
 
+# TensorBoard's own reader, for the test that reads grulm's event files back
+# (tests/golden/tensorboard_read.py). Not needed to build or run grulm. Checked on
+# every set-up (a cheap import lookup) so that a failed install is retried.
+TENSORBOARD_VERSION=2.20.0
+if ! "$PY" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("tensorboard") is None)' 2>/dev/null; then
+  echo "grulm setup: installing tensorboard==$TENSORBOARD_VERSION into $VENV (for the tests; about 15 s)" >&2
+  "$PY" -m pip install --quiet --disable-pip-version-check "tensorboard==$TENSORBOARD_VERSION" >&2 \
+    || echo "grulm setup: could not install tensorboard; the TensorBoard test will fail until it is installed" >&2
+fi
+
 echo "export LIBTORCH_USE_PYTORCH=1"
 echo "export VIRTUAL_ENV='$VENV'"
 echo "export PATH='$VENV/bin':\"\$PATH\""

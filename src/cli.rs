@@ -206,6 +206,7 @@ const RESUMABLE_KEYS: &[&str] = &[
     "train.checkpoint_every",
     "train.val_every",
     "train.cuda_graph",
+    "train.tensorboard",
 ];
 
 fn train_cmd(a: TrainArgs) -> Result<()> {

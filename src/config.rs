@@ -35,6 +35,8 @@ pub struct TrainConfig {
     /// On CUDA, capture the training step once as a CUDA graph and replay it
     /// (SGD only; no number changes, launches go from hundreds to one).
     pub cuda_graph: bool,
+    /// Write TensorBoard event files into the run's `tb/`.
+    pub tensorboard: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -89,6 +91,7 @@ impl Default for Config {
                 val_every: 10,
                 deterministic: false,
                 cuda_graph: true,
+                tensorboard: true,
             },
             sample: SampleConfig {
                 prefixes: vec!["time traveller".into(), "traveller".into()],
@@ -274,6 +277,7 @@ impl Reader<'_> {
             val_every: r.int(&mut t, s, "val_every", 1, MAX_SIZE, d.val_every)?,
             deterministic: r.bool(&mut t, s, "deterministic", d.deterministic)?,
             cuda_graph: r.bool(&mut t, s, "cuda_graph", d.cuda_graph)?,
+            tensorboard: r.bool(&mut t, s, "tensorboard", d.tensorboard)?,
         };
         r.no_more(&t, s, TRAIN_KEYS)?;
         Ok(train)
@@ -429,6 +433,7 @@ const TRAIN_KEYS: &[&str] = &[
     "val_every",
     "deterministic",
     "cuda_graph",
+    "tensorboard",
 ];
 const SAMPLE_KEYS: &[&str] = &["prefixes", "len", "temperature", "top_k", "seed"];
 const SECTIONS: &[&str] = &["data", "model", "train", "sample"];

@@ -17,4 +17,5 @@ pub mod plot;
 pub mod run;
 pub mod sample;
 pub mod step;
+pub mod tensorboard;
 pub mod train;

@@ -8,6 +8,7 @@
 //! | `checkpoint.safetensors` | parameters + optimiser state + epoch, for `--resume`        |
 //! | `metrics.jsonl`          | one line per epoch                                          |
 //! | `perplexity.svg`         | the d2l Animator curve                                      |
+//! | `tb/`                    | TensorBoard event files (see `tensorboard.rs`)              |
 //!
 //! Every file but `metrics.jsonl` is replaced atomically (temporary file, fsync,
 //! rename); metrics lines are appended whole. A kill at any moment leaves a
@@ -18,6 +19,7 @@ use crate::data::Vocab;
 use crate::fsutil;
 use crate::model::RecurrentLm;
 use crate::optim::Optimizer;
+use crate::tensorboard;
 use crate::usage;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -67,7 +69,7 @@ impl RunDir {
 
     /// True when the directory holds any of grulm's files.
     pub fn has_run(&self) -> bool {
-        FILES.iter().any(|f| self.file(f).exists())
+        FILES.iter().any(|f| self.file(f).exists()) || self.file(tensorboard::DIR).exists()
     }
 
     /// Creates the directory for a new run. An existing run is refused unless
@@ -86,6 +88,7 @@ impl RunDir {
                     std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
                 }
             }
+            tensorboard::remove_event_files(&self.file(tensorboard::DIR))?;
         }
         std::fs::create_dir_all(&self.path).with_context(|| format!("cannot create run directory {}", self.path.display()))?;
         // Fail now, not after an hour of training, if the directory is not writable.

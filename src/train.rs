@@ -15,6 +15,7 @@ use crate::optim::Optimizer;
 use crate::run::{EpochMetrics, RunDir};
 use crate::sample::{self, Decode};
 use crate::step::Stepper;
+use crate::tensorboard::{self, EventWriter};
 use crate::{plot, usage};
 use anyhow::{bail, Context, Result};
 use std::time::Instant;
@@ -133,6 +134,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         run.remove_stale_temporaries();
         let (epoch, elapsed) = run.load_checkpoint(model.as_ref(), &mut opt)?;
         let history = run.truncate_metrics(epoch)?;
+        tensorboard::truncate(&run.file(tensorboard::DIR), epoch)?;
         run.save_config(cfg)?;
         (epoch, elapsed, history)
     } else {
@@ -142,6 +144,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         (0, 0.0, vec![])
     };
 
+    let mut events = if cfg.train.tensorboard { Some(EventWriter::create(&run.file(tensorboard::DIR))?) } else { None };
     let mut stepper = Stepper::new(device, cfg.train.cuda_graph, &opt);
     let (b, t) = (cfg.data.batch_size, cfg.data.num_steps);
     let per_epoch = data::epoch_minibatches(&corpus.train, b, t, cfg.data.partition, &mut data::epoch_rng(0, 0)).n;
@@ -219,6 +222,9 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
             peak_rss_mib: crate::device::peak_rss_mib(),
         };
         run.append_metrics(&metrics)?;
+        if let Some(w) = &mut events {
+            w.epoch(&metrics)?;
+        }
         history.push(metrics.clone());
         console.epoch(number, train_ppl, metrics.tokens_per_s);
         if cfg.train.predict_every > 0 && number.is_multiple_of(cfg.train.predict_every) {
@@ -245,6 +251,9 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         let text = greedy(model.as_mut(), p)?;
         console.line(&text);
         predictions.push(text);
+    }
+    if let Some(w) = &mut events {
+        w.text("samples", &predictions, cfg.train.epochs.max(start))?;
     }
     console.line(&format!("{:.1} s of training; run saved in {}", elapsed0, run.path.display()));
     Ok(TrainOutcome { last, predictions })

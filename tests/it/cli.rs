@@ -181,6 +181,103 @@ fn checkpoints_load_in_pytorch() {
 }
 
 #[test]
+fn tensorboard_events_match_metrics() {
+    use std::io::Write;
+    let Some(venv) = std::env::var_os("VIRTUAL_ENV") else {
+        eprintln!("SKIPPED: no VIRTUAL_ENV with tensorboard");
+        return;
+    };
+    let Some(corpus) = timemachine() else { return };
+    let dir = TempDir::new("tensorboard");
+    dir.write("exp.toml", small_config(&corpus, "val_every = 1\n").replace("[data]\n", "[data]\nval_fraction = 0.2\n"));
+    let train = |args: &[&str]| {
+        let o = grulm(dir.path(), &[&["train", "--config", "exp.toml", "--out", "run"][..], args].concat());
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+        stdout(&o)
+    };
+    let run = dir.join("run");
+    let event_files = || std::fs::read_dir(run.join("tb")).map(|d| d.count()).unwrap_or(0);
+    // Epochs 1-2 (checkpoint at 2), then 3-4 resumed. Then the epoch-2 checkpoint is
+    // put back, as if the run had been killed after logging epochs 3 and 4 but
+    // before its epoch-4 checkpoint, and resumed to epoch 5: TensorBoard must show
+    // the epochs 3 and 4 of the third process only, as metrics.jsonl does.
+    train(&["--set", "train.epochs=2"]);
+    let epoch2 = std::fs::read(run.join("checkpoint.safetensors")).unwrap();
+    train(&["--resume", "--set", "train.epochs=4"]);
+    std::fs::write(run.join("checkpoint.safetensors"), epoch2).unwrap();
+    let last = train(&["--resume", "--set", "train.epochs=5"]);
+    assert_eq!(event_files(), 3, "one event file per process");
+
+    let read = || {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/tensorboard_read.py");
+        let py = std::process::Command::new(std::path::Path::new(&venv).join("bin/python"))
+            .args([script, &run.display().to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            py.status.success(),
+            "TensorBoard's reader (scripts/setup-libtorch.sh installs tensorboard into the venv): {}",
+            String::from_utf8_lossy(&py.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&py.stdout).unwrap()
+    };
+    let tb = read();
+    let metrics: Vec<serde_json::Value> =
+        std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(metrics.len(), 5);
+    let field = |m: &serde_json::Value, k: &str| m[k].as_f64().unwrap();
+    let expected: [(&str, &dyn Fn(&serde_json::Value) -> f64); 7] = [
+        ("perplexity/train", &|m| field(m, "train_ppl")),
+        ("perplexity/val", &|m| field(m, "val_ppl")),
+        ("loss/train", &|m| field(m, "train_ppl").ln()),
+        ("loss/val", &|m| field(m, "val_ppl").ln()),
+        ("lr", &|m| field(m, "lr")),
+        ("grad_norm", &|m| field(m, "grad_norm")),
+        ("tokens_per_s", &|m| field(m, "tokens_per_s")),
+    ];
+    let scalars = tb["scalars"].as_object().unwrap();
+    assert_eq!(scalars.len(), expected.len(), "{scalars:?}");
+    for (tag, f) in expected {
+        let events: Vec<(u64, f64)> = tb["scalars"][tag]
+            .as_array()
+            .unwrap_or_else(|| panic!("{tag} missing"))
+            .iter()
+            .map(|e| (e[0].as_u64().unwrap(), e[1].as_f64().unwrap()))
+            .collect();
+        // TensorBoard stores f32: each value is the metric rounded to f32, exactly.
+        let want: Vec<(u64, f64)> = metrics.iter().map(|m| (m["epoch"].as_u64().unwrap(), f(m) as f32 as f64)).collect();
+        assert_eq!(events, want, "{tag}");
+    }
+    // The end-of-training predictions as text: the last process's, at epoch 5, as
+    // printed; the first process's (epoch 2) stays, the second's (epoch 4) is gone.
+    let texts = tb["texts"]["samples"].as_array().expect("samples text");
+    let steps: Vec<u64> = texts.iter().map(|e| e[0].as_u64().unwrap()).collect();
+    assert_eq!(steps, [2, 5]);
+    let samples: Vec<String> = texts[1][1].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    assert_eq!(samples.len(), 2);
+    for s in &samples {
+        assert!(s.starts_with("time traveller") || s.starts_with("traveller"), "{s}");
+        assert!(last.lines().any(|l| l == s), "{s:?} not printed: {last}");
+    }
+
+    // A record torn by a kill mid-write is dropped on --resume; the rest is kept.
+    let newest = std::fs::read_dir(run.join("tb")).unwrap().map(|e| e.unwrap().path()).max().unwrap();
+    let whole = std::fs::metadata(&newest).unwrap().len();
+    std::fs::OpenOptions::new().append(true).open(&newest).unwrap().write_all(&[7, 0, 0, 0, 0, 0, 0, 0, 1, 2]).unwrap();
+    train(&["--resume", "--set", "train.epochs=6"]);
+    assert_eq!(std::fs::metadata(&newest).unwrap().len(), whole);
+    let steps: Vec<u64> = read()["scalars"]["perplexity/train"].as_array().unwrap().iter().map(|e| e[0].as_u64().unwrap()).collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6]);
+
+    // --force replaces the event files with the new run's one; tensorboard = false writes none.
+    train(&["--force", "--set", "train.epochs=1"]);
+    assert_eq!(event_files(), 1);
+    assert_eq!(read()["scalars"]["perplexity/train"].as_array().unwrap().len(), 1);
+    train(&["--force", "--set", "train.epochs=1", "--set", "train.tensorboard=false"]);
+    assert!(!run.join("tb").exists(), "train.tensorboard = false writes no tb/");
+}
+
+#[test]
 fn bash_completion_completes_subcommands_and_flags() {
     let dir = TempDir::new("completions");
     let o = grulm(dir.path(), &["completions", "bash"]);
