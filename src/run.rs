@@ -136,10 +136,28 @@ impl RunDir {
     }
 
     /// Keeps the metrics of epochs `1..=epoch` (for `--resume` from that epoch).
+    /// The kept lines stay byte for byte as they were written: the file is cut
+    /// after the last of them, never parsed and printed again.
     pub fn truncate_metrics(&self, epoch: usize) -> Result<Vec<EpochMetrics>> {
-        let kept: Vec<EpochMetrics> = self.load_metrics()?.into_iter().filter(|m| m.epoch <= epoch).collect();
-        let text: String = kept.iter().map(|m| serde_json::to_string(m).expect("metrics serialize") + "\n").collect();
-        fsutil::write_atomic(&self.file(METRICS), text.as_bytes())?;
+        let p = self.file(METRICS);
+        let text = match std::fs::read_to_string(&p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => bail!("cannot read {}: {e}", p.display()),
+        };
+        let (mut kept, mut end) = (Vec::new(), 0);
+        for line in text.split_inclusive('\n') {
+            match serde_json::from_str::<EpochMetrics>(line) {
+                Ok(m) if m.epoch <= epoch && line.ends_with('\n') => {
+                    kept.push(m);
+                    end += line.len();
+                }
+                _ => break,
+            }
+        }
+        if end != text.len() {
+            fsutil::write_atomic(&p, &text.as_bytes()[..end])?;
+        }
         Ok(kept)
     }
 

@@ -351,9 +351,21 @@ fn sigkill_mid_run_leaves_a_loadable_checkpoint_and_resume_matches() {
         let metrics = metrics_without_timing(&run);
         assert!(metrics.len() >= epoch, "metrics hold every epoch up to the checkpoint");
         assert!(grulm(dir.path(), &["sample", "--run", &out, "--len", "5"]).status.success());
+        let before = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
         let o = grulm(dir.path(), &["train", "--out", &out, "--resume"]);
         assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
         assert_eq!(metrics_without_timing(&run), metrics_without_timing(&dir.join("full")), "round {round}: killed after epoch {epoch}");
+        // Byte for byte: the lines up to the checkpoint are the ones written before
+        // the kill, and every line is the uninterrupted run's, timing fields aside.
+        let after = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        let kept: String = before.split_inclusive('\n').take(epoch).collect();
+        assert!(after.starts_with(&kept), "round {round}: the lines before the checkpoint were rewritten");
+        let full_text = std::fs::read_to_string(dir.join("full/metrics.jsonl")).unwrap();
+        let untimed = |text: &str| -> Vec<String> {
+            let timing = ["\"tokens_per_s\":", "\"elapsed_s\":", "\"peak_rss_mib\":"];
+            text.lines().map(|l| l.split(',').filter(|f| !timing.iter().any(|t| f.starts_with(t))).collect::<Vec<_>>().join(",")).collect()
+        };
+        assert_eq!(untimed(&after), untimed(&full_text), "round {round}");
         let leftovers: Vec<String> = std::fs::read_dir(&run)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
