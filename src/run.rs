@@ -104,6 +104,9 @@ impl RunDir {
 
     pub fn load_config(&self) -> Result<Config> {
         let p = self.file(CONFIG);
+        if self.path.is_file() {
+            return Err(usage!("run directory {}: is a file, expected a run directory", self.path.display()));
+        }
         if !self.path.is_dir() {
             return Err(usage!("run directory {}: no such directory", self.path.display()));
         }
@@ -220,7 +223,13 @@ impl RunDir {
         let cfg = self.load_config()?;
         let vocab = self.load_vocab().map_err(|e| usage!("{e:#}"))?;
         let model = cfg.model.init(vocab.len() as i64, device, Kind::Float);
-        let p = self.file(MODEL);
+        let mut p = self.file(MODEL);
+        // A run stopped before its first model file (a full disk, say) may still
+        // have a good checkpoint, written first: its parameters are the model's.
+        if !p.exists() && self.file(CHECKPOINT).exists() {
+            eprintln!("grulm: {} is missing; using the weights in {}", p.display(), CHECKPOINT);
+            p = self.file(CHECKPOINT);
+        }
         let file = checkpoint::load(&p)?;
         // The vocabulary sets V in the shapes: name it, after the tensor that disagrees.
         checkpoint::assign(&model.named_parameters(), &file.tensors, &p.display().to_string())

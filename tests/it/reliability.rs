@@ -168,6 +168,14 @@ fn sampling_mistakes() {
         assert_fails(&grulm(dir.path(), &all), *code, needles);
     }
     assert_fails(&grulm(dir.path(), &["sample", "--run", "nowhere"]), USAGE, &["run directory nowhere: no such directory"]);
+    dir.write("notes.txt", "not a run");
+    for cmd in ["sample", "eval", "export"] {
+        assert_fails(
+            &grulm(dir.path(), &[cmd, "--run", "notes.txt"]),
+            USAGE,
+            &["run directory notes.txt: is a file, expected a run directory"],
+        );
+    }
     // clap's own errors are one line too.
     assert_fails(&grulm(dir.path(), &["sample"]), USAGE, &["--run <RUN>", "grulm sample --help"]);
     assert_fails(&grulm(dir.path(), &["sample", "--run", "run", "--len", "many"]), USAGE, &["invalid value 'many' for '--len <LEN>'"]);
@@ -207,8 +215,27 @@ fn checkpoint_mistakes() {
     let sample = || grulm(dir.path(), &["sample", "--run", "run", "--len", "5"]);
     assert!(sample().status.success());
 
+    // No model file (a run stopped before writing it) but a checkpoint: its weights,
+    // said in one line on stderr, and the same text, since both hold the same weights.
+    let expected = stdout(&sample());
     std::fs::remove_file(&model).unwrap();
+    for args in [&["sample", "--run", "run", "--len", "5"][..], &["eval", "--run", "run"]] {
+        let o = grulm(dir.path(), args);
+        assert!(o.status.success(), "{args:?}: {}", crate::helpers::stderr(&o));
+        assert_eq!(
+            crate::helpers::stderr(&o).trim(),
+            format!(
+                "grulm: {} is missing; using the weights in checkpoint.safetensors",
+                Path::new("run").join("model.safetensors").display()
+            )
+        );
+    }
+    assert_eq!(stdout(&sample()), expected);
+    let checkpoint = run.join("checkpoint.safetensors");
+    let saved = std::fs::read(&checkpoint).unwrap();
+    std::fs::remove_file(&checkpoint).unwrap();
     assert_fails(&sample(), RUNTIME, &["model.safetensors: no such file"]);
+    std::fs::write(&checkpoint, saved).unwrap();
     std::fs::write(&model, &good[..good.len() / 2]).unwrap();
     assert_fails(&sample(), RUNTIME, &["model.safetensors: not a valid safetensors file", "truncated or corrupt"]);
     std::fs::write(&model, &good[..4]).unwrap();
