@@ -104,8 +104,28 @@ impl Default for Config {
     }
 }
 
-/// Upper bounds that keep a typo from asking for terabytes.
-const MAX_SIZE: i64 = 1 << 20;
+// Upper bounds of the integer keys. Each lies far above what trains on one
+// machine today, so a real need never meets it, and low enough that a typo (a
+// few zeros too many) is told the key's range instead of trying to allocate
+// terabytes. Between them and what the machine holds, `grulm::memory`'s estimate
+// answers before anything is allocated.
+
+/// B (`data.batch_size`): GPU throughput saturates at a few thousand rows.
+const MAX_BATCH: i64 = 65_536;
+/// T (`data.num_steps`): char-level BPTT windows are 32 to 1024 steps, and the
+/// backward keeps every step's gates.
+const MAX_STEPS: i64 = 65_536;
+/// H (`model.hidden_size`): one GRU layer of width 65,536 has 25.8 billion
+/// weights (103 GB in f32), more than a single GPU holds with their gradients.
+const MAX_HIDDEN: i64 = 65_536;
+/// `model.num_layers`: d2l stacks 2, deep char-level models 3 to 8.
+const MAX_LAYERS: i64 = 1024;
+/// `train.epochs`, the every-N-epochs keys and `sample.top_k`: about a million
+/// (a million epochs of 1 ms each are 17 minutes; no vocabulary of characters
+/// is larger).
+const MAX_COUNT: i64 = 1 << 20;
+/// `train.threads`: more than any machine's cores.
+const MAX_THREADS: i64 = 4096;
 
 /// Where a key's value came from, for the error message.
 enum Origin<'a> {
@@ -243,8 +263,8 @@ impl Reader<'_> {
             partition: r
                 .choice(&mut t, s, "partition", &[("sequential", SeqPartition::Sequential), ("random", SeqPartition::Random)])?
                 .unwrap_or(d.partition),
-            batch_size: r.int(&mut t, s, "batch_size", 1, MAX_SIZE, d.batch_size)?,
-            num_steps: r.int(&mut t, s, "num_steps", 1, MAX_SIZE, d.num_steps)?,
+            batch_size: r.int(&mut t, s, "batch_size", 1, MAX_BATCH, d.batch_size)?,
+            num_steps: r.int(&mut t, s, "num_steps", 1, MAX_STEPS, d.num_steps)?,
         };
         r.no_more(&t, s, DATA_KEYS)?;
         Ok(data)
@@ -263,7 +283,7 @@ impl Reader<'_> {
             None => d.device.clone(),
         };
         let train = TrainConfig {
-            epochs: r.int(&mut t, s, "epochs", 1, MAX_SIZE, d.epochs)?,
+            epochs: r.int(&mut t, s, "epochs", 1, MAX_COUNT, d.epochs)?,
             optimizer: r
                 .choice(&mut t, s, "optimizer", &[("sgd", OptimizerKind::Sgd), ("adam", OptimizerKind::Adam)])?
                 .unwrap_or(d.optimizer),
@@ -271,10 +291,10 @@ impl Reader<'_> {
             grad_clip: r.float(&mut t, s, "grad_clip", |x| x > 0.0, "> 0")?.unwrap_or(d.grad_clip),
             seed: r.u64(&mut t, s, "seed", d.seed)?,
             device,
-            threads: r.int(&mut t, s, "threads", 0, 4096, d.threads)?,
-            predict_every: r.int(&mut t, s, "predict_every", 0, MAX_SIZE, d.predict_every)?,
-            checkpoint_every: r.int(&mut t, s, "checkpoint_every", 0, MAX_SIZE, d.checkpoint_every)?,
-            val_every: r.int(&mut t, s, "val_every", 1, MAX_SIZE, d.val_every)?,
+            threads: r.int(&mut t, s, "threads", 0, MAX_THREADS, d.threads)?,
+            predict_every: r.int(&mut t, s, "predict_every", 0, MAX_COUNT, d.predict_every)?,
+            checkpoint_every: r.int(&mut t, s, "checkpoint_every", 0, MAX_COUNT, d.checkpoint_every)?,
+            val_every: r.int(&mut t, s, "val_every", 1, MAX_COUNT, d.val_every)?,
             deterministic: r.bool(&mut t, s, "deterministic", d.deterministic)?,
             cuda_graph: r.bool(&mut t, s, "cuda_graph", d.cuda_graph)?,
             tensorboard: r.bool(&mut t, s, "tensorboard", d.tensorboard)?,
@@ -295,7 +315,7 @@ impl Reader<'_> {
             prefixes,
             len: r.int(&mut t, s, "len", 1, MAX_SAMPLE_LEN as i64, d.len)?,
             temperature: r.float(&mut t, s, "temperature", |x| x > 0.0, "> 0")?,
-            top_k: match r.int(&mut t, s, "top_k", 1, MAX_SIZE, 0)? {
+            top_k: match r.int(&mut t, s, "top_k", 1, MAX_COUNT, 0)? {
                 0 => None,
                 k => Some(k),
             },
@@ -379,8 +399,8 @@ impl Reader<'_> {
         let model = ModelConfig {
             kind,
             cell,
-            hidden_size: r.int(&mut t, s, "hidden_size", 1, MAX_SIZE, d.hidden_size)?,
-            num_layers: r.int(&mut t, s, "num_layers", 1, 1024, d.num_layers)?,
+            hidden_size: r.int(&mut t, s, "hidden_size", 1, MAX_HIDDEN, d.hidden_size)?,
+            num_layers: r.int(&mut t, s, "num_layers", 1, MAX_LAYERS, d.num_layers)?,
             reset_gate,
             gru_gates,
             init_sigma: match kind {
@@ -401,8 +421,9 @@ fn cell_name(cell: CellKind) -> &'static str {
     }
 }
 
+/// The range a key takes; `i64::MAX` means no upper bound of grulm's.
 fn range_text(min: i64, max: i64) -> String {
-    if max >= MAX_SIZE {
+    if max == i64::MAX {
         format!("an integer >= {min}")
     } else {
         format!("an integer from {min} to {max}")
