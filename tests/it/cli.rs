@@ -109,11 +109,7 @@ fn parity_command_prints_its_table() {
 
 #[test]
 fn checkpoints_load_in_pytorch() {
-    // The set-up venv's Python (make test exports VIRTUAL_ENV); absent with LIBTORCH.
-    let Some(venv) = std::env::var_os("VIRTUAL_ENV") else {
-        eprintln!("SKIPPED: no VIRTUAL_ENV with torch");
-        return;
-    };
+    let Some(venv) = crate::helpers::venv() else { return };
     let Some(corpus) = timemachine() else { return };
     let dir = TempDir::new("pytorch");
     for (cell, layers) in [("gru", 2), ("lstm", 2), ("rnn", 1)] {
@@ -183,10 +179,7 @@ fn checkpoints_load_in_pytorch() {
 #[test]
 fn tensorboard_events_match_metrics() {
     use std::io::Write;
-    let Some(venv) = std::env::var_os("VIRTUAL_ENV") else {
-        eprintln!("SKIPPED: no VIRTUAL_ENV with tensorboard");
-        return;
-    };
+    let Some(venv) = crate::helpers::venv() else { return };
     let Some(corpus) = timemachine() else { return };
     let dir = TempDir::new("tensorboard");
     dir.write("exp.toml", small_config(&corpus, "val_every = 1\n").replace("[data]\n", "[data]\nval_fraction = 0.2\n"));

@@ -18,7 +18,7 @@ fn has_gpu() -> bool {
 #[test]
 fn gpu_check_stops_at_once_without_a_gpu() {
     if has_gpu() {
-        eprintln!("SKIPPED: this machine has a GPU");
+        crate::helpers::skip("this machine has a GPU (the test is of the script's answer without one)");
         return;
     }
     let dir = TempDir::new("gpu-check");
@@ -36,10 +36,7 @@ fn gpu_check_stops_at_once_without_a_gpu() {
 #[test]
 fn gpu_check_script_runs_every_check_in_a_cpu_dry_run() {
     let Some(corpus) = timemachine() else { return };
-    let Some(venv) = std::env::var_os("VIRTUAL_ENV") else {
-        eprintln!("SKIPPED: no VIRTUAL_ENV with torch (make test sets it)");
-        return;
-    };
+    let Some(venv) = crate::helpers::venv() else { return };
     let dir = TempDir::new("gpu-dry");
     std::fs::create_dir_all(dir.join("data")).unwrap();
     std::fs::copy(&corpus, dir.join("data/timemachine.txt")).unwrap();

@@ -72,9 +72,35 @@ pub fn assert_fails(o: &Output, code: i32, needles: &[&str]) -> String {
     err
 }
 
+/// Records that the running test skips its checks (`why`): on stderr, as a file
+/// in `$GRULM_SKIP_LOG` (make test sets it and ends with a line counting them),
+/// and as a failure where every test must run (`GRULM_REQUIRE_ALL=1`, as CI sets).
+pub fn skip(why: &str) {
+    let test = std::thread::current().name().unwrap_or("unnamed").to_string();
+    if std::env::var("GRULM_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+        panic!("{test} would be skipped ({why}), but GRULM_REQUIRE_ALL=1 requires every test to run");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    if let Some(dir) = std::env::var_os("GRULM_SKIP_LOG") {
+        let dir = PathBuf::from(dir);
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(dir.join(&test), format!("{why}\n"));
+    }
+}
+
+/// The set-up venv (`make test` exports VIRTUAL_ENV), for tests that run its
+/// Python (torch, tensorboard); `None` (skipped) without one, as with LIBTORCH.
+pub fn venv() -> Option<PathBuf> {
+    let v = std::env::var_os("VIRTUAL_ENV").map(PathBuf::from);
+    if v.is_none() {
+        skip("no VIRTUAL_ENV with torch and tensorboard (make test sets it up)");
+    }
+    v
+}
+
 /// The Time Machine from `../shared/data` (or `$GRULM_TEST_CORPUS`, which CI
-/// sets and which must then exist). `None` (the test prints SKIPPED) only when
-/// no copy is reachable and none was promised.
+/// sets and which must then exist). `None` (skipped) only when no copy is
+/// reachable and none was promised.
 pub fn timemachine() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("GRULM_TEST_CORPUS") {
         let p = PathBuf::from(p);
@@ -82,12 +108,15 @@ pub fn timemachine() -> Option<PathBuf> {
         return Some(p);
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for c in [root.join("../shared/data/timemachine.txt"), root.join("data/timemachine.txt")] {
-        if c.is_file() {
-            return Some(c);
-        }
+    let places = [root.join("../shared/data/timemachine.txt"), root.join("data/timemachine.txt")];
+    if let Some(p) = places.iter().find(|p| p.is_file()) {
+        return Some(p.clone());
     }
-    eprintln!("SKIPPED: no timemachine.txt (set GRULM_TEST_CORPUS)");
+    skip(&format!(
+        "no timemachine.txt: GRULM_TEST_CORPUS is unset, and neither {} nor {} exists",
+        places[0].display(),
+        places[1].display()
+    ));
     None
 }
 
