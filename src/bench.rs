@@ -4,7 +4,8 @@
 use crate::config::OptimizerKind;
 use crate::data::SeqPartition;
 use crate::device;
-use crate::model::{BuildOptions, CellKind, ModelConfig, ModelKind, RecurrentLm, ResetGate, ScratchPath};
+use crate::memory::Estimate;
+use crate::model::{BuildOptions, CellKind, ModelConfig, ModelKind, ResetGate, ScratchPath};
 use crate::optim::Optimizer;
 use crate::step::Stepper;
 use crate::train;
@@ -85,6 +86,20 @@ pub struct BenchResult {
     /// Kernels (graph nodes) of one training step, when it ran as a CUDA graph.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_nodes: Option<usize>,
+    /// grulm's memory estimate for this step (`grulm::memory`), MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate_mib: Option<f64>,
+    /// On CPU, the process's RSS before the model was built (libtorch and what
+    /// earlier benchmarks left), MiB: the step used `peak_mib - baseline_mib`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline_mib: Option<f64>,
+}
+
+impl BenchResult {
+    /// Measured memory of the step over the estimate.
+    fn used_over_estimate(&self) -> Option<f64> {
+        Some((self.peak_mib - self.baseline_mib.unwrap_or(0.0)) / self.estimate_mib?)
+    }
 }
 
 /// (B, T, H, V, steps per repeat)
@@ -128,22 +143,23 @@ fn gates_of(name: &str) -> i64 {
     }
 }
 
-/// The model and whether its steps may use a CUDA graph (the `-eager` names say no).
-fn model_for(name: &str, v: i64, h: i64, dev: Device) -> Result<(Box<dyn RecurrentLm>, bool)> {
+/// The model's config, how it is built, and whether its steps may use a CUDA
+/// graph (the `-eager` names say no).
+fn model_for(name: &str, h: i64) -> Result<(ModelConfig, BuildOptions, bool)> {
     let cfg = |kind, cell, reset| ModelConfig { kind, cell, hidden_size: h as usize, reset_gate: reset, ..ModelConfig::default() };
     let gru = |kind, reset| cfg(kind, CellKind::Gru, Some(reset));
     let path = |p| BuildOptions { path: Some(p), ..BuildOptions::default() };
-    let f = Kind::Float;
+    let plain = BuildOptions::default();
     Ok(match name {
-        "scratch" | "scratch-eager" => (gru(ModelKind::Scratch, ResetGate::Before).init(v, dev, f), name == "scratch"),
-        "scratch-after" => (gru(ModelKind::Scratch, ResetGate::After).init(v, dev, f), true),
-        "scratch-autograd" => (gru(ModelKind::Scratch, ResetGate::Before).build(v, dev, f, path(ScratchPath::Fused)), true),
-        "scratch-ref" => (gru(ModelKind::Scratch, ResetGate::Before).build(v, dev, f, path(ScratchPath::Reference)), true),
-        "builtin" | "builtin-eager" => (gru(ModelKind::Builtin, ResetGate::After).init(v, dev, f), name == "builtin"),
-        "lstm" => (cfg(ModelKind::Scratch, CellKind::Lstm, None).init(v, dev, f), true),
-        "lstm-builtin" => (cfg(ModelKind::Builtin, CellKind::Lstm, None).init(v, dev, f), true),
-        "rnn" => (cfg(ModelKind::Scratch, CellKind::Rnn, None).init(v, dev, f), true),
-        "rnn-builtin" => (cfg(ModelKind::Builtin, CellKind::Rnn, None).init(v, dev, f), true),
+        "scratch" | "scratch-eager" => (gru(ModelKind::Scratch, ResetGate::Before), plain, name == "scratch"),
+        "scratch-after" => (gru(ModelKind::Scratch, ResetGate::After), plain, true),
+        "scratch-autograd" => (gru(ModelKind::Scratch, ResetGate::Before), path(ScratchPath::Fused), true),
+        "scratch-ref" => (gru(ModelKind::Scratch, ResetGate::Before), path(ScratchPath::Reference), true),
+        "builtin" | "builtin-eager" => (gru(ModelKind::Builtin, ResetGate::After), plain, name == "builtin"),
+        "lstm" => (cfg(ModelKind::Scratch, CellKind::Lstm, None), plain, true),
+        "lstm-builtin" => (cfg(ModelKind::Builtin, CellKind::Lstm, None), plain, true),
+        "rnn" => (cfg(ModelKind::Scratch, CellKind::Rnn, None), plain, true),
+        "rnn-builtin" => (cfg(ModelKind::Builtin, CellKind::Rnn, None), plain, true),
         other => return Err(usage!("--models {other:?}: expected one of {}", MODELS.join(", "))),
     })
 }
@@ -184,7 +200,11 @@ fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, war
     tch::manual_seed(0);
     let memory = GpuMemory::start(dev);
     reset_peak_rss();
-    let (model, graph) = model_for(name, v, h, dev)?;
+    let baseline = (!dev.is_cuda()).then(device::rss_mib);
+    let (mcfg, build, graph) = model_for(name, h)?;
+    // The trainer's estimate for this step; the data are the bench's x and y on the device.
+    let estimate = Estimate::training(&mcfg, OptimizerKind::Sgd, b as u64, t as u64, v as u64, 16 * (steps as i64 * b * t) as u64);
+    let model = mcfg.build(v, dev, Kind::Float, build);
     let mut opt = Optimizer::new(OptimizerKind::Sgd, 1.0, model.named_parameters());
     let xs = Tensor::randint(v, [steps as i64, b, t], (Kind::Int64, dev));
     let ys = Tensor::randint(v, [steps as i64, b, t], (Kind::Int64, dev));
@@ -234,6 +254,8 @@ fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, war
         step: Some(step),
         device: Some(device::describe(dev)),
         graph_nodes,
+        estimate_mib: Some(estimate.total() as f64 / (1u64 << 20) as f64),
+        baseline_mib: baseline,
     })
 }
 
@@ -418,21 +440,23 @@ pub fn run(a: BenchArgs) -> Result<()> {
     for &(b, t, h, v, steps) in &shapes {
         println!("\nshape B={b} T={t} H={h} V={v}, {steps} steps per repeat");
         println!(
-            "{:<16} {:>12} {:>12} {:>8} {:>10} {:>10} {:>11}  steps",
-            "model", "grulm tok/s", "python tok/s", "ratio", "grulm MiB", "python MiB", "GFLOP/s"
+            "{:<16} {:>12} {:>12} {:>8} {:>10} {:>10} {:>10} {:>8} {:>11}  steps",
+            "model", "grulm tok/s", "python tok/s", "ratio", "grulm MiB", "python MiB", "est. MiB", "used/est", "GFLOP/s"
         );
         let same = |r: &&BenchResult| (r.b, r.t, r.h, r.v) == (b, t, h, v);
         for r in results.iter().filter(same) {
             let p = python.iter().filter(same).find(|p| Some(p.model.as_str()) == python_model(&r.model));
             let gflops = step_flops(b, t, h, v, gates_of(&r.model)) * steps as f64 / r.seconds_median / 1e9;
             println!(
-                "{:<16} {:>12.0} {:>12} {:>8} {:>10.0} {:>10} {:>11.1}  {}",
+                "{:<16} {:>12.0} {:>12} {:>8} {:>10.0} {:>10} {:>10.0} {:>8} {:>11.1}  {}",
                 r.model,
                 r.tokens_per_s,
                 p.map(|p| format!("{:.0}", p.tokens_per_s)).unwrap_or_else(|| "-".into()),
                 p.map(|p| format!("{:.2}x", r.tokens_per_s / p.tokens_per_s)).unwrap_or_else(|| "-".into()),
                 r.peak_mib,
                 p.map(|p| format!("{:.0}", p.peak_mib)).unwrap_or_else(|| "-".into()),
+                r.estimate_mib.unwrap_or(f64::NAN),
+                r.used_over_estimate().map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
                 gflops,
                 match r.graph_nodes {
                     Some(n) => format!("CUDA graph of {n} launches, {:.2} us each", r.seconds_median / steps as f64 / n as f64 * 1e6),
@@ -446,7 +470,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
     }
     if let Some(r) = results.first() {
-        println!("\nmemory: {}; GFLOP/s counts the step's matrix products (see grulm::bench::step_flops)", r.peak_kind);
+        println!("\nmemory: {}; used/est: (peak - RSS before the model) / grulm's estimate on CPU, peak / estimate on CUDA; GFLOP/s counts the step's matrix products (see grulm::bench::step_flops)", r.peak_kind);
     }
     Ok(())
 }

@@ -60,11 +60,20 @@ pub fn make_deterministic() {
     tch::Cuda::cudnn_set_benchmark(false);
 }
 
-/// Peak resident memory of this process (VmHWM), in MiB.
+/// Resident memory of the process now (VmRSS), MiB.
+pub fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
+/// Peak resident memory of the process (VmHWM), MiB.
 pub fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN)
 }

@@ -22,13 +22,15 @@ fn keep_freed_memory() {
 fn main() {
     // A bug must still end in one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        let first = msg.lines().next().unwrap_or_default().to_string();
+        let msg = grulm::error::panic_text(info.payload());
+        if grulm::error::is_guarded_torch_failure(&msg) {
+            return; // its guard turns it into the error line
+        }
+        let first = match grulm::error::torch_first_line(&msg) {
+            Some(torch) if std::env::var("GRULM_DEBUG").is_ok_and(|v| v == "1") => format!("libtorch: {torch}\n{msg}"),
+            Some(torch) => format!("libtorch: {torch}"),
+            None => msg.lines().next().unwrap_or_default().to_string(),
+        };
         eprintln!("grulm: internal error: {first} (please report this)");
     }));
     keep_freed_memory();

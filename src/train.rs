@@ -10,6 +10,8 @@ use crate::config::Config;
 use crate::console::Console;
 use crate::data::{self, Corpus, Minibatches, SeqPartition};
 use crate::device::describe;
+use crate::error::libtorch;
+use crate::memory::Estimate;
 use crate::model::{BuildOptions, RecurrentLm};
 use crate::optim::Optimizer;
 use crate::run::{EpochMetrics, RunDir};
@@ -63,7 +65,8 @@ pub fn train_epoch(
     let mut norms = Vec::with_capacity(n as usize);
     for k in 0..n {
         let fresh = k == 0 || partition == SeqPartition::Random;
-        let out = stepper.step(model, opt, &xs.get(k), &ys.get(k), fresh, theta)?;
+        let out =
+            libtorch(|| format!("training step {} of {n}", k + 1), || stepper.step(model, opt, &xs.get(k), &ys.get(k), fresh, theta))??;
         losses.push(out.loss);
         norms.push(out.norm);
     }
@@ -116,9 +119,15 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         sample::encode_prefix(&corpus.vocab, p).map_err(|e| usage!("sample.prefixes: {e:#}"))?;
     }
     let v = corpus.vocab.len() as i64;
+    // Before the first allocation of the run's size: stop now if it cannot fit.
+    Estimate::new(cfg, v as u64, corpus.train.len() as u64).check(cfg, device)?;
     tch::manual_seed(cfg.train.seed as i64);
-    let mut model = cfg.model.build(v, device, Kind::Float, BuildOptions { deterministic: cfg.train.deterministic, path: None });
-    let mut opt = Optimizer::new(cfg.train.optimizer, cfg.train.lr, model.named_parameters());
+    let build = BuildOptions { deterministic: cfg.train.deterministic, path: None };
+    let mut model = libtorch(|| "allocating the model".into(), || cfg.model.build(v, device, Kind::Float, build))?;
+    let mut opt = libtorch(
+        || "allocating the optimizer state".into(),
+        || Optimizer::new(cfg.train.optimizer, cfg.train.lr, model.named_parameters()),
+    )?;
 
     let (start, mut elapsed0, mut history) = if opts.resume {
         let saved = run.load_vocab()?;
@@ -178,8 +187,9 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         let number = epoch + 1;
         let timer = Instant::now();
         let mb = data::epoch_minibatches(&corpus.train, b, t, cfg.data.partition, &mut data::epoch_rng(cfg.train.seed, epoch));
-        let (xs, ys) = upload(&mb, device);
-        let out = train_epoch(model.as_ref(), &mut opt, &mut stepper, &xs, &ys, cfg.data.partition, cfg.train.grad_clip)?;
+        let (xs, ys) = libtorch(|| format!("epoch {number}: uploading the minibatches"), || upload(&mb, device))?;
+        let out = train_epoch(model.as_ref(), &mut opt, &mut stepper, &xs, &ys, cfg.data.partition, cfg.train.grad_clip)
+            .with_context(|| format!("epoch {number}"))?;
         if let Some(note) = stepper.take_note() {
             console.line(&note);
         }
@@ -208,7 +218,9 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         let train_ppl = (losses.iter().map(|l| l * (b * t) as f64).sum::<f64>() / tokens).exp();
         let last_epoch = number == cfg.train.epochs;
         let val_ppl = match &corpus.val {
-            Some(val) if number.is_multiple_of(cfg.train.val_every) || last_epoch => Some(perplexity(model.as_mut(), val, b, t, device)?),
+            Some(val) if number.is_multiple_of(cfg.train.val_every) || last_epoch => {
+                Some(libtorch(|| format!("epoch {number}: validation"), || perplexity(model.as_mut(), val, b, t, device))??)
+            }
             _ => None,
         };
         let metrics = EpochMetrics {

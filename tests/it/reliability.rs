@@ -407,3 +407,90 @@ fn sigkill_mid_run_leaves_a_loadable_checkpoint_and_resume_matches() {
         assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     }
 }
+
+/// grulm under a virtual-memory limit (`ulimit -v`, KiB): libtorch's allocations
+/// fail beyond it, whatever the machine has.
+fn grulm_limited(dir: &Path, kib: u64, args: &[&str], debug: bool) -> std::process::Output {
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let script = format!("ulimit -v {kib}; exec '{}' {}", env!("CARGO_BIN_EXE_grulm"), quoted.join(" "));
+    let mut c = std::process::Command::new("bash");
+    c.args(["-c", &script]).current_dir(dir).env("GRULM_DATA_DIR", dir.join("data"));
+    if debug {
+        c.env("GRULM_DEBUG", "1");
+    }
+    c.output().unwrap()
+}
+
+#[test]
+fn too_large_for_memory_is_refused_before_allocating() {
+    let dir = TempDir::new("oom");
+    dir.write("x.txt", "the time traveller for so it will be convenient to speak of him ".repeat(20));
+    let c = cfg_on(&dir, "x.txt", "");
+    // About 1.6 TiB: more than any machine this runs on. Under a 4 GiB limit, an
+    // attempt to allocate it would end in libtorch's message, not the estimate's.
+    let args = ["train", "--config", &c, "--out", "run", "--set", "model.hidden_size=65536", "--set", "model.num_layers=16"];
+    let t = Instant::now();
+    let o = grulm_limited(dir.path(), 4 << 20, &args, false);
+    let err = assert_fails(
+        &o,
+        USAGE,
+        &[
+            "this run needs about ",
+            "of memory (parameters ",
+            "gradients ",
+            "activations of one minibatch ",
+            "GiB available; lower model.hidden_size (now 65536) or model.num_layers (now 16)",
+        ],
+    );
+    assert!(!err.contains("libtorch"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(30), "refused in {:?}", t.elapsed());
+    assert!(!dir.join("run").exists(), "nothing written");
+    // --dry-run says the same, after the estimate; it writes nothing either.
+    let o = grulm(dir.path(), &[&args[..], &["--dry-run"]].concat());
+    assert_eq!(o.status.code(), Some(USAGE));
+    assert!(stdout(&o).starts_with("parameters  "), "{}", stdout(&o));
+    assert!(!dir.join("run").exists());
+
+    // A config that fits: --dry-run's parameter count (a formula of the config) is
+    // the count of the tensors training then allocates.
+    for (i, set) in ["model.cell=\"lstm\"", "model.kind=\"builtin\"", "model.gru_gates=\"update-only\"", "model.reset_gate=\"after\""]
+        .iter()
+        .enumerate()
+    {
+        let out = format!("fits{i}");
+        let base = ["train", "--config", &c, "--out", &out, "--set", "model.num_layers=2", "--set", set];
+        let o = grulm(dir.path(), &[&base[..], &["--dry-run"]].concat());
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+        let s = stdout(&o);
+        assert!(
+            s.contains("\nmemory      about ") && s.contains("\navailable   this machine has ") && s.ends_with("fits        yes\n"),
+            "{s}"
+        );
+        let count = s.split_whitespace().nth(1).unwrap().to_string();
+        assert!(!dir.join(&out).exists(), "--dry-run writes nothing");
+        let o = grulm(dir.path(), &base);
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+        assert!(stdout(&o).contains(&format!("): {count} parameters;")), "{set}: {count}: {}", stdout(&o));
+    }
+}
+
+#[test]
+fn libtorch_failures_are_one_line_naming_what_grulm_was_doing() {
+    let dir = TempDir::new("torchfail");
+    dir.write("x.txt", "the time traveller for so it will be convenient to speak of him ".repeat(20));
+    let c = cfg_on(&dir, "x.txt", "");
+    // H = 12000: the estimate (about 3.5 GiB) fits this machine, but not a
+    // 3.5 GiB address space, of which libtorch's libraries take about 2.7.
+    let args = ["train", "--config", &c, "--out", "run", "--set", "model.hidden_size=12000"];
+    let o = grulm_limited(dir.path(), 3_500_000, &args, false);
+    let err = assert_fails(&o, RUNTIME, &["grulm: error: allocating the model: libtorch: ", "can't allocate memory"]);
+    assert!(!err.contains("frame #") && err.len() < 400, "{err}");
+    // GRULM_DEBUG=1: libtorch's whole message, for a bug report.
+    let o = grulm_limited(dir.path(), 3_500_000, &[&args[..], &["--force"]].concat(), true);
+    assert!(crate::helpers::stderr(&o).contains("frame #0"), "{}", crate::helpers::stderr(&o));
+    // Room for the weights (1.7 GB, and their initialisation's temporaries) but
+    // not their gradients: the first step fails.
+    let o = grulm_limited(dir.path(), 6_500_000, &[&args[..], &["--force"]].concat(), false);
+    assert_fails(&o, RUNTIME, &["grulm: error: epoch 1: training step 1 of ", ": libtorch: ", "can't allocate memory"]);
+    assert!(!dir.join("run/metrics.jsonl").exists() && !dir.join("run/checkpoint.safetensors").exists());
+}
