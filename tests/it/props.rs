@@ -83,3 +83,115 @@ proptest! {
         }
     }
 }
+
+/// A text of grulm's own (not third-party): letters in both cases, digits,
+/// punctuation and newlines, so both preprocessings and every min_freq have
+/// something to keep and something to drop.
+fn fuzz_corpus() -> String {
+    "the quick test of every path, with Capitals and digits 0123!\nthen a second line: short; odd (chars) here?\n".repeat(20)
+}
+
+/// Sets for a random valid config: every key, every enum value, small sizes.
+fn valid_config() -> impl Strategy<Value = Vec<String>> {
+    let data = (any::<bool>(), 0usize..3, any::<bool>(), any::<bool>(), 1usize..5, 1usize..9, any::<bool>());
+    let model = (any::<bool>(), 0usize..3, 1usize..7, 1usize..4, any::<bool>(), 0usize..3, proptest::option::of(0.001f64..0.5));
+    let train = (any::<bool>(), 0.01f64..2.0, 0.1f64..5.0, any::<u32>(), 0usize..3, 0usize..3, any::<bool>(), any::<bool>(), any::<bool>());
+    let sample = (proptest::option::of(0.1f64..3.0), proptest::option::of(1usize..3), any::<u32>());
+    (data, model, train, sample).prop_map(|(d, m, t, s)| {
+        let (raw, min_freq, reserved, val, b, steps, random) = d;
+        let (builtin, cell, hidden, layers, after, gates, sigma) = m;
+        let (adam, lr, clip, seed, predict_every, checkpoint_every, deterministic, cuda_graph, tensorboard) = t;
+        let (temperature, top_k, sample_seed) = s;
+        // Enough tokens for one B x T minibatch in each split (val_fraction 0.5).
+        let tokens = 2 * (b * steps + 1) + 3;
+        let mut sets = vec![
+            format!("data.preprocess=\"{}\"", if raw { "raw" } else { "d2l" }),
+            format!("data.max_tokens={tokens}"),
+            format!("data.min_freq={min_freq}"),
+            format!("data.reserved_tokens={}", if reserved { "[\"<pad>\"]" } else { "[]" }),
+            format!("data.val_fraction={}", if val { "0.5" } else { "0.0" }),
+            format!("data.partition=\"{}\"", if random { "random" } else { "sequential" }),
+            format!("data.batch_size={b}"),
+            format!("data.num_steps={steps}"),
+            format!("model.kind=\"{}\"", if builtin { "builtin" } else { "scratch" }),
+            format!("model.cell=\"{}\"", ["gru", "lstm", "rnn"][cell]),
+            format!("model.hidden_size={hidden}"),
+            format!("model.num_layers={layers}"),
+            format!("train.optimizer=\"{}\"", if adam { "adam" } else { "sgd" }),
+            format!("train.lr={}", if adam { lr / 100.0 } else { lr }),
+            format!("train.grad_clip={clip}"),
+            format!("train.seed={seed}"),
+            "train.epochs=1".into(),
+            "train.threads=1".into(),
+            format!("train.predict_every={predict_every}"),
+            format!("train.checkpoint_every={checkpoint_every}"),
+            "train.val_every=1".into(),
+            format!("train.deterministic={deterministic}"),
+            format!("train.cuda_graph={cuda_graph}"),
+            format!("train.tensorboard={tensorboard}"),
+            "sample.prefixes=[\"t\", \"th\"]".into(),
+            "sample.len=5".into(),
+            format!("sample.seed={sample_seed}"),
+        ];
+        if cell == 0 {
+            // The GRU's own keys: builtin is PyTorch's reset-after GRU with both gates;
+            // PyTorch has no update-only GRU with the reset after.
+            let after = after || builtin;
+            sets.push(format!("model.reset_gate=\"{}\"", if after { "after" } else { "before" }));
+            let gates = if builtin || (after && gates == 2) { 0 } else { gates };
+            sets.push(format!("model.gru_gates=\"{}\"", ["both", "reset-only", "update-only"][gates]));
+        }
+        if let (Some(sigma), false) = (sigma, builtin) {
+            sets.push(format!("model.init_sigma={sigma}"));
+        }
+        if let Some(t) = temperature {
+            sets.push(format!("sample.temperature={t}"));
+        }
+        if let Some(k) = top_k {
+            sets.push(format!("sample.top_k={k}"));
+        }
+        sets
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Random valid small configs through the real code paths: an epoch of one
+    /// or two minibatches, the validation pass, the end-of-training predictions,
+    /// the run's files, and a 5-character sample from the saved run. Any panic
+    /// (or error) fails the case.
+    #[test]
+    fn any_valid_small_config_trains_validates_and_samples(sets in valid_config()) {
+        use grulm::console::Console;
+        use grulm::run::RunDir;
+        use grulm::sample::{predict, Decode};
+        use grulm::train::{train, TrainOptions};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static CASE: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static DIR: crate::helpers::TempDir = {
+                let d = crate::helpers::TempDir::new("fuzz");
+                d.write("corpus.txt", fuzz_corpus());
+                d
+            };
+        }
+        let (root, corpus) = DIR.with(|d| (d.path().to_path_buf(), d.join("corpus.txt")));
+        let mut all = vec![format!("data.corpus={:?}", corpus.display().to_string())];
+        all.extend(sets.iter().cloned());
+        let cfg = Config::parse("", "fuzz", &all).map_err(|e| TestCaseError::fail(format!("a valid config was refused: {e}")))?;
+        let run = root.join(format!("run{}", CASE.fetch_add(1, Ordering::SeqCst)));
+        let opts = TrainOptions { run: RunDir::new(&run), resume: false, force: false, device: tch::Device::Cpu };
+        let outcome = train(&cfg, &opts, &Console::new(1, 0, true)).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+        let last = outcome.last.expect("one epoch");
+        prop_assert!(last.train_ppl.is_finite());
+        prop_assert_eq!(last.val_ppl.is_some(), cfg.data.val_fraction > 0.0);
+        prop_assert_eq!(outcome.predictions.len(), 2);
+        let (saved, vocab, mut model) = opts.run.load_model(tch::Device::Cpu).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+        prop_assert_eq!(&saved, &cfg);
+        let decode = Decode::from_options(cfg.sample.temperature, cfg.sample.top_k, cfg.sample.seed);
+        let text = predict(model.as_mut(), &vocab, "t", 5, decode, tch::Device::Cpu).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+        prop_assert!(text.starts_with('t'), "{}", text);
+        let _ = std::fs::remove_dir_all(&run);
+    }
+}
