@@ -193,21 +193,29 @@ fn long_samples_stream_in_bounded_memory() {
     let dir = TempDir::new("long");
     tiny_run(&dir);
     let rss = |len: &str| -> (usize, f64) {
-        let out = grulm(dir.path(), &["sample", "--run", "run", "--len", len, "--temperature", "1"]);
-        assert!(out.status.success());
-        // SAFETY: getrusage writes into the struct we pass.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+        let mut child = crate::helpers::grulm_cmd(dir.path(), &["sample", "--run", "run", "--len", len, "--temperature", "1"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut text).unwrap();
+        // This child's own peak (wait4), not RUSAGE_CHILDREN's largest child of
+        // the whole test process, which other tests' runs share.
+        let (mut status, mut ru): (i32, libc::rusage) = (0, unsafe { std::mem::zeroed() });
+        // SAFETY: waits for our own child (std's Child is never waited on after this)
+        // and writes into the two values we pass.
+        let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+        assert_eq!(pid, child.id() as i32);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
         // Characters generated: a sampled <unk> prints as its 5-character name.
-        (stdout(&out).trim_end_matches('\n').replace("<unk>", "?").chars().count(), ru.ru_maxrss as f64 / 1024.0)
+        (text.trim_end_matches('\n').replace("<unk>", "?").chars().count(), ru.ru_maxrss as f64 / 1024.0)
     };
     let (n_small, _) = rss("1000");
     assert_eq!(n_small, "time traveller".len() + 1000);
     let (n_big, peak_big) = rss("100000");
     assert_eq!(n_big, "time traveller".len() + 100_000);
-    // The largest child so far is the 100k-character one: the whole output is
-    // 100 kB, so a run that held every step's tensors would show; libtorch alone
-    // is a few hundred MiB.
+    // The whole output is 100 kB, so a run that held every step's tensors would
+    // show; libtorch alone is a few hundred MiB.
     assert!(peak_big < 1024.0, "peak RSS {peak_big} MiB");
 }
 
