@@ -218,15 +218,18 @@ fn tensorboard_events_match_metrics() {
     let metrics: Vec<serde_json::Value> =
         std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(metrics.len(), 5);
-    let field = |m: &serde_json::Value, k: &str| m[k].as_f64().unwrap();
-    let expected: [(&str, &dyn Fn(&serde_json::Value) -> f64); 7] = [
-        ("perplexity/train", &|m| field(m, "train_ppl")),
-        ("perplexity/val", &|m| field(m, "val_ppl")),
-        ("loss/train", &|m| field(m, "train_ppl").ln()),
-        ("loss/val", &|m| field(m, "val_ppl").ln()),
-        ("lr", &|m| field(m, "lr")),
-        ("grad_norm", &|m| field(m, "grad_norm")),
-        ("tokens_per_s", &|m| field(m, "tokens_per_s")),
+    fn field(m: &serde_json::Value, k: &str) -> f64 {
+        m[k].as_f64().unwrap()
+    }
+    type Metric = fn(&serde_json::Value) -> f64;
+    let expected: [(&str, Metric); 7] = [
+        ("perplexity/train", |m| field(m, "train_ppl")),
+        ("perplexity/val", |m| field(m, "val_ppl")),
+        ("loss/train", |m| field(m, "train_ppl").ln()),
+        ("loss/val", |m| field(m, "val_ppl").ln()),
+        ("lr", |m| field(m, "lr")),
+        ("grad_norm", |m| field(m, "grad_norm")),
+        ("tokens_per_s", |m| field(m, "tokens_per_s")),
     ];
     let scalars = tb["scalars"].as_object().unwrap();
     assert_eq!(scalars.len(), expected.len(), "{scalars:?}");

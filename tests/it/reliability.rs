@@ -193,6 +193,7 @@ fn long_samples_stream_in_bounded_memory() {
     let dir = TempDir::new("long");
     tiny_run(&dir);
     let rss = |len: &str| -> (usize, f64) {
+        #[allow(clippy::zombie_processes)] // reaped by wait4 below
         let mut child = crate::helpers::grulm_cmd(dir.path(), &["sample", "--run", "run", "--len", len, "--temperature", "1"])
             .stdout(std::process::Stdio::piped())
             .spawn()
