@@ -19,12 +19,24 @@ fn keep_freed_memory() {
     }
 }
 
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// `println!` panics when stdout is a closed pipe (Rust ignores SIGPIPE).
+fn is_broken_pipe_panic(msg: &str) -> bool {
+    msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe")
+}
+
 fn main() {
     // A bug must still end in one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
         let msg = grulm::error::panic_text(info.payload());
         if grulm::error::is_guarded_torch_failure(&msg) {
             return; // its guard turns it into the error line
+        }
+        if is_broken_pipe_panic(&msg) {
+            return; // `grulm sample | head`: the reader is done, so are we
         }
         let first = match grulm::error::torch_first_line(&msg) {
             Some(torch) if std::env::var("GRULM_DEBUG").is_ok_and(|v| v == "1") => format!("libtorch: {torch}\n{msg}"),
@@ -51,10 +63,14 @@ fn main() {
     };
     let code = match std::panic::catch_unwind(|| grulm::cli::run(cli)) {
         Ok(Ok(())) => EXIT_OK,
+        // A closed pipe on stdout ends quietly and successfully, as for Unix tools
+        // whose reader (head, grep -m) has all it wants.
+        Ok(Err(err)) if is_broken_pipe(&err) => EXIT_OK,
         Ok(Err(err)) => {
             eprintln!("grulm: error: {}", one_line(&err));
             exit_code(&err)
         }
+        Err(payload) if is_broken_pipe_panic(&grulm::error::panic_text(payload.as_ref())) => EXIT_OK,
         Err(_) => EXIT_RUNTIME,
     };
     std::process::exit(code);

@@ -30,7 +30,7 @@ fn help_explains_each_command_and_exit_codes() {
         assert!(stdout(&o).contains("Exit codes: 0 success; 1 runtime failure"), "{cmd:?}");
     }
     let s = stdout(&grulm(dir.path(), &["train", "--help"]));
-    for flag in ["--config", "--set", "--device", "--out", "--resume", "--force", "--quiet"] {
+    for flag in ["--config", "--set", "--device", "--out", "--resume", "--force", "--quiet", "--dry-run"] {
         assert!(s.contains(flag), "train --help lacks {flag}");
     }
 }

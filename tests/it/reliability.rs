@@ -503,3 +503,18 @@ fn libtorch_failures_are_one_line_naming_what_grulm_was_doing() {
     assert_fails(&o, RUNTIME, &["grulm: error: epoch 1: training step 1 of ", ": libtorch: ", "can't allocate memory"]);
     assert!(!dir.join("run/metrics.jsonl").exists() && !dir.join("run/checkpoint.safetensors").exists());
 }
+
+#[test]
+fn a_closed_pipe_ends_quietly_with_exit_0() {
+    let dir = TempDir::new("pipe");
+    tiny_run(&dir);
+    // `grulm sample ... | head -c 20`: head exits after 20 bytes, with most of the
+    // 200,000 characters still to write.
+    let script = format!(
+        "'{}' sample --run run --len 200000 --temperature 1 2>err.txt | head -c 20 >/dev/null; echo ${{PIPESTATUS[0]}}",
+        env!("CARGO_BIN_EXE_grulm")
+    );
+    let o = std::process::Command::new("bash").args(["-c", &script]).current_dir(dir.path()).output().unwrap();
+    assert_eq!(stdout(&o).trim(), "0", "grulm's exit status");
+    assert_eq!(std::fs::read_to_string(dir.join("err.txt")).unwrap(), "", "nothing on stderr");
+}
