@@ -178,7 +178,9 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         ));
     }
 
-    let title = format!("{} on {}", model.describe(), cfg.data.corpus);
+    // The corpus's file name, not its path: the title has one line of 640 pixels.
+    let corpus_name = std::path::Path::new(&cfg.data.corpus).file_name().map_or(cfg.data.corpus.clone(), |n| n.to_string_lossy().into());
+    let title = format!("{} on {corpus_name}", model.describe());
     let greedy =
         |model: &mut dyn RecurrentLm, prefix: &str| sample::predict(model, &corpus.vocab, prefix, cfg.sample.len, Decode::Greedy, device);
     let run_start = Instant::now();

@@ -297,3 +297,57 @@ fn bash_completion_completes_subcommands_and_flags() {
     let o = grulm(dir.path(), &["completions", "tcsh"]);
     assert_fails(&o, 2, &["tcsh", "bash"]);
 }
+
+#[test]
+fn perplexity_plot_of_a_short_run_has_whole_epoch_ticks_and_a_title_that_fits() {
+    let dir = TempDir::new("plot");
+    let name = format!("a-text-with-a-name-longer-than-the-plot-is-wide-{}.txt", "x".repeat(40));
+    std::fs::create_dir_all(dir.join("some/deep/directory")).unwrap();
+    dir.write(&format!("some/deep/directory/{name}"), "the time traveller for so it will be convenient to speak of him ".repeat(20));
+    for (epochs, want) in [(5, &["1", "2", "3", "4", "5"][..]), (3, &["1", "2", "3"])] {
+        let o = grulm(
+            dir.path(),
+            &[
+                "train",
+                "--out",
+                "run",
+                "--force",
+                "--set",
+                &format!("data.corpus=\"some/deep/directory/{name}\""),
+                "--set",
+                "data.max_tokens=0",
+                "--set",
+                "data.batch_size=4",
+                "--set",
+                "data.num_steps=5",
+                "--set",
+                "model.hidden_size=8",
+                "--set",
+                &format!("train.epochs={epochs}"),
+                "--set",
+                "train.device=\"cpu\"",
+            ],
+        );
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+        let svg = std::fs::read_to_string(dir.join("run/perplexity.svg")).unwrap();
+        // (x, y, text) of every <text> element.
+        let texts: Vec<(f64, f64, String)> = svg
+            .split("<text ")
+            .skip(1)
+            .map(|t| {
+                let attr = |k: &str| t.split(&format!("{k}=\"")).nth(1).unwrap().split('"').next().unwrap().parse::<f64>().unwrap();
+                let body = t.split_once('>').unwrap().1.split("</text>").next().unwrap().trim().to_string();
+                (attr("x"), attr("y"), body)
+            })
+            .collect();
+        // The x axis's tick labels: the lowest row of numbers.
+        let numbers: Vec<&(f64, f64, String)> = texts.iter().filter(|t| t.2.parse::<f64>().is_ok()).collect();
+        let bottom = numbers.iter().map(|t| t.1).fold(f64::MIN, f64::max);
+        let ticks: Vec<&str> = numbers.iter().filter(|t| t.1 == bottom).map(|t| t.2.as_str()).collect();
+        assert_eq!(ticks, want, "{epochs} epochs");
+        let title = &texts[0].2;
+        assert!(title.starts_with("scratch GRU") && title.contains(" on a-text-with-a-name"), "{title}");
+        assert!(!title.contains("directory"), "the file name, not the path: {title}");
+        assert!(title.chars().count() <= 72 && title.ends_with('…'), "{title}");
+    }
+}
