@@ -116,13 +116,23 @@ pub struct EvalArgs {
     #[arg(long)]
     pub run: PathBuf,
     /// `timemachine` or a path to a text [default: the run's data.corpus]. The whole text is read.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "split")]
     pub corpus: Option<String>,
+    /// The run's own split of its corpus: train, val (its validation split) or all (the whole text) [default: all].
+    #[arg(long, value_enum)]
+    pub split: Option<Split>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Print one JSON object (perplexity, bits per character, tokens) instead of a sentence.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Split {
+    Train,
+    Val,
+    All,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -335,12 +345,34 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let (cfg, vocab, mut model) = run_dir.load_model(dev)?;
     let name = a.corpus.clone().unwrap_or_else(|| cfg.data.corpus.clone());
     let path = data::resolve_corpus(&name)?;
-    let text = data::read_text(&path)?;
-    let chars = data::preprocess(&text, cfg.data.preprocess);
-    let unknown = chars.iter().filter(|&&c| !vocab.contains(c)).count();
-    let ids = vocab.encode(&chars);
+    let split = a.split.unwrap_or(Split::All);
+    let (ids, unknown) = match split {
+        Split::All => {
+            let text = data::read_text(&path)?;
+            let chars = data::preprocess(&text, cfg.data.preprocess);
+            let unknown = chars.iter().filter(|&&c| !vocab.contains(c)).count();
+            (vocab.encode(&chars), unknown)
+        }
+        // The run's split, as training made it (data.max_tokens, data.val_fraction).
+        Split::Train | Split::Val => {
+            let corpus = data::Corpus::load(&cfg.data)?;
+            if corpus.vocab != vocab {
+                return Err(usage!(
+                    "--split: corpus {} no longer gives the run's vocabulary ({}); it changed since the run was trained",
+                    path.display(),
+                    run_dir.file(run::VOCAB).display()
+                ));
+            }
+            match (split, corpus.val) {
+                (Split::Train, _) => (corpus.train, 0),
+                (_, Some(val)) => (val, 0),
+                (_, None) => return Err(usage!("--split val: the run has no validation split (data.val_fraction = 0)")),
+            }
+        }
+    };
     let ppl = train::perplexity(model.as_mut(), &ids, cfg.data.batch_size, cfg.data.num_steps, dev)
         .with_context(|| format!("corpus {}", path.display()))?;
+    let split_name = format!("{split:?}").to_lowercase();
     if a.json {
         // bits per character: log2 of the per-character cross-entropy's exponent.
         let line = serde_json::json!({
@@ -349,10 +381,16 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
             "tokens": ids.len(),
             "unknown": unknown,
             "corpus": path.display().to_string(),
+            "split": split_name,
         });
         println!("{line}");
     } else {
-        println!("perplexity {ppl:.3} on {} tokens of {} ({} mapped to <unk>)", ids.len(), path.display(), unknown);
+        println!(
+            "perplexity {ppl:.3} ({:.3} bits per character) on {} tokens of {} ({split_name}; {unknown} mapped to <unk>)",
+            ppl.log2(),
+            ids.len(),
+            path.display()
+        );
     }
     Ok(())
 }

@@ -77,7 +77,27 @@ fn train_sample_eval_end_to_end() {
     assert_ne!(a, c);
 
     let e = stdout(&grulm(dir.path(), &["eval", "--run", "runs/exp"]));
-    assert!(e.starts_with("perplexity ") && e.contains("170580 tokens"), "{e}");
+    assert!(e.starts_with("perplexity ") && e.contains("170580 tokens") && e.contains(" bits per character) "), "{e}");
+    // The run's own splits: the validation split's perplexity is what training
+    // logged for it at the last epoch.
+    let o = grulm(dir.path(), &["train", "--config", "exp.toml", "--out", "runs/val", "--set", "data.val_fraction=0.2"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let metrics = std::fs::read_to_string(dir.join("runs/val/metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    let eval = |split: &str| -> serde_json::Value {
+        let o = grulm(dir.path(), &["eval", "--run", "runs/val", "--split", split, "--json"]);
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+        serde_json::from_str(&stdout(&o)).unwrap()
+    };
+    let val = eval("val");
+    assert_eq!(val["perplexity"].as_f64(), last["val_ppl"].as_f64(), "{val} vs {last}");
+    assert_eq!((val["tokens"].as_u64(), val["split"].as_str()), (Some(600), Some("val")));
+    assert_eq!(eval("train")["tokens"].as_u64(), Some(2400));
+    assert_eq!(eval("all")["tokens"].as_u64(), Some(170580));
+    let o = grulm(dir.path(), &["eval", "--run", "runs/exp", "--split", "val"]);
+    assert_fails(&o, 2, &["--split val: the run has no validation split (data.val_fraction = 0)"]);
+    let o = grulm(dir.path(), &["eval", "--run", "runs/exp", "--split", "val", "--corpus", "timemachine"]);
+    assert_fails(&o, 2, &["--split", "--corpus"]);
 
     // An existing run is refused without --resume or --force.
     let o = grulm(dir.path(), &["train", "--config", "exp.toml"]);
