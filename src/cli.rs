@@ -88,6 +88,9 @@ pub struct SampleArgs {
     /// Run directory of a trained model.
     #[arg(long)]
     pub run: PathBuf,
+    /// Which weights: best (the lowest validation perplexity, where the run validates) or last [default: best].
+    #[arg(long, value_enum, default_value = "best")]
+    pub checkpoint: run::Weights,
     /// Text to start from [default: the run's first sample.prefixes].
     #[arg(long)]
     pub prefix: Option<String>,
@@ -115,6 +118,9 @@ pub struct EvalArgs {
     /// Run directory of a trained model.
     #[arg(long)]
     pub run: PathBuf,
+    /// Which weights: best (the lowest validation perplexity, where the run validates) or last [default: best].
+    #[arg(long, value_enum, default_value = "best")]
+    pub checkpoint: run::Weights,
     /// `timemachine` or a path to a text [default: the run's data.corpus]. The whole text is read.
     #[arg(long, conflicts_with = "split")]
     pub corpus: Option<String>,
@@ -223,6 +229,7 @@ const RESUMABLE_KEYS: &[&str] = &[
     "train.val_every",
     "train.cuda_graph",
     "train.tensorboard",
+    "train.patience",
 ];
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
@@ -321,7 +328,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     }
     let dev = device::resolve(&a.device)?;
     let run_dir = RunDir::new(&a.run);
-    let (cfg, vocab, mut model) = run_dir.load_model(dev)?;
+    let (cfg, vocab, mut model) = run_dir.load_model(dev, a.checkpoint)?;
     let prefix = a.prefix.clone().unwrap_or_else(|| cfg.sample.prefixes[0].clone());
     let ids = sample::encode_prefix(&vocab, &prefix)?;
     let decode = decode_for(&a, &cfg);
@@ -342,7 +349,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
 fn eval_cmd(a: EvalArgs) -> Result<()> {
     let dev = device::resolve(&a.device)?;
     let run_dir = RunDir::new(&a.run);
-    let (cfg, vocab, mut model) = run_dir.load_model(dev)?;
+    let (cfg, vocab, mut model) = run_dir.load_model(dev, a.checkpoint)?;
     let name = a.corpus.clone().unwrap_or_else(|| cfg.data.corpus.clone());
     let path = data::resolve_corpus(&name)?;
     let split = a.split.unwrap_or(Split::All);
@@ -401,7 +408,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
 fn export_cmd(a: ExportArgs) -> Result<()> {
     let ExportFormat::Pytorch = a.format;
     let run_dir = RunDir::new(&a.run);
-    let (cfg, _vocab, model) = run_dir.load_model(tch::Device::Cpu)?;
+    let (cfg, _vocab, model) = run_dir.load_model(tch::Device::Cpu, run::Weights::Last)?;
     let tensors = match cfg.model.kind {
         ModelKind::Builtin => model.named_parameters(),
         ModelKind::Scratch => {

@@ -37,6 +37,9 @@ pub struct TrainConfig {
     pub cuda_graph: bool,
     /// Write TensorBoard event files into the run's `tb/`.
     pub tensorboard: bool,
+    /// Stop after this many validations without a new best validation
+    /// perplexity (0: never). Needs a validation split.
+    pub patience: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -92,6 +95,7 @@ impl Default for Config {
                 deterministic: false,
                 cuda_graph: true,
                 tensorboard: true,
+                patience: 0,
             },
             sample: SampleConfig {
                 prefixes: vec!["time traveller".into(), "traveller".into()],
@@ -298,6 +302,7 @@ impl Reader<'_> {
             deterministic: r.bool(&mut t, s, "deterministic", d.deterministic)?,
             cuda_graph: r.bool(&mut t, s, "cuda_graph", d.cuda_graph)?,
             tensorboard: r.bool(&mut t, s, "tensorboard", d.tensorboard)?,
+            patience: r.int(&mut t, s, "patience", 0, MAX_COUNT, d.patience)?,
         };
         r.no_more(&t, s, TRAIN_KEYS)?;
         Ok(train)
@@ -455,6 +460,7 @@ const TRAIN_KEYS: &[&str] = &[
     "deterministic",
     "cuda_graph",
     "tensorboard",
+    "patience",
 ];
 const SAMPLE_KEYS: &[&str] = &["prefixes", "len", "temperature", "top_k", "seed"];
 const SECTIONS: &[&str] = &["data", "model", "train", "sample"];
@@ -504,6 +510,14 @@ impl Config {
         let data = r.data(section("data"), &d.data)?;
         let model = r.model(section("model"), &d.model)?;
         let train = r.train(section("train"), &d.train)?;
+        if train.patience > 0 && data.val_fraction == 0.0 {
+            return Err(r.err(
+                "train",
+                "patience",
+                &Value::Integer(train.patience as i64),
+                "0 without a validation split (set data.val_fraction, e.g. 0.1)",
+            ));
+        }
         let sample = r.sample(section("sample"), &d.sample)?;
         Ok(Config { data, model, train, sample })
     }

@@ -6,6 +6,7 @@
 //! | `vocab.json`             | the vocabulary (`idx_to_token`)                             |
 //! | `model.safetensors`      | the parameters (PyTorch names for the built-in model)       |
 //! | `checkpoint.safetensors` | parameters + optimiser state + epoch, for `--resume`        |
+//! | `best.safetensors`       | the parameters of the best validation perplexity so far     |
 //! | `metrics.jsonl`          | one line per epoch                                          |
 //! | `perplexity.svg`         | the d2l Animator curve                                      |
 //! | `tb/`                    | TensorBoard event files (see `tensorboard.rs`)              |
@@ -33,7 +34,24 @@ pub const MODEL: &str = "model.safetensors";
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const METRICS: &str = "metrics.jsonl";
 pub const PLOT: &str = "perplexity.svg";
-const FILES: &[&str] = &[CONFIG, VOCAB, MODEL, CHECKPOINT, METRICS, PLOT];
+pub const BEST: &str = "best.safetensors";
+const FILES: &[&str] = &[CONFIG, VOCAB, MODEL, CHECKPOINT, METRICS, PLOT, BEST];
+
+/// Which weights of a run `sample` and `eval` use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Weights {
+    /// `best.safetensors` where the run has one (it validates), else the last.
+    Best,
+    /// `model.safetensors`: the weights at the run's last epoch.
+    Last,
+}
+
+/// The best validation so far: its epoch and perplexity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BestVal {
+    pub epoch: usize,
+    pub val_ppl: f64,
+}
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -185,6 +203,33 @@ impl RunDir {
         checkpoint::save(&self.file(MODEL), &params, &meta)
     }
 
+    /// Writes `best.safetensors`: the parameters, with the epoch and validation
+    /// perplexity that made them the best (atomically replaced).
+    pub fn save_best(&self, model: &dyn RecurrentLm, best: BestVal) -> Result<()> {
+        let mut meta = HashMap::new();
+        meta.insert("grulm.epoch".to_string(), best.epoch.to_string());
+        meta.insert("grulm.val_ppl".to_string(), format!("{}", best.val_ppl));
+        meta.insert("grulm.model".to_string(), model.describe());
+        checkpoint::save(&self.file(BEST), &model.named_parameters(), &meta)
+    }
+
+    /// The best validation a resumed run goes on from. Its metrics up to `epoch`
+    /// (the checkpoint) say which it was; `best.safetensors` must hold it. A best
+    /// file from after the checkpoint (the run was killed in between) is removed:
+    /// its epoch is no longer in the run's history, and training from the
+    /// checkpoint writes a new one on its next improvement.
+    pub fn resume_best(&self, history: &[EpochMetrics], epoch: usize) -> Result<Option<BestVal>> {
+        let p = self.file(BEST);
+        if p.exists() {
+            let file = checkpoint::load(&p)?;
+            let saved: Option<usize> = file.metadata.get("grulm.epoch").and_then(|e| e.parse().ok());
+            if saved.is_none_or(|e| e > epoch) {
+                std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+            }
+        }
+        Ok(best_of(history))
+    }
+
     /// Removes temporary files a killed writer left behind (see [`fsutil::temp_path`]).
     pub fn remove_stale_temporaries(&self) {
         if let Ok(entries) = std::fs::read_dir(&self.path) {
@@ -218,12 +263,16 @@ impl RunDir {
         Ok((epoch, elapsed))
     }
 
-    /// A trained model for `sample` and `eval`: config, vocabulary and weights.
-    pub fn load_model(&self, device: Device) -> Result<(Config, Vocab, Box<dyn RecurrentLm>)> {
+    /// A trained model for `sample` and `eval`: config, vocabulary and weights
+    /// (the last epoch's, or the best validation's).
+    pub fn load_model(&self, device: Device, weights: Weights) -> Result<(Config, Vocab, Box<dyn RecurrentLm>)> {
         let cfg = self.load_config()?;
         let vocab = self.load_vocab().map_err(|e| usage!("{e:#}"))?;
         let model = cfg.model.init(vocab.len() as i64, device, Kind::Float);
         let mut p = self.file(MODEL);
+        if weights == Weights::Best && self.file(BEST).exists() {
+            p = self.file(BEST);
+        }
         // A run stopped before its first model file (a full disk, say) may still
         // have a good checkpoint, written first: its parameters are the model's.
         if !p.exists() && self.file(CHECKPOINT).exists() {
@@ -236,6 +285,22 @@ impl RunDir {
             .map_err(|e| anyhow::anyhow!("{e:#}; {} has {} tokens", self.file(VOCAB).display(), vocab.len()))?;
         Ok((cfg, vocab, model))
     }
+}
+
+/// The lowest validation perplexity in `history` (the first, on ties).
+pub fn best_of(history: &[EpochMetrics]) -> Option<BestVal> {
+    history.iter().filter_map(|m| m.val_ppl.map(|v| BestVal { epoch: m.epoch, val_ppl: v })).fold(None, |best: Option<BestVal>, m| {
+        match best {
+            Some(b) if b.val_ppl <= m.val_ppl => Some(b),
+            _ => Some(m),
+        }
+    })
+}
+
+/// Validations in `history` after the best one (for `train.patience`).
+pub fn validations_since_best(history: &[EpochMetrics]) -> usize {
+    let best = best_of(history).map_or(0, |b| b.epoch);
+    history.iter().filter(|m| m.val_ppl.is_some() && m.epoch > best).count()
 }
 
 /// The default run directory for a config file: `runs/<file stem>`.

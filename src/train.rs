@@ -14,7 +14,7 @@ use crate::error::libtorch;
 use crate::memory::Estimate;
 use crate::model::{BuildOptions, RecurrentLm};
 use crate::optim::Optimizer;
-use crate::run::{EpochMetrics, RunDir};
+use crate::run::{BestVal, EpochMetrics, RunDir};
 use crate::sample::{self, Decode};
 use crate::step::Stepper;
 use crate::tensorboard::{self, EventWriter};
@@ -152,6 +152,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         run.save_vocab(&corpus.vocab)?;
         (0, 0.0, vec![])
     };
+    let mut best = if opts.resume { run.resume_best(&history, start)? } else { None };
 
     let mut events = if cfg.train.tensorboard { Some(EventWriter::create(&run.file(tensorboard::DIR))?) } else { None };
     let mut stepper = Stepper::new(device, cfg.train.cuda_graph, &opt);
@@ -185,7 +186,16 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         |model: &mut dyn RecurrentLm, prefix: &str| sample::predict(model, &corpus.vocab, prefix, cfg.sample.len, Decode::Greedy, device);
     let run_start = Instant::now();
     let mut last_checkpoint = (start > 0).then_some(start);
-    for epoch in start..cfg.train.epochs {
+    // A run that stopped early stays stopped unless its patience is raised.
+    let patience_spent = cfg.train.patience > 0 && crate::run::validations_since_best(&history) >= cfg.train.patience;
+    if patience_spent && start < cfg.train.epochs {
+        console.line(&format!(
+            "the run stopped early at epoch {start} (train.patience = {}); raise it with --set train.patience=N to go on",
+            cfg.train.patience
+        ));
+    }
+    let end = if patience_spent { start } else { cfg.train.epochs };
+    for epoch in start..end {
         let number = epoch + 1;
         let timer = Instant::now();
         let mb = data::epoch_minibatches(&corpus.train, b, t, cfg.data.partition, &mut data::epoch_rng(cfg.train.seed, epoch));
@@ -240,6 +250,15 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
             w.epoch(&metrics)?;
         }
         history.push(metrics.clone());
+        if let Some(v) = val_ppl {
+            if best.is_none_or(|b| v < b.val_ppl) {
+                let b = BestVal { epoch: number, val_ppl: v };
+                run.save_best(model.as_ref(), b)?;
+                best = Some(b);
+            }
+        }
+        // Early stopping: patience validations in a row without a new best.
+        let stop = cfg.train.patience > 0 && crate::run::validations_since_best(&history) >= cfg.train.patience;
         console.epoch(number, train_ppl, metrics.tokens_per_s);
         if cfg.train.predict_every > 0 && number.is_multiple_of(cfg.train.predict_every) {
             let text = greedy(model.as_mut(), &cfg.sample.prefixes[0])?;
@@ -247,10 +266,22 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
             console.line(&format!("epoch {number:>4}  perplexity {train_ppl:.2}{val}  {:.0} tokens/sec  | {text}", metrics.tokens_per_s));
         }
         let due = cfg.train.checkpoint_every > 0 && number.is_multiple_of(cfg.train.checkpoint_every);
-        if due || last_epoch {
+        if due || last_epoch || stop {
             run.save_checkpoint(model.as_ref(), &opt, number, metrics.elapsed_s)?;
             last_checkpoint = Some(number);
             plot::perplexity_svg(&history, &title, &run.file(crate::run::PLOT)).context("perplexity.svg")?;
+        }
+        if stop {
+            if let Some(b) = best {
+                console.line(&format!(
+                    "early stop after epoch {number}: {} validations without a better perplexity than {:.3} (epoch {}); its weights are in {}",
+                    cfg.train.patience,
+                    b.val_ppl,
+                    b.epoch,
+                    run.file(crate::run::BEST).display()
+                ));
+            }
+            break;
         }
     }
     elapsed0 += run_start.elapsed().as_secs_f64();
@@ -267,7 +298,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         predictions.push(text);
     }
     if let Some(w) = &mut events {
-        w.text("samples", &predictions, cfg.train.epochs.max(start))?;
+        w.text("samples", &predictions, history.last().map_or(start, |m| m.epoch))?;
     }
     console.line(&format!("{:.1} s of training; run saved in {}", elapsed0, run.path.display()));
     Ok(TrainOutcome { last, predictions })

@@ -371,3 +371,72 @@ fn perplexity_plot_of_a_short_run_has_whole_epoch_ticks_and_a_title_that_fits() 
         assert!(title.chars().count() <= 72 && title.ends_with('…'), "{title}");
     }
 }
+
+#[test]
+fn best_checkpoint_and_early_stopping() {
+    let dir = TempDir::new("best");
+    dir.write("x.txt", "the time traveller for so it will be convenient to speak of him ".repeat(20));
+    let base = [
+        "train",
+        "--out",
+        "run",
+        "--set",
+        "data.corpus=\"x.txt\"",
+        "--set",
+        "data.max_tokens=0",
+        "--set",
+        "data.batch_size=4",
+        "--set",
+        "data.num_steps=5",
+        "--set",
+        "data.val_fraction=0.2",
+        "--set",
+        "model.hidden_size=8",
+        "--set",
+        "train.device=\"cpu\"",
+        "--set",
+        "train.val_every=1",
+        "--set",
+        "train.lr=5",
+        "--set",
+        "train.epochs=300",
+    ];
+    let o = grulm(dir.path(), &[&base[..], &["--set", "train.patience=3"]].concat());
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let metrics: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let vals: Vec<f64> = metrics.iter().map(|m| m["val_ppl"].as_f64().unwrap()).collect();
+    let n = vals.len();
+    assert!(n < 300, "stopped early");
+    // The best is the lowest validation perplexity; the three after it are not lower.
+    let (best_i, best) = vals.iter().copied().enumerate().fold((0, f64::INFINITY), |a, (i, v)| if v < a.1 { (i, v) } else { a });
+    assert_eq!(best_i, n - 4, "{vals:?}");
+    assert!(stdout(&o)
+        .contains(&format!("early stop after epoch {n}: 3 validations without a better perplexity than {best:.3} (epoch {})", best_i + 1)));
+    let ck = grulm::checkpoint::load(&dir.join("run/best.safetensors")).unwrap();
+    assert_eq!(ck.metadata["grulm.epoch"], (best_i + 1).to_string());
+    // The weights in best.safetensors give that perplexity again; the last ones the last.
+    let eval = |which: &str| -> f64 {
+        let o = grulm(dir.path(), &["eval", "--run", "run", "--split", "val", "--json", "--checkpoint", which]);
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()["perplexity"].as_f64().unwrap()
+    };
+    assert_eq!(eval("best"), best);
+    assert_eq!(eval("last"), vals[n - 1]);
+    let sample = |which: &str| stdout(&grulm(dir.path(), &["sample", "--run", "run", "--len", "30", "--checkpoint", which]));
+    assert_eq!(sample("best"), stdout(&grulm(dir.path(), &["sample", "--run", "run", "--len", "30"])), "best by default");
+    assert_ne!(sample("best"), sample("last"));
+    // Resumed with the same patience it stays stopped; with more it goes on.
+    let o = grulm(dir.path(), &["train", "--out", "run", "--resume"]);
+    assert!(stdout(&o).contains(&format!("the run stopped early at epoch {n} (train.patience = 3)")), "{}", stdout(&o));
+    assert_eq!(std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap().lines().count(), n);
+    let o = grulm(
+        dir.path(),
+        &["train", "--out", "run", "--resume", "--set", "train.patience=6", "--set", format!("train.epochs={}", n + 2).as_str()],
+    );
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    assert_eq!(std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap().lines().count(), n + 2);
+    // Patience needs a validation split.
+    let o = grulm(dir.path(), &["train", "--out", "other", "--set", "data.corpus=\"x.txt\"", "--set", "train.patience=3"]);
+    assert_fails(&o, 2, &["--set train.patience=3: train.patience = 3: expected 0 without a validation split (set data.val_fraction"]);
+}
