@@ -215,7 +215,7 @@ fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, war
     for i in 0..warm + repeats {
         let t0 = Instant::now();
         // The trainer's own epoch loop, over `steps` minibatches.
-        let out = train::train_epoch(model.as_ref(), &mut opt, &mut stepper, &xs, &ys, SeqPartition::Sequential, 1.0)?;
+        let out = train::train_epoch(model.as_ref(), &mut opt, &mut stepper, &xs, &ys, SeqPartition::Sequential, 1.0, 0)?;
         // One read at the end: waits for the device, and checks the numbers.
         let l = f64::try_from(out.losses.get(-1))?;
         if !l.is_finite() {

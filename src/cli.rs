@@ -274,6 +274,8 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     if a.dry_run {
         return dry_run(&cfg, dev);
     }
+    // Ctrl-C or SIGTERM: stop after the current minibatch with a checkpoint.
+    crate::interrupt::install();
     let console = Console::new(cfg.train.epochs, 0, a.quiet);
     let opts = TrainOptions { run: run_dir, resume: a.resume, force: a.force, device: dev };
     train::train(&cfg, &opts, &console)?;

@@ -39,9 +39,12 @@ macro_rules! usage {
     };
 }
 
-/// The exit code for an error: 2 for usage errors, 1 otherwise.
+/// The exit code for an error: 2 for usage errors, 128 + the signal for a run
+/// a signal stopped, 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if err.chain().any(|e| e.downcast_ref::<UsageError>().is_some()) {
+    if let Some(i) = err.chain().find_map(|e| e.downcast_ref::<crate::interrupt::Interrupted>()) {
+        i.exit_code()
+    } else if err.chain().any(|e| e.downcast_ref::<UsageError>().is_some()) {
         EXIT_USAGE
     } else {
         EXIT_RUNTIME

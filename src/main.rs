@@ -66,6 +66,11 @@ fn main() {
         // A closed pipe on stdout ends quietly and successfully, as for Unix tools
         // whose reader (head, grep -m) has all it wants.
         Ok(Err(err)) if is_broken_pipe(&err) => EXIT_OK,
+        // Stopped by a signal, as asked: not an error.
+        Ok(Err(err)) if err.downcast_ref::<grulm::interrupt::Interrupted>().is_some() => {
+            eprintln!("grulm: {err}");
+            exit_code(&err)
+        }
         Ok(Err(err)) => {
             eprintln!("grulm: error: {}", one_line(&err));
             exit_code(&err)

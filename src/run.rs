@@ -37,6 +37,22 @@ pub const PLOT: &str = "perplexity.svg";
 pub const BEST: &str = "best.safetensors";
 const FILES: &[&str] = &[CONFIG, VOCAB, MODEL, CHECKPOINT, METRICS, PLOT, BEST];
 
+const PARTIAL_STEPS: &str = "grulm.partial_steps";
+
+/// An epoch a signal stopped part-way (see `interrupt.rs`): what resuming it
+/// exactly needs. The epoch's minibatches are its seed's, so they are made again.
+pub struct Partial {
+    /// Minibatches of the epoch already trained.
+    pub steps: usize,
+    /// Their losses and gradient norms, for the epoch's metrics.
+    pub losses: Vec<f64>,
+    pub norms: Vec<f64>,
+    /// Seconds they took (for tokens/s).
+    pub seconds: f64,
+    /// The state carried into the next minibatch (sequential partition).
+    pub state: Option<Vec<tch::Tensor>>,
+}
+
 /// Which weights of a run `sample` and `eval` use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Weights {
@@ -183,9 +199,17 @@ impl RunDir {
     }
 
     /// Writes the checkpoint (parameters, optimiser state, progress) and then the
-    /// model file, each atomically. Refuses non-finite weights, so a diverged run
-    /// never replaces its last good checkpoint.
-    pub fn save_checkpoint(&self, model: &dyn RecurrentLm, opt: &Optimizer, epoch: usize, elapsed_s: f64) -> Result<()> {
+    /// model file, each atomically. `epoch` epochs are complete; `partial`, when a
+    /// signal stopped the next one part-way, is what resuming it needs. Refuses
+    /// non-finite weights, so a diverged run never replaces its last good checkpoint.
+    pub fn save_checkpoint(
+        &self,
+        model: &dyn RecurrentLm,
+        opt: &Optimizer,
+        epoch: usize,
+        elapsed_s: f64,
+        partial: Option<&Partial>,
+    ) -> Result<()> {
         let params = model.named_parameters();
         if !checkpoint::all_finite(&params) {
             bail!("parameters are not finite after epoch {epoch}; the last good checkpoint is kept in {}", self.path.display());
@@ -198,8 +222,19 @@ impl RunDir {
         meta.insert("grulm.model".to_string(), model.describe());
         let mut all: Vec<(String, tch::Tensor)> = params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
         all.extend(opt_state);
+        if let Some(p) = partial {
+            meta.insert(PARTIAL_STEPS.to_string(), p.steps.to_string());
+            meta.insert("grulm.partial_seconds".to_string(), format!("{}", p.seconds));
+            all.push(("grulm.partial.losses".into(), tch::Tensor::from_slice(&p.losses)));
+            all.push(("grulm.partial.norms".into(), tch::Tensor::from_slice(&p.norms)));
+            for (i, t) in p.state.iter().flatten().enumerate() {
+                all.push((format!("grulm.partial.state.{i}"), t.shallow_clone()));
+            }
+        }
         checkpoint::save(&self.file(CHECKPOINT), &all, &meta)?;
         meta.remove("grulm.optimizer_steps");
+        meta.remove(PARTIAL_STEPS);
+        meta.remove("grulm.partial_seconds");
         checkpoint::save(&self.file(MODEL), &params, &meta)
     }
 
@@ -242,8 +277,9 @@ impl RunDir {
         }
     }
 
-    /// Restores parameters and optimiser state; returns (epoch, elapsed seconds).
-    pub fn load_checkpoint(&self, model: &dyn RecurrentLm, opt: &mut Optimizer) -> Result<(usize, f64)> {
+    /// Restores parameters and optimiser state; returns (complete epochs, elapsed
+    /// seconds, the part of the next epoch a signal interrupted).
+    pub fn load_checkpoint(&self, model: &dyn RecurrentLm, opt: &mut Optimizer, device: Device) -> Result<(usize, f64, Option<Partial>)> {
         let p = self.file(CHECKPOINT);
         if !p.exists() {
             return Err(usage!(
@@ -260,7 +296,26 @@ impl RunDir {
         let elapsed: f64 = meta("grulm.elapsed_s")?.parse().with_context(|| format!("{shown}: bad grulm.elapsed_s"))?;
         let steps: u64 = meta("grulm.optimizer_steps")?.parse().with_context(|| format!("{shown}: bad grulm.optimizer_steps"))?;
         opt.load_state(&file.tensors, steps).with_context(|| shown.clone())?;
-        Ok((epoch, elapsed))
+        let partial = match file.metadata.get(PARTIAL_STEPS) {
+            None => None,
+            Some(n) => {
+                let tensor = |name: &str| file.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t);
+                let floats = |name: &str| -> Result<Vec<f64>> {
+                    let t = tensor(name).with_context(|| format!("{shown}: {name} is missing"))?;
+                    Ok(Vec::<f64>::try_from(t.to_kind(Kind::Double))?)
+                };
+                let state: Vec<tch::Tensor> =
+                    (0..).map_while(|i| tensor(&format!("grulm.partial.state.{i}"))).map(|t| t.to_device(device)).collect();
+                Some(Partial {
+                    steps: n.parse().with_context(|| format!("{shown}: bad {PARTIAL_STEPS}"))?,
+                    seconds: meta("grulm.partial_seconds")?.parse().with_context(|| format!("{shown}: bad grulm.partial_seconds"))?,
+                    losses: floats("grulm.partial.losses")?,
+                    norms: floats("grulm.partial.norms")?,
+                    state: (!state.is_empty()).then_some(state),
+                })
+            }
+        };
+        Ok((epoch, elapsed, partial))
     }
 
     /// A trained model for `sample` and `eval`: config, vocabulary and weights

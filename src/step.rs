@@ -99,6 +99,19 @@ impl Stepper {
         self.note.take()
     }
 
+    /// The state the next minibatch would start from (None: a fresh one).
+    pub fn carried(&self) -> Option<State> {
+        match &self.captured {
+            Some(c) => Some(State(c.state.0.iter().map(Tensor::copy).collect())),
+            None => self.state.as_ref().map(|s| State(s.0.iter().map(Tensor::copy).collect())),
+        }
+    }
+
+    /// Carries `state` into the next minibatch (resuming an interrupted epoch).
+    pub fn set_carried(&mut self, state: State) {
+        self.state = Some(state);
+    }
+
     /// One training step on `x`, `y` (`[B, T]`), from a zero state when `fresh`
     /// (the random partition, or an epoch's first minibatch), else from the state
     /// the previous step left.

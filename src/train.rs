@@ -11,10 +11,11 @@ use crate::console::Console;
 use crate::data::{self, Corpus, Minibatches, SeqPartition};
 use crate::device::describe;
 use crate::error::libtorch;
+use crate::interrupt::{self, Interrupted};
 use crate::memory::Estimate;
-use crate::model::{BuildOptions, RecurrentLm};
+use crate::model::{BuildOptions, RecurrentLm, State};
 use crate::optim::Optimizer;
-use crate::run::{BestVal, EpochMetrics, RunDir};
+use crate::run::{BestVal, EpochMetrics, Partial, RunDir};
 use crate::sample::{self, Decode};
 use crate::step::Stepper;
 use crate::tensorboard::{self, EventWriter};
@@ -40,17 +41,24 @@ pub struct TrainOutcome {
     pub predictions: Vec<String>,
 }
 
-/// Device-side results of one epoch.
+/// Device-side results of one epoch (or of its steps `from..done`).
 pub struct EpochTensors {
-    /// Mean cross-entropy of each step, `[n]`.
+    /// Mean cross-entropy of each step trained, `[done - from]`.
     pub losses: Tensor,
-    /// Global gradient norm before clipping of each step, `[n]`.
+    /// Global gradient norm before clipping of each step trained.
     pub norms: Tensor,
+    /// The step after the last one trained: `n`, or less when a signal asked
+    /// training to stop ([`interrupt`]).
+    pub done: i64,
 }
 
-/// One epoch over the minibatches `xs`, `ys` (`[n, B, T]`, on the device). The
-/// state starts at zero and is carried from step to step (sequential partition)
-/// or starts at zero every step (random partition), as d2l's `train_epoch_ch8`.
+/// One epoch over the minibatches `xs`, `ys` (`[n, B, T]`, on the device), from
+/// minibatch `from` (0, or where an interrupted epoch resumes, its carried
+/// state already in `stepper`). The state starts at zero and is carried from
+/// step to step (sequential partition) or starts at zero every step (random
+/// partition), as d2l's `train_epoch_ch8`. Stops after the current minibatch
+/// when a signal asks.
+#[allow(clippy::too_many_arguments)]
 pub fn train_epoch(
     model: &dyn RecurrentLm,
     opt: &mut Optimizer,
@@ -59,18 +67,24 @@ pub fn train_epoch(
     ys: &Tensor,
     partition: SeqPartition,
     theta: f64,
+    from: i64,
 ) -> Result<EpochTensors> {
     let n = xs.size()[0];
-    let mut losses = Vec::with_capacity(n as usize);
-    let mut norms = Vec::with_capacity(n as usize);
-    for k in 0..n {
+    let mut losses = Vec::with_capacity((n - from) as usize);
+    let mut norms = Vec::with_capacity((n - from) as usize);
+    let mut done = n;
+    for k in from..n {
         let fresh = k == 0 || partition == SeqPartition::Random;
         let out =
             libtorch(|| format!("training step {} of {n}", k + 1), || stepper.step(model, opt, &xs.get(k), &ys.get(k), fresh, theta))??;
         losses.push(out.loss);
         norms.push(out.norm);
+        if interrupt::requested().is_some() {
+            done = k + 1;
+            break;
+        }
     }
-    Ok(EpochTensors { losses: Tensor::stack(&losses, 0), norms: Tensor::stack(&norms, 0) })
+    Ok(EpochTensors { losses: Tensor::stack(&losses, 0), norms: Tensor::stack(&norms, 0), done })
 }
 
 /// `[n, B, T]` Int64 tensors on `device`, one copy each.
@@ -110,6 +124,18 @@ pub fn perplexity(model: &mut dyn RecurrentLm, ids: &[i64], batch: usize, steps:
     Ok((total / (mb.n * b * t) as f64).exp())
 }
 
+/// The error that ends a run stopped by a signal, once its checkpoint is written.
+fn interrupted(console: &Console, when: &str, run: &RunDir) -> anyhow::Error {
+    console.finish();
+    let signal = interrupt::requested().unwrap_or(libc::SIGINT);
+    let message = format!(
+        "stopped by {} {when}; checkpoint written; resume with: grulm train --out {} --resume",
+        interrupt::signal_name(signal),
+        run.path.display()
+    );
+    anyhow::Error::new(Interrupted { signal, message })
+}
+
 /// Trains `cfg`, writing the run directory; prints through `console`.
 pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<TrainOutcome> {
     let run = &opts.run;
@@ -129,7 +155,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         || Optimizer::new(cfg.train.optimizer, cfg.train.lr, model.named_parameters()),
     )?;
 
-    let (start, mut elapsed0, mut history) = if opts.resume {
+    let (start, mut elapsed0, mut history, mut partial) = if opts.resume {
         let saved = run.load_vocab()?;
         if saved != corpus.vocab {
             return Err(usage!(
@@ -141,16 +167,16 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
             ));
         }
         run.remove_stale_temporaries();
-        let (epoch, elapsed) = run.load_checkpoint(model.as_ref(), &mut opt)?;
+        let (epoch, elapsed, partial) = run.load_checkpoint(model.as_ref(), &mut opt, device)?;
         let history = run.truncate_metrics(epoch)?;
         tensorboard::truncate(&run.file(tensorboard::DIR), epoch)?;
         run.save_config(cfg)?;
-        (epoch, elapsed, history)
+        (epoch, elapsed, history, partial)
     } else {
         run.create(opts.force)?;
         run.save_config(cfg)?;
         run.save_vocab(&corpus.vocab)?;
-        (0, 0.0, vec![])
+        (0, 0.0, vec![], None)
     };
     let mut best = if opts.resume { run.resume_best(&history, start)? } else { None };
 
@@ -200,15 +226,23 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         let timer = Instant::now();
         let mb = data::epoch_minibatches(&corpus.train, b, t, cfg.data.partition, &mut data::epoch_rng(cfg.train.seed, epoch));
         let (xs, ys) = libtorch(|| format!("epoch {number}: uploading the minibatches"), || upload(&mb, device))?;
-        let out = train_epoch(model.as_ref(), &mut opt, &mut stepper, &xs, &ys, cfg.data.partition, cfg.train.grad_clip)
+        // An epoch a signal interrupted goes on from its next minibatch.
+        let part = partial.take();
+        if let Some(state) = part.as_ref().and_then(|p| p.state.as_ref()) {
+            stepper.set_carried(State::new(state.iter().map(Tensor::shallow_clone).collect()));
+        }
+        let from = part.as_ref().map_or(0, |p| p.steps as i64);
+        let out = train_epoch(model.as_ref(), &mut opt, &mut stepper, &xs, &ys, cfg.data.partition, cfg.train.grad_clip, from)
             .with_context(|| format!("epoch {number}"))?;
         if let Some(note) = stepper.take_note() {
             console.line(&note);
         }
         // The epoch's one host read.
-        let losses = Vec::<f64>::try_from(out.losses.to_kind(Kind::Double))?;
-        let norms = Vec::<f64>::try_from(out.norms.to_kind(Kind::Double))?;
-        let seconds = timer.elapsed().as_secs_f64();
+        let (mut losses, mut norms, mut seconds) =
+            part.as_ref().map_or((vec![], vec![], 0.0), |p| (p.losses.clone(), p.norms.clone(), p.seconds));
+        losses.extend(Vec::<f64>::try_from(out.losses.to_kind(Kind::Double))?);
+        norms.extend(Vec::<f64>::try_from(out.norms.to_kind(Kind::Double))?);
+        seconds += timer.elapsed().as_secs_f64();
         // Diverged: a loss that is not finite, or so large that its perplexity
         // overflows (a uniform guess costs ln V, about 3).
         if let Some(step) = losses.iter().position(|l| !(l.is_finite() && *l < MAX_LOSS)) {
@@ -224,6 +258,16 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
                 cfg.train.lr,
                 cfg.train.grad_clip
             );
+        }
+        if out.done < mb.n as i64 {
+            // Stopped by a signal: a checkpoint of the epoch so far, to resume exactly.
+            let state = match cfg.data.partition {
+                SeqPartition::Sequential => stepper.carried().map(|s| s.tensors().iter().map(Tensor::shallow_clone).collect()),
+                SeqPartition::Random => None,
+            };
+            let p = Partial { steps: out.done as usize, losses, norms, seconds, state };
+            run.save_checkpoint(model.as_ref(), &opt, epoch, elapsed0 + run_start.elapsed().as_secs_f64(), Some(&p))?;
+            return Err(interrupted(console, &format!("at epoch {number}, minibatch {} of {}", out.done, mb.n), run));
         }
         let tokens = (mb.n * b * t) as f64;
         // Equal-size minibatches: the token-weighted mean is the mean over steps.
@@ -267,9 +311,15 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         }
         let due = cfg.train.checkpoint_every > 0 && number.is_multiple_of(cfg.train.checkpoint_every);
         if due || last_epoch || stop {
-            run.save_checkpoint(model.as_ref(), &opt, number, metrics.elapsed_s)?;
+            run.save_checkpoint(model.as_ref(), &opt, number, metrics.elapsed_s, None)?;
             last_checkpoint = Some(number);
             plot::perplexity_svg(&history, &title, &run.file(crate::run::PLOT)).context("perplexity.svg")?;
+        }
+        if interrupt::requested().is_some() {
+            if last_checkpoint != Some(number) {
+                run.save_checkpoint(model.as_ref(), &opt, number, metrics.elapsed_s, None)?;
+            }
+            return Err(interrupted(console, &format!("after epoch {number}"), run));
         }
         if stop {
             if let Some(b) = best {

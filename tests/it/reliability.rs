@@ -518,3 +518,73 @@ fn a_closed_pipe_ends_quietly_with_exit_0() {
     assert_eq!(stdout(&o).trim(), "0", "grulm's exit status");
     assert_eq!(std::fs::read_to_string(dir.join("err.txt")).unwrap(), "", "nothing on stderr");
 }
+
+#[test]
+fn sigint_and_sigterm_stop_with_a_checkpoint_that_resumes_exactly() {
+    let Some(corpus) = timemachine() else { return };
+    let dir = TempDir::new("signals");
+    // Two epochs of 2999 minibatches each (about 4 s each, alone): a signal lands mid-epoch.
+    dir.write(
+        "exp.toml",
+        format!(
+            "[data]\ncorpus = {:?}\nmax_tokens = 60000\nbatch_size = 4\nnum_steps = 5\n[model]\nhidden_size = 16\n[train]\nepochs = 2\ncheckpoint_every = 1\npredict_every = 0\ndevice = \"cpu\"\n",
+            corpus.display().to_string()
+        ),
+    );
+    let o = grulm(dir.path(), &["train", "--config", "exp.toml", "--out", "full"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let weights = |run: &str| {
+        let mut t = grulm::checkpoint::load(&dir.join(run).join("model.safetensors")).unwrap().tensors;
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    let same_weights = |a: &str, b: &str| weights(a).iter().zip(weights(b)).all(|(x, y)| x.0 == y.0 && x.1.equal(&y.1));
+    // SIGINT in epoch 1; SIGTERM in epoch 2 (after epoch 1's checkpoint); then two
+    // signals at once: the second exits at once, and the run must still resume.
+    for (out, signals, wait_for_file, code) in [
+        ("int", &[libc::SIGINT][..], "config.toml", 130),
+        ("term", &[libc::SIGTERM], "checkpoint.safetensors", 143),
+        // Two different signals (a second SIGINT sent at once could merge with the
+        // first while it is pending): the second exits at once, with the code of
+        // the first handled (the kernel may deliver them in either order).
+        ("twice", &[libc::SIGINT, libc::SIGTERM], "checkpoint.safetensors", 0),
+    ] {
+        let child = grulm_cmd(dir.path(), &["train", "--config", "exp.toml", "--out", out])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(&dir.join(out).join(wait_for_file), 120);
+        std::thread::sleep(Duration::from_millis(700));
+        for &s in signals {
+            // SAFETY: signals our own child.
+            unsafe { libc::kill(child.id() as i32, s) };
+        }
+        let o = child.wait_with_output().unwrap();
+        let err = crate::helpers::stderr(&o);
+        match code {
+            0 => assert!(matches!(o.status.code(), Some(130 | 143)), "{out}: {:?} {err}", o.status),
+            _ => assert_eq!(o.status.code(), Some(code), "{out}: {err}"),
+        }
+        if signals.len() == 1 {
+            let epoch = if out == "int" { 1 } else { 2 };
+            let name = if out == "int" { "SIGINT" } else { "SIGTERM" };
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(
+                err.starts_with(&format!("grulm: stopped by {name} at epoch {epoch}, minibatch "))
+                    && err.trim_end().ends_with(&format!("of 2999; checkpoint written; resume with: grulm train --out {out} --resume")),
+                "{err}"
+            );
+            let ck = grulm::checkpoint::load(&dir.join(out).join("checkpoint.safetensors")).unwrap();
+            assert_eq!(ck.metadata["grulm.epoch"], (epoch - 1).to_string(), "complete epochs");
+            assert!(ck.metadata.contains_key("grulm.partial_steps"));
+        } else {
+            assert!(err.contains("grulm: second signal: exiting now; the last checkpoint is intact"), "{err}");
+            grulm::checkpoint::load(&dir.join(out).join("checkpoint.safetensors")).expect("a whole checkpoint");
+        }
+        let o = grulm(dir.path(), &["train", "--out", out, "--resume"]);
+        assert!(o.status.success(), "{out}: {}", crate::helpers::stderr(&o));
+        assert_eq!(metrics_without_timing(&dir.join(out)), metrics_without_timing(&dir.join("full")), "{out}");
+        assert!(same_weights(out, "full"), "{out}: the resumed run ends with the uninterrupted run's weights");
+    }
+}
