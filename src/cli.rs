@@ -16,7 +16,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
 
-const EXIT_CODES: &str = "Exit codes: 0 success; 1 runtime failure (I/O, download, corrupt checkpoint, diverged training); 2 usage or config error (bad flag, key or value, unknown prefix characters, existing run).";
+const EXIT_CODES: &str = "Exit codes: 0 success; 1 runtime failure (I/O, download, corrupt checkpoint, diverged training, a libtorch failure); 2 usage or config error (bad flag, key or value, unknown prefix characters, existing run, too large for the memory at hand); 130, 143 training stopped by SIGINT, SIGTERM (resumable).";
 
 /// Character-level GRU language models on libtorch: d2l.ai's "Gated Recurrent
 /// Units" chapter, from scratch and with libtorch's fused GRU.
