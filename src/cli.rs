@@ -221,6 +221,10 @@ pub fn run(cli: Cli) -> Result<()> {
 const RESUMABLE_KEYS: &[&str] = &[
     "train.epochs",
     "train.lr",
+    "train.lr_schedule",
+    "train.lr_decay",
+    "train.lr_decay_every",
+    "train.warmup_epochs",
     "train.grad_clip",
     "train.device",
     "train.threads",

@@ -7,7 +7,7 @@
 pub use crate::data::{DataConfig, Preprocess, SeqPartition};
 use crate::error::UsageError;
 pub use crate::model::{CellKind, GruGates, ModelConfig, ModelKind, ResetGate};
-pub use crate::optim::OptimizerKind;
+pub use crate::optim::{LrSchedule, OptimizerKind};
 use serde::Serialize;
 use std::fmt;
 use toml::{Table, Value};
@@ -17,6 +17,14 @@ pub struct TrainConfig {
     pub epochs: usize,
     pub optimizer: OptimizerKind,
     pub lr: f64,
+    /// How the learning rate changes over the epochs (see [`LrSchedule::lr_at`]).
+    pub lr_schedule: LrSchedule,
+    /// `step`: the factor applied every `lr_decay_every` epochs (char-rnn's
+    /// `learning_rate_decay`).
+    pub lr_decay: f64,
+    pub lr_decay_every: usize,
+    /// Epochs of linear warm-up from lr/W to lr, before the schedule.
+    pub warmup_epochs: usize,
     /// θ of d2l's `grad_clipping`: g <- min(1, θ/‖g‖) g.
     pub grad_clip: f64,
     pub seed: u64,
@@ -85,6 +93,10 @@ impl Default for Config {
                 epochs: 500,
                 optimizer: OptimizerKind::Sgd,
                 lr: 1.0,
+                lr_schedule: LrSchedule::Constant,
+                lr_decay: 0.97,
+                lr_decay_every: 1,
+                warmup_epochs: 0,
                 grad_clip: 1.0,
                 seed: 42,
                 device: "auto".into(),
@@ -292,6 +304,17 @@ impl Reader<'_> {
                 .choice(&mut t, s, "optimizer", &[("sgd", OptimizerKind::Sgd), ("adam", OptimizerKind::Adam)])?
                 .unwrap_or(d.optimizer),
             lr: r.float(&mut t, s, "lr", |x| x > 0.0, "> 0")?.unwrap_or(d.lr),
+            lr_schedule: r
+                .choice(
+                    &mut t,
+                    s,
+                    "lr_schedule",
+                    &[("constant", LrSchedule::Constant), ("step", LrSchedule::Step), ("cosine", LrSchedule::Cosine)],
+                )?
+                .unwrap_or(d.lr_schedule),
+            lr_decay: r.float(&mut t, s, "lr_decay", |x| x > 0.0 && x <= 1.0, "in (0, 1]")?.unwrap_or(d.lr_decay),
+            lr_decay_every: r.int(&mut t, s, "lr_decay_every", 1, MAX_COUNT, d.lr_decay_every)?,
+            warmup_epochs: r.int(&mut t, s, "warmup_epochs", 0, MAX_COUNT, d.warmup_epochs)?,
             grad_clip: r.float(&mut t, s, "grad_clip", |x| x > 0.0, "> 0")?.unwrap_or(d.grad_clip),
             seed: r.u64(&mut t, s, "seed", d.seed)?,
             device,
@@ -450,6 +473,10 @@ const TRAIN_KEYS: &[&str] = &[
     "epochs",
     "optimizer",
     "lr",
+    "lr_schedule",
+    "lr_decay",
+    "lr_decay_every",
+    "warmup_epochs",
     "grad_clip",
     "seed",
     "device",

@@ -17,6 +17,35 @@ pub enum OptimizerKind {
     Adam,
 }
 
+/// The learning rate per epoch (`train.lr_schedule`). d2l keeps it constant;
+/// char-rnn decays it by a factor every epoch (`step`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    Constant,
+    Step,
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The learning rate of epoch `e` (1-based) of `epochs`: a linear warm-up
+    /// over the first `warmup` epochs (lr·e/W), then, counting k = e − W from 1
+    /// and K = epochs − W:
+    /// constant lr; step lr·decay^⌊(k−1)/every⌋; cosine lr·(1 + cos(π(k−1)/K))/2.
+    /// A function of the epoch alone, so `--resume` continues it exactly.
+    pub fn lr_at(self, lr: f64, e: usize, epochs: usize, warmup: usize, decay: f64, every: usize) -> f64 {
+        if e <= warmup {
+            return lr * e as f64 / warmup as f64;
+        }
+        let (k, n) = ((e - warmup) as f64, epochs.saturating_sub(warmup).max(1) as f64);
+        match self {
+            LrSchedule::Constant => lr,
+            LrSchedule::Step => lr * decay.powi(((e - warmup - 1) / every.max(1)) as i32),
+            LrSchedule::Cosine => lr * 0.5 * (1.0 + (std::f64::consts::PI * (k - 1.0) / n).cos()),
+        }
+    }
+}
+
 /// d2l's `grad_clipping`: with ‖g‖ the L2 norm over all gradients together,
 /// g <- min(1, θ/‖g‖) g. Returns ‖g‖ before clipping, a 0-d tensor on the device.
 pub fn clip_grad_norm(params: &[Tensor], theta: f64) -> Tensor {
@@ -71,6 +100,17 @@ impl Optimizer {
 
     pub fn lr(&self) -> f64 {
         self.lr
+    }
+
+    /// Sets the learning rate, in place: SGD's −lr tensors keep their addresses,
+    /// so a captured CUDA graph reads the new value.
+    pub fn set_lr(&mut self, lr: f64) {
+        self.lr = lr;
+        tch::no_grad(|| {
+            for t in &self.neg_lr {
+                let _ = t.shallow_clone().fill_(-lr);
+            }
+        });
     }
 
     /// Whether a step can be captured in a CUDA graph: SGD's update uses only

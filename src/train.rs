@@ -223,6 +223,8 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
     let end = if patience_spent { start } else { cfg.train.epochs };
     for epoch in start..end {
         let number = epoch + 1;
+        let tc = &cfg.train;
+        opt.set_lr(tc.lr_schedule.lr_at(tc.lr, number, tc.epochs, tc.warmup_epochs, tc.lr_decay, tc.lr_decay_every));
         let timer = Instant::now();
         let mb = data::epoch_minibatches(&corpus.train, b, t, cfg.data.partition, &mut data::epoch_rng(cfg.train.seed, epoch));
         let (xs, ys) = libtorch(|| format!("epoch {number}: uploading the minibatches"), || upload(&mb, device))?;

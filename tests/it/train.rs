@@ -129,3 +129,32 @@ fn same_seed_gives_identical_metrics_and_samples() {
     assert_ne!(metrics_without_timing(&dir.join("a")), metrics_without_timing(&dir.join("c")));
     let _ = c;
 }
+
+#[test]
+fn lr_schedules_set_each_epochs_lr_and_resume_exactly() {
+    let Some(corpus) = timemachine() else { return };
+    let dir = TempDir::new("schedule");
+    let lrs = |name: &str| -> Vec<f64> { metrics_without_timing(&dir.join(name)).iter().map(|m| m["lr"].as_f64().unwrap()).collect() };
+    let ppls =
+        |name: &str| -> Vec<f64> { metrics_without_timing(&dir.join(name)).iter().map(|m| m["train_ppl"].as_f64().unwrap()).collect() };
+    let step = ["train.epochs=6", "train.lr_schedule=\"step\"", "train.lr_decay=0.5", "train.lr_decay_every=2"];
+    // Warm-up over 2 epochs (lr/2, lr), then halved every 2 epochs.
+    train_in(&dir, &small(&corpus, "", &[&step[..], &["train.warmup_epochs=2"]].concat()), "warm", false);
+    assert_eq!(lrs("warm"), [0.5, 1.0, 1.0, 1.0, 0.5, 0.5]);
+    // The same without warm-up beside a constant lr: equal epochs until the first decay.
+    train_in(&dir, &small(&corpus, "", &step), "step", false);
+    train_in(&dir, &small(&corpus, "", &["train.epochs=6"]), "constant", false);
+    assert_eq!(lrs("step"), [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]);
+    let (a, b) = (ppls("step"), ppls("constant"));
+    assert_eq!(a[..2], b[..2]);
+    assert!(a[2..].iter().zip(&b[2..]).all(|(x, y)| x != y), "the decayed lr is the one used: {a:?} {b:?}");
+    // Cosine from lr to near 0 over the 6 epochs.
+    train_in(&dir, &small(&corpus, "", &["train.epochs=6", "train.lr_schedule=\"cosine\""]), "cosine", false);
+    let want: Vec<f64> = (0..6).map(|k| 0.5 * (1.0 + (std::f64::consts::PI * k as f64 / 6.0).cos())).collect();
+    assert!(lrs("cosine").iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-15), "{:?}", lrs("cosine"));
+    // Stopped after epoch 3 and resumed: the schedule goes on as if never stopped.
+    let warm3 = small(&corpus, "", &[&step[..], &["train.warmup_epochs=2", "train.epochs=3"]].concat());
+    train_in(&dir, &warm3, "resumed", false);
+    train_in(&dir, &small(&corpus, "", &[&step[..], &["train.warmup_epochs=2"]].concat()), "resumed", true);
+    assert_eq!(metrics_without_timing(&dir.join("resumed")), metrics_without_timing(&dir.join("warm")));
+}
