@@ -78,6 +78,10 @@ pub struct TrainArgs {
     /// Plain lines instead of a progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Start from another run's weights (best, else last) and vocabulary, with a fresh optimizer: fine-tuning.
+    /// Sets train.init_from.
+    #[arg(long, value_name = "RUN", conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
     /// Print the parameter count and the memory estimate, and whether it fits; train nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -269,6 +273,9 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     let mut cfg = cfg;
     if let Some(d) = &a.device {
         cfg.train.device = d.clone();
+    }
+    if let Some(src) = &a.init_from {
+        cfg.train.init_from = Some(src.display().to_string());
     }
     device::set_threads(cfg.train.threads);
     if cfg.train.deterministic {

@@ -48,6 +48,10 @@ pub struct TrainConfig {
     /// Stop after this many validations without a new best validation
     /// perplexity (0: never). Needs a validation split.
     pub patience: usize,
+    /// Fine-tuning: the run directory whose weights (best, else last) and
+    /// vocabulary this run starts from (`grulm train --init-from RUN`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -108,6 +112,7 @@ impl Default for Config {
                 cuda_graph: true,
                 tensorboard: true,
                 patience: 0,
+                init_from: None,
             },
             sample: SampleConfig {
                 prefixes: vec!["time traveller".into(), "traveller".into()],
@@ -326,6 +331,10 @@ impl Reader<'_> {
             cuda_graph: r.bool(&mut t, s, "cuda_graph", d.cuda_graph)?,
             tensorboard: r.bool(&mut t, s, "tensorboard", d.tensorboard)?,
             patience: r.int(&mut t, s, "patience", 0, MAX_COUNT, d.patience)?,
+            init_from: match r.string(&mut t, s, "init_from")? {
+                Some(p) if p.trim().is_empty() => return Err(r.err(s, "init_from", &Value::String(p), "a run directory")),
+                other => other,
+            },
         };
         r.no_more(&t, s, TRAIN_KEYS)?;
         Ok(train)
@@ -488,6 +497,7 @@ const TRAIN_KEYS: &[&str] = &[
     "cuda_graph",
     "tensorboard",
     "patience",
+    "init_from",
 ];
 const SAMPLE_KEYS: &[&str] = &["prefixes", "len", "temperature", "top_k", "seed"];
 const SECTIONS: &[&str] = &["data", "model", "train", "sample"];
@@ -557,6 +567,13 @@ impl Config {
 
     /// Keys whose values differ between two configs, as `section.key` (for
     /// `--resume` with a changed config).
+    /// A key's value as TOML (`model.hidden_size` -> `256`), for messages.
+    pub fn value_of(&self, key: &str) -> String {
+        let v = Value::try_from(self).expect("config to TOML value");
+        let (section, k) = key.split_once('.').unwrap_or((key, ""));
+        v.get(section).and_then(|t| t.get(k)).map(show_value).unwrap_or_else(|| "unset".into())
+    }
+
     pub fn differing_keys(&self, other: &Config) -> Vec<String> {
         let a = Value::try_from(self).expect("config to TOML value");
         let b = Value::try_from(other).expect("config to TOML value");

@@ -279,6 +279,35 @@ pub struct Corpus {
 }
 
 impl Corpus {
+    /// Re-encodes the corpus in `to`'s ids (fine-tuning keeps the pre-trained
+    /// model's vocabulary). Err: the characters `to` lacks, in the corpus's
+    /// vocabulary order (most frequent first).
+    pub fn reencode(&mut self, to: &Vocab) -> Result<(), Vec<String>> {
+        let mut missing = Vec::new();
+        let map: Vec<i64> = self
+            .vocab
+            .tokens()
+            .iter()
+            .map(|t| match to.tokens().iter().position(|u| u == t) {
+                Some(i) => i as i64,
+                None => {
+                    if t != UNK {
+                        missing.push(t.clone());
+                    }
+                    0
+                }
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(missing);
+        }
+        for id in self.train.iter_mut().chain(self.val.iter_mut().flatten()) {
+            *id = map[*id as usize];
+        }
+        self.vocab = to.clone();
+        Ok(())
+    }
+
     /// d2l's `load_corpus_time_machine` plus the validation split, with the checks a
     /// user's own text needs. The config is already validated.
     pub fn load(cfg: &DataConfig) -> Result<Corpus> {

@@ -318,22 +318,29 @@ impl RunDir {
         Ok((epoch, elapsed, partial))
     }
 
+    /// The file holding the run's `weights`: `best.safetensors` (where it exists)
+    /// or `model.safetensors`. A run stopped before its first model file (a full
+    /// disk, say) may still have a good checkpoint, written first: its parameters
+    /// are the model's, and that is said on stderr.
+    pub fn weights_file(&self, weights: Weights) -> PathBuf {
+        let p = match weights {
+            Weights::Best if self.file(BEST).exists() => self.file(BEST),
+            _ => self.file(MODEL),
+        };
+        if !p.exists() && self.file(CHECKPOINT).exists() {
+            eprintln!("grulm: {} is missing; using the weights in {}", p.display(), CHECKPOINT);
+            return self.file(CHECKPOINT);
+        }
+        p
+    }
+
     /// A trained model for `sample` and `eval`: config, vocabulary and weights
     /// (the last epoch's, or the best validation's).
     pub fn load_model(&self, device: Device, weights: Weights) -> Result<(Config, Vocab, Box<dyn RecurrentLm>)> {
         let cfg = self.load_config()?;
         let vocab = self.load_vocab().map_err(|e| usage!("{e:#}"))?;
         let model = cfg.model.init(vocab.len() as i64, device, Kind::Float);
-        let mut p = self.file(MODEL);
-        if weights == Weights::Best && self.file(BEST).exists() {
-            p = self.file(BEST);
-        }
-        // A run stopped before its first model file (a full disk, say) may still
-        // have a good checkpoint, written first: its parameters are the model's.
-        if !p.exists() && self.file(CHECKPOINT).exists() {
-            eprintln!("grulm: {} is missing; using the weights in {}", p.display(), CHECKPOINT);
-            p = self.file(CHECKPOINT);
-        }
+        let p = self.weights_file(weights);
         let file = checkpoint::load(&p)?;
         // The vocabulary sets V in the shapes: name it, after the tensor that disagrees.
         checkpoint::assign(&model.named_parameters(), &file.tensors, &p.display().to_string())

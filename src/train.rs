@@ -124,6 +124,33 @@ pub fn perplexity(model: &mut dyn RecurrentLm, ids: &[i64], batch: usize, steps:
     Ok((total / (mb.n * b * t) as f64).exp())
 }
 
+/// Checks `train.init_from`'s run against `cfg` (the same model; a vocabulary
+/// that covers the corpus, which is re-encoded in it) and returns its weights file.
+fn init_source(src: &RunDir, cfg: &Config, corpus: &mut Corpus) -> Result<std::path::PathBuf> {
+    let shown = src.path.display();
+    let src_cfg = src.load_config().map_err(|e| usage!("train.init_from: {e:#}"))?;
+    let mut probe = cfg.clone();
+    probe.model = src_cfg.model.clone();
+    probe.model.init_sigma = cfg.model.init_sigma; // the weights are replaced anyway
+    let differ = probe.differing_keys(cfg);
+    if !differ.is_empty() {
+        return Err(usage!(
+            "train.init_from = {shown:?}: its model differs in {} (the weights must fit this model)",
+            differ.iter().map(|k| format!("{k} = {}", probe.value_of(k))).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let vocab = src.load_vocab().map_err(|e| usage!("train.init_from: {e:#}"))?;
+    corpus.reencode(&vocab).map_err(|missing| {
+        usage!(
+            "train.init_from = {shown:?}: its vocabulary ({} tokens) lacks characters of corpus {}: {}; fine-tuning keeps the pre-trained vocabulary",
+            vocab.len(),
+            cfg.data.corpus,
+            missing.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(" ")
+        )
+    })?;
+    Ok(src.weights_file(crate::run::Weights::Best))
+}
+
 /// The error that ends a run stopped by a signal, once its checkpoint is written.
 fn interrupted(console: &Console, when: &str, run: &RunDir) -> anyhow::Error {
     console.finish();
@@ -140,7 +167,19 @@ fn interrupted(console: &Console, when: &str, run: &RunDir) -> anyhow::Error {
 pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<TrainOutcome> {
     let run = &opts.run;
     let device = opts.device;
-    let corpus = Corpus::load(&cfg.data)?;
+    let mut corpus = Corpus::load(&cfg.data)?;
+    // Fine-tuning: the source run's vocabulary (checked now) and weights (loaded
+    // once the model exists). A resumed fine-tuning run has them in its own files.
+    let init = match (&cfg.train.init_from, opts.resume) {
+        (Some(src), false) => Some(init_source(&RunDir::new(src), cfg, &mut corpus)?),
+        (Some(_), true) => {
+            let own = run.load_vocab()?;
+            let shown = run.file(crate::run::VOCAB).display().to_string();
+            corpus.reencode(&own).map_err(|m| usage!("{shown} lacks characters of corpus {}: {}", cfg.data.corpus, m.join(" ")))?;
+            None
+        }
+        (None, _) => None,
+    };
     for p in &cfg.sample.prefixes {
         sample::encode_prefix(&corpus.vocab, p).map_err(|e| usage!("sample.prefixes: {e:#}"))?;
     }
@@ -179,6 +218,11 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         (0, 0.0, vec![], None)
     };
     let mut best = if opts.resume { run.resume_best(&history, start)? } else { None };
+    if let Some(path) = &init {
+        let file = crate::checkpoint::load(path)?;
+        crate::checkpoint::assign(&model.named_parameters(), &file.tensors, &path.display().to_string())?;
+        console.line(&format!("initialised from {} (a fresh optimizer)", path.display()));
+    }
 
     let mut events = if cfg.train.tensorboard { Some(EventWriter::create(&run.file(tensorboard::DIR))?) } else { None };
     let mut stepper = Stepper::new(device, cfg.train.cuda_graph, &opt);

@@ -440,3 +440,90 @@ fn best_checkpoint_and_early_stopping() {
     let o = grulm(dir.path(), &["train", "--out", "other", "--set", "data.corpus=\"x.txt\"", "--set", "train.patience=3"]);
     assert_fails(&o, 2, &["--set train.patience=3: train.patience = 3: expected 0 without a validation split (set data.val_fraction"]);
 }
+
+#[test]
+fn init_from_fine_tunes_another_runs_weights() {
+    let Some(corpus) = timemachine() else { return };
+    let dir = TempDir::new("finetune");
+    dir.write("pre.toml", small_config(&corpus, ""));
+    let o = grulm(dir.path(), &["train", "--config", "pre.toml", "--out", "pre"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    // A small text of its own, in the letters the Time Machine has.
+    dir.write("small.txt", "a model that read a book now reads a much shorter text about the same things ".repeat(30));
+    let tune = |out: &str, sets: &[&str]| {
+        let mut args = vec!["train", "--config", "pre.toml", "--out", out, "--init-from", "pre", "--set", "data.corpus=\"small.txt\""];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        grulm(dir.path(), &args)
+    };
+    // With a vanishing lr the fine-tuned weights stay the pre-trained ones: the same
+    // perplexity on the new text, and the pre-trained vocabulary.
+    let o = tune("still", &["train.lr=1e-12", "train.epochs=1"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    assert!(stdout(&o)
+        .contains(&format!("initialised from {} (a fresh optimizer)", std::path::Path::new("pre").join("model.safetensors").display())));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("still/vocab.json")).unwrap(),
+        std::fs::read_to_string(dir.join("pre/vocab.json")).unwrap()
+    );
+    let ppl = |run: &str| -> f64 {
+        let o = grulm(dir.path(), &["eval", "--run", run, "--corpus", "small.txt", "--json"]);
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()["perplexity"].as_f64().unwrap()
+    };
+    assert!((ppl("still") - ppl("pre")).abs() < 1e-6, "{} vs {}", ppl("still"), ppl("pre"));
+    // Fine-tuning for real lowers it, and starts below a model trained from scratch.
+    let o = tune("tuned", &["train.epochs=2"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    assert!(ppl("tuned") < ppl("pre"));
+    let first = |run: &str| crate::helpers::metrics_without_timing(&dir.join(run))[0]["train_ppl"].as_f64().unwrap();
+    let o = grulm(
+        dir.path(),
+        &[
+            "train",
+            "--config",
+            "pre.toml",
+            "--out",
+            "scratch",
+            "--set",
+            "data.corpus=\"small.txt\"",
+            "--set",
+            "train.epochs=2",
+            "--set",
+            "sample.prefixes=[\"a model\"]",
+        ],
+    );
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    assert!(first("tuned") < first("scratch"), "{} vs {}", first("tuned"), first("scratch"));
+    // A fine-tuned run resumes (from its own files).
+    let o = grulm(dir.path(), &["train", "--out", "tuned", "--resume", "--set", "train.epochs=3"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    // Mistakes: another model; characters the pre-trained vocabulary lacks; with --resume.
+    assert_fails(&tune("x", &["model.hidden_size=64"]), 2, &["train.init_from = \"pre\": its model differs in model.hidden_size = 32"]);
+    dir.write("shout.txt", "WHAT? NO! ".repeat(40) + &"the time machine ".repeat(40));
+    let o = grulm(
+        dir.path(),
+        &[
+            "train",
+            "--config",
+            "pre.toml",
+            "--out",
+            "x",
+            "--init-from",
+            "pre",
+            "--set",
+            "data.corpus=\"shout.txt\"",
+            "--set",
+            "data.preprocess=\"raw\"",
+        ],
+    );
+    assert_fails(
+        &o,
+        2,
+        &["its vocabulary (28 tokens) lacks characters of corpus shout.txt: \"W\" \"H\" \"A\" \"T\" \"?\" \"N\" \"O\" \"!\"; fine-tuning keeps"],
+    );
+    assert!(!dir.join("x").exists(), "nothing written");
+    let o = grulm(dir.path(), &["train", "--out", "tuned", "--resume", "--init-from", "pre"]);
+    assert_fails(&o, 2, &["--init-from", "--resume"]);
+}
