@@ -96,8 +96,20 @@ pub struct SampleArgs {
     #[arg(long, value_enum, default_value = "best")]
     pub checkpoint: run::Weights,
     /// Text to start from [default: the run's first sample.prefixes].
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["prefix_file", "interactive"])]
     pub prefix: Option<String>,
+    /// Read the prefix from a file (one trailing newline is dropped).
+    #[arg(long, value_name = "FILE", conflicts_with = "interactive")]
+    pub prefix_file: Option<PathBuf>,
+    /// Read a prefix per line from stdin and print a sample for each (the model loads once).
+    #[arg(long)]
+    pub interactive: bool,
+    /// Independent samples, generated together (one forward per character for all); separated by a blank line.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub num_samples: usize,
+    /// Stop a sample once this text appears in what it generates (the text is kept).
+    #[arg(long, value_name = "STRING")]
+    pub stop: Option<String>,
     /// Characters to generate [default: the run's sample.len].
     #[arg(long)]
     pub len: Option<usize>,
@@ -107,11 +119,14 @@ pub struct SampleArgs {
     /// Sample among the K most likely characters only.
     #[arg(long = "top-k", value_name = "K")]
     pub top_k: Option<usize>,
+    /// Sample among the fewest most likely characters whose probabilities sum to P (nucleus sampling).
+    #[arg(long = "top-p", value_name = "P")]
+    pub top_p: Option<f64>,
     /// Seed for sampling [default: the run's sample.seed].
     #[arg(long)]
     pub seed: Option<u64>,
     /// Take the argmax even if the run's config sets a temperature or top-k.
-    #[arg(long, conflicts_with_all = ["temperature", "top_k"])]
+    #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p"])]
     pub greedy: bool,
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -322,7 +337,8 @@ fn decode_for(a: &SampleArgs, cfg: &Config) -> Decode {
     }
     let temperature = a.temperature.or(cfg.sample.temperature);
     let top_k = a.top_k.or(cfg.sample.top_k);
-    Decode::from_options(temperature, top_k, a.seed.unwrap_or(cfg.sample.seed))
+    let top_p = a.top_p.or(cfg.sample.top_p);
+    Decode::from_options(temperature, top_k, top_p, a.seed.unwrap_or(cfg.sample.seed))
 }
 
 fn sample_cmd(a: SampleArgs) -> Result<()> {
@@ -339,23 +355,110 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
             return Err(usage!("--len {n}: expected 1 to {MAX_SAMPLE_LEN}"));
         }
     }
+    if let Some(p) = a.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(usage!("--top-p {p}: expected a number in (0, 1]"));
+        }
+    }
+    if a.num_samples == 0 || a.num_samples > MAX_SAMPLES {
+        return Err(usage!("--num-samples {}: expected 1 to {MAX_SAMPLES}", a.num_samples));
+    }
+    if a.stop.as_deref() == Some("") {
+        return Err(usage!("--stop: the text is empty"));
+    }
     let dev = device::resolve(&a.device)?;
     let run_dir = RunDir::new(&a.run);
     let (cfg, vocab, mut model) = run_dir.load_model(dev, a.checkpoint)?;
-    let prefix = a.prefix.clone().unwrap_or_else(|| cfg.sample.prefixes[0].clone());
-    let ids = sample::encode_prefix(&vocab, &prefix)?;
     let decode = decode_for(&a, &cfg);
     let len = a.len.unwrap_or(cfg.sample.len);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    // Streamed: a long sample is written as it comes, not held in memory.
-    write!(out, "{prefix}")?;
-    sample::generate(model.as_mut(), &ids, len, decode, dev, &mut |chunk| {
-        out.write_all(vocab.decode(chunk).as_bytes())?;
-        out.flush()?;
-        Ok(())
+    if a.interactive {
+        // A prefix per line; a mistake in one line is said on stderr and the next is read.
+        for line in std::io::stdin().lines() {
+            let line = line.context("reading stdin")?;
+            if line.is_empty() {
+                continue;
+            }
+            match sample::encode_prefix(&vocab, &line) {
+                Ok(ids) => write_samples(model.as_mut(), &vocab, &line, &ids, len, &a, decode, dev, &mut out)?,
+                Err(e) => eprintln!("grulm: {e:#}"),
+            }
+        }
+        return Ok(());
+    }
+    let prefix = match (&a.prefix, &a.prefix_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(f).map_err(|e| usage!("--prefix-file {}: cannot read: {e}", f.display()))?;
+            text.strip_suffix('\n').unwrap_or(&text).to_string()
+        }
+        (None, None) => cfg.sample.prefixes[0].clone(),
+    };
+    let ids = sample::encode_prefix(&vocab, &prefix)?;
+    write_samples(model.as_mut(), &vocab, &prefix, &ids, len, &a, decode, dev, &mut out)
+}
+
+/// Most samples `--num-samples` makes at once (a batch of that many rows).
+const MAX_SAMPLES: usize = 4096;
+
+/// Prints `a.num_samples` samples after `prefix`, each ending at `a.stop` if it
+/// appears. One sample is streamed as it is made; several are batched and printed
+/// when done, separated by a blank line.
+#[allow(clippy::too_many_arguments)]
+fn write_samples(
+    model: &mut dyn crate::model::RecurrentLm,
+    vocab: &data::Vocab,
+    prefix: &str,
+    ids: &[i64],
+    len: usize,
+    a: &SampleArgs,
+    decode: Decode,
+    dev: tch::Device,
+    out: &mut impl Write,
+) -> Result<()> {
+    let rows = a.num_samples;
+    let stop = a.stop.as_deref();
+    // Per row: the text generated so far (kept whole only when batched) and done.
+    let mut texts = vec![String::new(); rows];
+    let mut done = vec![false; rows];
+    if rows == 1 {
+        write!(out, "{prefix}")?;
+    }
+    sample::generate(model, ids, len, rows, decode, dev, &mut |chunk, width| {
+        for r in 0..rows {
+            if done[r] {
+                continue;
+            }
+            let new = vocab.decode(&chunk[r * width..(r + 1) * width]);
+            let from = texts[r].len();
+            texts[r].push_str(&new);
+            let end = stop.and_then(|s| sample::stop_end(&texts[r], s, from));
+            if let Some(end) = end {
+                texts[r].truncate(end);
+                done[r] = true;
+            }
+            if rows == 1 {
+                // Streamed: only the new part, and the text stays bounded.
+                out.write_all(&texts[0].as_bytes()[from..])?;
+                out.flush()?;
+                let keep = texts[0].len().saturating_sub(stop.map_or(0, str::len));
+                let keep = (keep..=texts[0].len()).find(|&i| texts[0].is_char_boundary(i)).unwrap_or(texts[0].len());
+                texts[0].drain(..keep);
+            }
+        }
+        Ok(done.iter().any(|d| !d))
     })?;
-    writeln!(out)?;
+    if rows == 1 {
+        writeln!(out)?;
+    } else {
+        for (i, t) in texts.iter().enumerate() {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            writeln!(out, "{prefix}{t}")?;
+        }
+    }
     Ok(())
 }
 

@@ -65,6 +65,10 @@ pub struct SampleConfig {
     /// Sample only among the k most likely characters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub top_k: Option<usize>,
+    /// Default nucleus for `grulm sample`: the fewest most likely characters
+    /// whose probabilities reach p.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
     pub seed: u64,
 }
 
@@ -119,6 +123,7 @@ impl Default for Config {
                 len: 50,
                 temperature: None,
                 top_k: None,
+                top_p: None,
                 seed: 0,
             },
         }
@@ -356,6 +361,7 @@ impl Reader<'_> {
                 0 => None,
                 k => Some(k),
             },
+            top_p: r.float(&mut t, s, "top_p", |x| x > 0.0 && x <= 1.0, "in (0, 1]")?,
             seed: r.u64(&mut t, s, "seed", d.seed)?,
         };
         r.no_more(&t, s, SAMPLE_KEYS)?;
@@ -499,7 +505,7 @@ const TRAIN_KEYS: &[&str] = &[
     "patience",
     "init_from",
 ];
-const SAMPLE_KEYS: &[&str] = &["prefixes", "len", "temperature", "top_k", "seed"];
+const SAMPLE_KEYS: &[&str] = &["prefixes", "len", "temperature", "top_k", "top_p", "seed"];
 const SECTIONS: &[&str] = &["data", "model", "train", "sample"];
 
 impl Config {

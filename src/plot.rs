@@ -27,7 +27,7 @@ pub fn perplexity_svg(metrics: &[EpochMetrics], title: &str, path: &Path) -> Res
             .configure_mesh()
             .x_desc("epoch")
             .y_desc("perplexity")
-            .x_labels((last as usize).min(10))
+            .x_labels(last.min(10))
             .axis_desc_style(("sans-serif", 15))
             .draw()
             .map_err(plot_err)?;

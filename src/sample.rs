@@ -1,5 +1,5 @@
-//! Text generation: d2l's `predict_ch8` (greedy) plus temperature and top-k
-//! sampling.
+//! Text generation: d2l's `predict_ch8` (greedy) plus temperature, top-k and
+//! top-p (nucleus) sampling, for one sample or N at once (a batch of N rows).
 //!
 //! The prefix warms the state up, then each step feeds the last character back.
 //! Chosen tokens stay on the device and are read back in chunks, so a long sample
@@ -15,16 +15,17 @@ use tch::{Device, Kind, Tensor};
 pub enum Decode {
     /// argmax, as d2l's `predict_ch8`.
     Greedy,
-    /// Draw from softmax(logits / temperature), among the `top_k` most likely if set.
-    Sample { temperature: f64, top_k: Option<usize>, seed: u64 },
+    /// Draw from softmax(logits / temperature), among the `top_k` most likely if
+    /// set, and among the fewest most likely whose probabilities sum to `top_p`.
+    Sample { temperature: f64, top_k: Option<usize>, top_p: Option<f64>, seed: u64 },
 }
 
 impl Decode {
-    /// Greedy unless a temperature or a top-k is given (temperature 1 by default).
-    pub fn from_options(temperature: Option<f64>, top_k: Option<usize>, seed: u64) -> Decode {
-        match (temperature, top_k) {
-            (None, None) => Decode::Greedy,
-            (t, k) => Decode::Sample { temperature: t.unwrap_or(1.0), top_k: k, seed },
+    /// Greedy unless a temperature, top-k or top-p is given (temperature 1 by default).
+    pub fn from_options(temperature: Option<f64>, top_k: Option<usize>, top_p: Option<f64>, seed: u64) -> Decode {
+        match (temperature, top_k, top_p) {
+            (None, None, None) => Decode::Greedy,
+            (t, k, p) => Decode::Sample { temperature: t.unwrap_or(1.0), top_k: k, top_p: p, seed },
         }
     }
 }
@@ -51,18 +52,21 @@ pub fn encode_prefix(vocab: &Vocab, prefix: &str) -> Result<Vec<i64>> {
     Ok(prefix.chars().map(|c| vocab.index(c)).collect())
 }
 
-/// Generates `len` tokens after `prefix` (already encoded), calling `sink` with
-/// each chunk of new token ids. Runs under no-grad, in eval mode.
+/// Generates up to `len` tokens after `prefix` (already encoded) in `rows`
+/// independent samples, calling `sink(chunk, width)` with each chunk of new token
+/// ids (`rows x width`, row-major); `sink` returns false to stop early. Runs under
+/// no-grad, in eval mode.
 pub fn generate(
     model: &mut dyn RecurrentLm,
     prefix: &[i64],
     len: usize,
+    rows: usize,
     decode: Decode,
     device: Device,
-    sink: &mut dyn FnMut(&[i64]) -> Result<()>,
+    sink: &mut dyn FnMut(&[i64], usize) -> Result<bool>,
 ) -> Result<()> {
     let result = tch::no_grad(|| -> Result<()> {
-        if let Decode::Sample { temperature, top_k, seed } = decode {
+        if let Decode::Sample { temperature, top_k, top_p, seed } = decode {
             if temperature.is_nan() || temperature <= 0.0 {
                 return Err(usage!("temperature {temperature}: expected a number > 0"));
             }
@@ -72,6 +76,11 @@ pub fn generate(
                     return Err(usage!("top-k {k}: expected 1 to {v} (the vocabulary size)"));
                 }
             }
+            if let Some(p) = top_p {
+                if !(p > 0.0 && p <= 1.0) {
+                    return Err(usage!("top-p {p}: expected a number in (0, 1]"));
+                }
+            }
             tch::manual_seed(seed as i64);
         }
         if len == 0 {
@@ -79,19 +88,22 @@ pub fn generate(
         }
         // Warm-up: one pass over the whole prefix; its last logits give the first
         // prediction (the same numbers as d2l's step-by-step warm-up).
-        let tokens = Tensor::from_slice(prefix).view([1, -1]).to_device(device);
-        let (logits, mut state) = model.forward(&tokens, &model.zero_state(1));
-        let mut next = choose(&logits.get(-1), decode); // [1, 1]
+        let tokens = Tensor::from_slice(prefix).view([1, -1]).repeat([rows as i64, 1]).to_device(device);
+        let (logits, mut state) = model.forward(&tokens, &model.zero_state(rows as i64));
+        let mut next = choose(&logits.get(-1), decode); // [rows, 1]
         let mut pending: Vec<Tensor> = Vec::with_capacity(CHUNK);
-        let mut buf = vec![0i64; CHUNK];
+        let mut buf = vec![0i64; CHUNK * rows];
         for i in 0..len {
             pending.push(next.shallow_clone());
             if pending.len() == CHUNK || i + 1 == len {
-                let ids = Tensor::cat(&pending, 0).view([-1]).to_device(Device::Cpu);
-                let n = pending.len();
+                let ids = Tensor::cat(&pending, 1).to_device(Device::Cpu); // [rows, n]
+                let n = rows * pending.len();
                 ids.f_copy_data(&mut buf[..n], n)?;
-                sink(&buf[..n])?;
+                let width = pending.len();
                 pending.clear();
+                if !sink(&buf[..n], width)? {
+                    break;
+                }
             }
             if i + 1 < len {
                 let (logits, s) = model.forward(&next, &state);
@@ -104,20 +116,27 @@ pub fn generate(
     result
 }
 
-/// logits `[1, V]` -> the chosen token `[1, 1]` (Int64), on the device.
+/// logits `[rows, V]` -> the chosen tokens `[rows, 1]` (Int64), on the device.
 fn choose(logits: &Tensor, decode: Decode) -> Tensor {
     match decode {
         Decode::Greedy => logits.argmax(-1, true),
-        Decode::Sample { temperature, top_k, .. } => {
-            let scaled = logits.to_kind(Kind::Double) / temperature;
-            let scaled = match top_k {
-                Some(k) => {
-                    let (vals, _) = scaled.topk(k as i64, -1, true, true);
-                    let kth = vals.narrow(-1, k as i64 - 1, 1);
-                    scaled.masked_fill(&scaled.lt_tensor(&kth), f64::NEG_INFINITY)
-                }
-                None => scaled,
-            };
+        Decode::Sample { temperature, top_k, top_p, .. } => {
+            let mut scaled = logits.to_kind(Kind::Double) / temperature;
+            if let Some(k) = top_k {
+                let (vals, _) = scaled.topk(k as i64, -1, true, true);
+                let kth = vals.narrow(-1, k as i64 - 1, 1);
+                scaled = scaled.masked_fill(&scaled.lt_tensor(&kth), f64::NEG_INFINITY);
+            }
+            if let Some(p) = top_p {
+                // Nucleus: drop a token when the more likely ones already reach p
+                // (the most likely one always stays).
+                let probs = scaled.softmax(-1, Kind::Double);
+                let (sorted, order) = probs.sort(-1, true);
+                let before = sorted.cumsum(-1, Kind::Double) - &sorted;
+                let drop_sorted = before.ge(p);
+                let drop = drop_sorted.zeros_like().scatter(-1, &order, &drop_sorted); // back to vocabulary order
+                scaled = scaled.masked_fill(&drop, f64::NEG_INFINITY);
+            }
             scaled.softmax(-1, Kind::Double).multinomial(1, false)
         }
     }
@@ -128,9 +147,19 @@ fn choose(logits: &Tensor, decode: Decode) -> Tensor {
 pub fn predict(model: &mut dyn RecurrentLm, vocab: &Vocab, prefix: &str, len: usize, decode: Decode, device: Device) -> Result<String> {
     let ids = encode_prefix(vocab, prefix)?;
     let mut out = prefix.to_string();
-    generate(model, &ids, len, decode, device, &mut |chunk| {
+    generate(model, &ids, len, 1, decode, device, &mut |chunk, _| {
         out.push_str(&vocab.decode(chunk));
-        Ok(())
+        Ok(true)
     })?;
     Ok(out)
+}
+
+/// Where `stop` first ends in `text`, looking only at matches that end at or
+/// after byte `from` (text before it was searched already).
+pub fn stop_end(text: &str, stop: &str, from: usize) -> Option<usize> {
+    let mut start = from.saturating_sub(stop.len().saturating_sub(1));
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    text[start..].find(stop).map(|i| start + i + stop.len())
 }

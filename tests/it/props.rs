@@ -96,12 +96,12 @@ fn valid_config() -> impl Strategy<Value = Vec<String>> {
     let data = (any::<bool>(), 0usize..3, any::<bool>(), any::<bool>(), 1usize..5, 1usize..9, any::<bool>());
     let model = (any::<bool>(), 0usize..3, 1usize..7, 1usize..4, any::<bool>(), 0usize..3, proptest::option::of(0.001f64..0.5));
     let train = (any::<bool>(), 0.01f64..2.0, 0.1f64..5.0, any::<u32>(), 0usize..3, 0usize..3, any::<bool>(), any::<bool>(), any::<bool>());
-    let sample = (proptest::option::of(0.1f64..3.0), proptest::option::of(1usize..3), any::<u32>());
+    let sample = (proptest::option::of(0.1f64..3.0), proptest::option::of(1usize..3), proptest::option::of(0.05f64..1.0), any::<u32>());
     (data, model, train, sample).prop_map(|(d, m, t, s)| {
         let (raw, min_freq, reserved, val, b, steps, random) = d;
         let (builtin, cell, hidden, layers, after, gates, sigma) = m;
         let (adam, lr, clip, seed, predict_every, checkpoint_every, deterministic, cuda_graph, tensorboard) = t;
-        let (temperature, top_k, sample_seed) = s;
+        let (temperature, top_k, top_p, sample_seed) = s;
         // Enough tokens for one B x T minibatch in each split (val_fraction 0.5).
         let tokens = 2 * (b * steps + 1) + 3;
         let mut sets = vec![
@@ -150,6 +150,9 @@ fn valid_config() -> impl Strategy<Value = Vec<String>> {
         if let Some(k) = top_k {
             sets.push(format!("sample.top_k={k}"));
         }
+        if let Some(p) = top_p {
+            sets.push(format!("sample.top_p={p}"));
+        }
         sets
     })
 }
@@ -189,7 +192,7 @@ proptest! {
         prop_assert_eq!(outcome.predictions.len(), 2);
         let (saved, vocab, mut model) = opts.run.load_model(tch::Device::Cpu, grulm::run::Weights::Last).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
         prop_assert_eq!(&saved, &cfg);
-        let decode = Decode::from_options(cfg.sample.temperature, cfg.sample.top_k, cfg.sample.seed);
+        let decode = Decode::from_options(cfg.sample.temperature, cfg.sample.top_k, cfg.sample.top_p, cfg.sample.seed);
         let text = predict(model.as_mut(), &vocab, "t", 5, decode, tch::Device::Cpu).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
         prop_assert!(text.starts_with('t'), "{}", text);
         let _ = std::fs::remove_dir_all(&run);

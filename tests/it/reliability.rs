@@ -588,3 +588,79 @@ fn sigint_and_sigterm_stop_with_a_checkpoint_that_resumes_exactly() {
         assert!(same_weights(out, "full"), "{out}: the resumed run ends with the uninterrupted run's weights");
     }
 }
+
+#[test]
+fn sampling_options_top_p_num_samples_stop_prefix_file_interactive() {
+    let dir = TempDir::new("sampleopts");
+    tiny_run(&dir);
+    let sample = |args: &[&str]| {
+        let o = grulm(dir.path(), &[&["sample", "--run", "run", "--len", "60"][..], args].concat());
+        assert!(o.status.success(), "{args:?}: {}", crate::helpers::stderr(&o));
+        stdout(&o)
+    };
+    let greedy = sample(&["--greedy"]);
+    // A nucleus this small keeps only the most likely character: greedy. At 1 it
+    // keeps all: plain sampling, draw for draw.
+    assert_eq!(sample(&["--top-p", "0.01", "--seed", "3"]), greedy);
+    assert_eq!(sample(&["--top-p", "1", "--temperature", "1", "--seed", "3"]), sample(&["--temperature", "1", "--seed", "3"]));
+    assert_ne!(sample(&["--top-p", "0.9", "--seed", "3"]), greedy);
+    // N samples in one batch: greedy rows equal the single greedy sample; sampled
+    // rows differ from each other; each is the prefix and 60 characters.
+    let two = sample(&["--greedy", "--num-samples", "2"]);
+    assert_eq!(two, format!("{greedy}\n{greedy}"));
+    let three = sample(&["--temperature", "1", "--num-samples", "3", "--seed", "5"]);
+    let rows: Vec<&str> = three.trim_end().split("\n\n").collect();
+    assert_eq!(rows.len(), 3, "{three}");
+    // (a sampled <unk> prints as its 5-character name)
+    let chars = |r: &str| r.replace("<unk>", "?").chars().count();
+    assert!(rows.iter().all(|r| r.starts_with("time traveller") && chars(r) == "time traveller".len() + 60), "{three}");
+    assert!(rows[0] != rows[1] && rows[1] != rows[2], "{three}");
+    assert_eq!(sample(&["--temperature", "1", "--num-samples", "3", "--seed", "5"]), three, "seeded");
+    // --stop: the text up to and including the first stop string it generates.
+    let generated = &greedy.trim_end_matches('\n')["time traveller".len()..];
+    let stop = &generated[10..12]; // two characters it generates (maybe earlier too)
+    let cut = generated.find(stop).unwrap() + 2;
+    assert!(cut < 60);
+    assert_eq!(sample(&["--greedy", "--stop", stop]), format!("time traveller{}\n", &generated[..cut]));
+    assert_eq!(sample(&["--greedy", "--stop", "no such text"]), greedy);
+    // Across the 256-character chunks in which samples are read back.
+    let long = |extra: &[&str]| {
+        let o = grulm(dir.path(), &[&["sample", "--run", "run", "--temperature", "1", "--seed", "7", "--len", "600"][..], extra].concat());
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+        stdout(&o)
+    };
+    let text = long(&[]);
+    let gen = &text.trim_end_matches('\n')["time traveller".len()..];
+    let stop: String = gen.chars().skip(254).take(5).collect();
+    let cut = gen.find(&stop).unwrap() + stop.len();
+    assert_eq!(long(&["--stop", &stop]), format!("time traveller{}\n", &gen[..cut]));
+    // --prefix-file: the file's text (without its last newline) is the prefix.
+    dir.write("prefix.txt", "the time\n");
+    assert_eq!(sample(&["--prefix-file", "prefix.txt", "--greedy"]), sample(&["--prefix", "the time", "--greedy"]));
+    // --interactive: a sample per line of stdin; a bad line is one line on stderr.
+    let mut child = crate::helpers::grulm_cmd(dir.path(), &["sample", "--run", "run", "--len", "60", "--greedy", "--interactive"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"time traveller\nQ!\n\nthe time\n").unwrap();
+    drop(child.stdin.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), format!("{greedy}{}", sample(&["--prefix", "the time", "--greedy"])));
+    let err = crate::helpers::stderr(&o);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("prefix \"Q!\" has characters outside the model's vocabulary"), "{err}");
+    // Mistakes.
+    for (args, needle) in [
+        (&["--top-p", "0"][..], "--top-p 0: expected a number in (0, 1]"),
+        (&["--top-p", "1.5"], "--top-p 1.5: expected a number in (0, 1]"),
+        (&["--num-samples", "0"], "--num-samples 0: expected 1 to 4096"),
+        (&["--stop", ""], "--stop: the text is empty"),
+        (&["--prefix", "a", "--prefix-file", "prefix.txt"], "--prefix"),
+        (&["--prefix-file", "missing.txt"], "--prefix-file missing.txt: cannot read"),
+    ] {
+        assert_fails(&grulm(dir.path(), &[&["sample", "--run", "run"][..], args].concat()), USAGE, &[needle]);
+    }
+}
