@@ -94,7 +94,7 @@ def load(d):
 print("true" if load(sys.argv[1]) == load(sys.argv[2]) else "false")
 EOF
 }
-ppl_of() { sed -n 's/^perplexity \([0-9.]*\) on .*/\1/p' "$1" | head -1; }
+ppl_of() { sed -n 's/^perplexity \([0-9.]*\) .*/\1/p' "$1" | head -1; }
 
 echo "gpu-check: $GRULM, libtorch from $TORCH_LIB, results in $OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv > "$OUT/logs/nvidia-smi.log" 2>&1 || true

@@ -497,10 +497,27 @@ fn libtorch_failures_are_one_line_naming_what_grulm_was_doing() {
     // GRULM_DEBUG=1: libtorch's whole message, for a bug report.
     let o = grulm_limited(dir.path(), 3_500_000, &[&args[..], &["--force"]].concat(), true);
     assert!(crate::helpers::stderr(&o).contains("frame #0"), "{}", crate::helpers::stderr(&o));
-    // Room for the weights (1.7 GB, and their initialisation's temporaries) but
-    // not their gradients: the first step fails.
-    let o = grulm_limited(dir.path(), 6_500_000, &[&args[..], &["--force"]].concat(), false);
-    assert_fails(&o, RUNTIME, &["grulm: error: epoch 1: training step 1 of ", ": libtorch: ", "can't allocate memory"]);
+    // A small model (3.2 million weights) whose minibatch of 256 x 256 needs about
+    // 3.3 GiB of activations: the model fits a 4 GB address space, its first step not.
+    dir.write("big.txt", "the time traveller for so it will be convenient to speak of him ".repeat(2100));
+    let big = [
+        "train",
+        "--config",
+        &c,
+        "--out",
+        "run",
+        "--force",
+        "--set",
+        "data.corpus=\"big.txt\"",
+        "--set",
+        "model.hidden_size=1024",
+        "--set",
+        "data.batch_size=256",
+        "--set",
+        "data.num_steps=256",
+    ];
+    let o = grulm_limited(dir.path(), 4_000_000, &big, false);
+    assert_fails(&o, RUNTIME, &["grulm: error: epoch 1: training step 1 of 2: libtorch: ", "can't allocate memory"]);
     assert!(!dir.join("run/metrics.jsonl").exists() && !dir.join("run/checkpoint.safetensors").exists());
 }
 
