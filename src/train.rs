@@ -193,6 +193,12 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         || "allocating the optimizer state".into(),
         || Optimizer::new(cfg.train.optimizer, cfg.train.lr, model.named_parameters()),
     )?;
+    // Before the run directory is touched: a bad source file leaves nothing behind.
+    if let Some(path) = &init {
+        let file = crate::checkpoint::load(path)?;
+        crate::checkpoint::assign(&model.named_parameters(), &file.tensors, &path.display().to_string())?;
+        console.line(&format!("initialised from {} (a fresh optimizer)", path.display()));
+    }
 
     let (start, mut elapsed0, mut history, mut partial) = if opts.resume {
         let saved = run.load_vocab()?;
@@ -218,11 +224,6 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         (0, 0.0, vec![], None)
     };
     let mut best = if opts.resume { run.resume_best(&history, start)? } else { None };
-    if let Some(path) = &init {
-        let file = crate::checkpoint::load(path)?;
-        crate::checkpoint::assign(&model.named_parameters(), &file.tensors, &path.display().to_string())?;
-        console.line(&format!("initialised from {} (a fresh optimizer)", path.display()));
-    }
 
     let mut events = if cfg.train.tensorboard { Some(EventWriter::create(&run.file(tensorboard::DIR))?) } else { None };
     let mut stepper = Stepper::new(device, cfg.train.cuda_graph, &opt);
