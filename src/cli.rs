@@ -193,6 +193,9 @@ pub struct ExportArgs {
     /// Output file [default: RUN/pytorch.safetensors].
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Which weights: best (the lowest validation perplexity, where the run validates) or last [default: best].
+    #[arg(long, value_enum, default_value = "best")]
+    pub checkpoint: run::Weights,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -311,7 +314,11 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
 /// `train --dry-run`: what the run would need, without writing anything.
 fn dry_run(cfg: &Config, dev: tch::Device) -> Result<()> {
     let corpus = data::Corpus::load(&cfg.data)?;
-    let v = corpus.vocab.len() as u64;
+    // Fine-tuning keeps the source run's vocabulary, and its size is V.
+    let v = match &cfg.train.init_from {
+        Some(src) => RunDir::new(src).load_vocab().map_err(|e| usage!("train.init_from: {e:#}"))?.len(),
+        None => corpus.vocab.len(),
+    } as u64;
     let est = Estimate::new(cfg, v, corpus.train.len() as u64);
     let m = &cfg.model;
     println!(
@@ -524,7 +531,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
 fn export_cmd(a: ExportArgs) -> Result<()> {
     let ExportFormat::Pytorch = a.format;
     let run_dir = RunDir::new(&a.run);
-    let (cfg, _vocab, model) = run_dir.load_model(tch::Device::Cpu, run::Weights::Last)?;
+    let (cfg, _vocab, model) = run_dir.load_model(tch::Device::Cpu, a.checkpoint)?;
     let tensors = match cfg.model.kind {
         ModelKind::Builtin => model.named_parameters(),
         ModelKind::Scratch => {

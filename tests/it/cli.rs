@@ -393,6 +393,8 @@ fn best_checkpoint_and_early_stopping() {
         "--set",
         "model.hidden_size=8",
         "--set",
+        "model.reset_gate=\"after\"",
+        "--set",
         "train.device=\"cpu\"",
         "--set",
         "train.val_every=1",
@@ -426,6 +428,17 @@ fn best_checkpoint_and_early_stopping() {
     let sample = |which: &str| stdout(&grulm(dir.path(), &["sample", "--run", "run", "--len", "30", "--checkpoint", which]));
     assert_eq!(sample("best"), stdout(&grulm(dir.path(), &["sample", "--run", "run", "--len", "30"])), "best by default");
     assert_ne!(sample("best"), sample("last"));
+    // export too: best by default.
+    let export = |args: &[&str]| {
+        let o = grulm(dir.path(), &[&["export", "--run", "run"][..], args].concat());
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    };
+    export(&["--out", "default.safetensors"]);
+    export(&["--checkpoint", "best", "--out", "best.safetensors"]);
+    export(&["--checkpoint", "last", "--out", "last.safetensors"]);
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    assert_eq!(read("default.safetensors"), read("best.safetensors"));
+    assert_ne!(read("best.safetensors"), read("last.safetensors"));
     // Resumed with the same patience it stays stopped; with more it goes on.
     let o = grulm(dir.path(), &["train", "--out", "run", "--resume"]);
     assert!(stdout(&o).contains(&format!("the run stopped early at epoch {n} (train.patience = 3)")), "{}", stdout(&o));
