@@ -1,5 +1,5 @@
 //! Smoke tests of the real binary in temporary directories.
-use crate::helpers::{assert_fails, grulm, small_config, stdout, timemachine, TempDir};
+use crate::helpers::{assert_fails, cfg_on, grulm, small_config, stdout, timemachine, TempDir};
 
 #[test]
 fn info_reports_libtorch_2_11() {
@@ -325,29 +325,8 @@ fn perplexity_plot_of_a_short_run_has_whole_epoch_ticks_and_a_title_that_fits() 
     std::fs::create_dir_all(dir.join("some/deep/directory")).unwrap();
     dir.write(&format!("some/deep/directory/{name}"), "the time traveller for so it will be convenient to speak of him ".repeat(20));
     for (epochs, want) in [(5, &["1", "2", "3", "4", "5"][..]), (3, &["1", "2", "3"])] {
-        let o = grulm(
-            dir.path(),
-            &[
-                "train",
-                "--out",
-                "run",
-                "--force",
-                "--set",
-                &format!("data.corpus=\"some/deep/directory/{name}\""),
-                "--set",
-                "data.max_tokens=0",
-                "--set",
-                "data.batch_size=4",
-                "--set",
-                "data.num_steps=5",
-                "--set",
-                "model.hidden_size=8",
-                "--set",
-                &format!("train.epochs={epochs}"),
-                "--set",
-                "train.device=\"cpu\"",
-            ],
-        );
+        let c = cfg_on(&dir, &format!("some/deep/directory/{name}"), "");
+        let o = grulm(dir.path(), &["train", "--config", &c, "--out", "run", "--force", "--set", &format!("train.epochs={epochs}")]);
         assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
         let svg = std::fs::read_to_string(dir.join("run/perplexity.svg")).unwrap();
         // (x, y, text) of every <text> element.
@@ -376,26 +355,17 @@ fn perplexity_plot_of_a_short_run_has_whole_epoch_ticks_and_a_title_that_fits() 
 fn best_checkpoint_and_early_stopping() {
     let dir = TempDir::new("best");
     dir.write("x.txt", "the time traveller for so it will be convenient to speak of him ".repeat(20));
+    let c = cfg_on(&dir, "x.txt", "");
     let base = [
         "train",
+        "--config",
+        &c,
         "--out",
         "run",
         "--set",
-        "data.corpus=\"x.txt\"",
-        "--set",
-        "data.max_tokens=0",
-        "--set",
-        "data.batch_size=4",
-        "--set",
-        "data.num_steps=5",
-        "--set",
         "data.val_fraction=0.2",
         "--set",
-        "model.hidden_size=8",
-        "--set",
         "model.reset_gate=\"after\"",
-        "--set",
-        "train.device=\"cpu\"",
         "--set",
         "train.val_every=1",
         "--set",

@@ -120,6 +120,16 @@ pub fn timemachine() -> Option<PathBuf> {
     None
 }
 
+/// `c.toml` in `dir`: a config on `corpus` (a path relative to `dir`) with d2l's
+/// sizes scaled down to a tiny model (B=4, T=5, H=8, one epoch); returns its name.
+pub fn cfg_on(dir: &TempDir, corpus: &str, extra: &str) -> String {
+    let text = format!(
+        "[data]\ncorpus = {corpus:?}\nbatch_size = 4\nnum_steps = 5\nmax_tokens = 0\n[model]\nhidden_size = 8\n[train]\nepochs = 1\ndevice = \"cpu\"\n{extra}"
+    );
+    dir.write("c.toml", text);
+    "c.toml".into()
+}
+
 /// A run directory's config for a small, fast experiment on `corpus`.
 pub fn small_config(corpus: &Path, extra: &str) -> String {
     format!(

@@ -1,6 +1,6 @@
 //! Bad input, numerical faults, crash safety: each case runs the real binary and
 //! expects one clear line, the right exit code, no panic, nothing half-written.
-use crate::helpers::{assert_fails, grulm, grulm_cmd, metrics_without_timing, small_config, stdout, timemachine, TempDir};
+use crate::helpers::{assert_fails, cfg_on, grulm, grulm_cmd, metrics_without_timing, small_config, stdout, timemachine, TempDir};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -10,15 +10,6 @@ const RUNTIME: i32 = 1;
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// A config on `corpus` with d2l's sizes scaled down.
-fn cfg_on(dir: &TempDir, corpus: &str, extra: &str) -> String {
-    let text = format!(
-        "[data]\ncorpus = {corpus:?}\nbatch_size = 4\nnum_steps = 5\nmax_tokens = 0\n[model]\nhidden_size = 8\n[train]\nepochs = 1\ndevice = \"cpu\"\n{extra}"
-    );
-    dir.write("c.toml", text);
-    "c.toml".into()
 }
 
 #[test]
