@@ -94,7 +94,7 @@ pub struct SampleArgs {
     pub run: PathBuf,
     /// Which weights: best (the lowest validation perplexity, where the run validates) or last [default: best].
     #[arg(long, value_enum, default_value = "best")]
-    pub checkpoint: run::Weights,
+    pub checkpoint: CheckpointArg,
     /// Text to start from [default: the run's first sample.prefixes].
     #[arg(long, conflicts_with_all = ["prefix_file", "interactive"])]
     pub prefix: Option<String>,
@@ -139,7 +139,7 @@ pub struct EvalArgs {
     pub run: PathBuf,
     /// Which weights: best (the lowest validation perplexity, where the run validates) or last [default: best].
     #[arg(long, value_enum, default_value = "best")]
-    pub checkpoint: run::Weights,
+    pub checkpoint: CheckpointArg,
     /// `timemachine` or a path to a text [default: the run's data.corpus]. The whole text is read.
     #[arg(long, conflicts_with = "split")]
     pub corpus: Option<String>,
@@ -151,6 +151,22 @@ pub struct EvalArgs {
     /// Print one JSON object (perplexity, bits per character, tokens) instead of a sentence.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--checkpoint`: which of a run's weights (see [`run::Weights`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CheckpointArg {
+    Best,
+    Last,
+}
+
+impl From<CheckpointArg> for run::Weights {
+    fn from(c: CheckpointArg) -> run::Weights {
+        match c {
+            CheckpointArg::Best => run::Weights::Best,
+            CheckpointArg::Last => run::Weights::Last,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -195,7 +211,7 @@ pub struct ExportArgs {
     pub out: Option<PathBuf>,
     /// Which weights: best (the lowest validation perplexity, where the run validates) or last [default: best].
     #[arg(long, value_enum, default_value = "best")]
-    pub checkpoint: run::Weights,
+    pub checkpoint: CheckpointArg,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -375,7 +391,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     }
     let dev = device::resolve(&a.device)?;
     let run_dir = RunDir::new(&a.run);
-    let (cfg, vocab, mut model) = run_dir.load_model(dev, a.checkpoint)?;
+    let (cfg, vocab, mut model) = run_dir.load_model(dev, a.checkpoint.into())?;
     let decode = decode_for(&a, &cfg);
     let len = a.len.unwrap_or(cfg.sample.len);
     let stdout = std::io::stdout();
@@ -472,7 +488,7 @@ fn write_samples(
 fn eval_cmd(a: EvalArgs) -> Result<()> {
     let dev = device::resolve(&a.device)?;
     let run_dir = RunDir::new(&a.run);
-    let (cfg, vocab, mut model) = run_dir.load_model(dev, a.checkpoint)?;
+    let (cfg, vocab, mut model) = run_dir.load_model(dev, a.checkpoint.into())?;
     let name = a.corpus.clone().unwrap_or_else(|| cfg.data.corpus.clone());
     let path = data::resolve_corpus(&name)?;
     let split = a.split.unwrap_or(Split::All);
@@ -531,7 +547,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
 fn export_cmd(a: ExportArgs) -> Result<()> {
     let ExportFormat::Pytorch = a.format;
     let run_dir = RunDir::new(&a.run);
-    let (cfg, _vocab, model) = run_dir.load_model(tch::Device::Cpu, a.checkpoint)?;
+    let (cfg, _vocab, model) = run_dir.load_model(tch::Device::Cpu, a.checkpoint.into())?;
     let tensors = match cfg.model.kind {
         ModelKind::Builtin => model.named_parameters(),
         ModelKind::Scratch => {

@@ -67,7 +67,8 @@ pub fn one_line(err: &anyhow::Error) -> String {
     parts.join(": ").replace('\n', " ")
 }
 
-fn debug() -> bool {
+/// `GRULM_DEBUG=1`: libtorch's messages whole, C++ frames included.
+pub fn debug() -> bool {
     std::env::var("GRULM_DEBUG").is_ok_and(|v| v == "1")
 }
 

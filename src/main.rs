@@ -39,7 +39,7 @@ fn main() {
             return; // `grulm sample | head`: the reader is done, so are we
         }
         let first = match grulm::error::torch_first_line(&msg) {
-            Some(torch) if std::env::var("GRULM_DEBUG").is_ok_and(|v| v == "1") => format!("libtorch: {torch}\n{msg}"),
+            Some(torch) if grulm::error::debug() => format!("libtorch: {torch}\n{msg}"),
             Some(torch) => format!("libtorch: {torch}"),
             None => msg.lines().next().unwrap_or_default().to_string(),
         };

@@ -53,8 +53,8 @@ pub struct Partial {
     pub state: Option<Vec<tch::Tensor>>,
 }
 
-/// Which weights of a run `sample` and `eval` use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// Which weights of a run `sample`, `eval` and `export` use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Weights {
     /// `best.safetensors` where the run has one (it validates), else the last.
     Best,

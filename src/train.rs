@@ -285,8 +285,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
             console.line(&note);
         }
         // The epoch's one host read.
-        let (mut losses, mut norms, mut seconds) =
-            part.as_ref().map_or((vec![], vec![], 0.0), |p| (p.losses.clone(), p.norms.clone(), p.seconds));
+        let (mut losses, mut norms, mut seconds) = part.map_or((vec![], vec![], 0.0), |p| (p.losses, p.norms, p.seconds));
         losses.extend(Vec::<f64>::try_from(out.losses.to_kind(Kind::Double))?);
         norms.extend(Vec::<f64>::try_from(out.norms.to_kind(Kind::Double))?);
         seconds += timer.elapsed().as_secs_f64();
