@@ -517,3 +517,27 @@ fn init_from_fine_tunes_another_runs_weights() {
     let o = grulm(dir.path(), &["train", "--out", "tuned", "--resume", "--init-from", "pre"]);
     assert_fails(&o, 2, &["--init-from", "--resume"]);
 }
+
+#[test]
+fn schedule_and_sampling_keys_through_the_binary() {
+    let dir = TempDir::new("keys");
+    dir.write("x.txt", "the time traveller for so it will be convenient to speak of him ".repeat(20));
+    let c = cfg_on(&dir, "x.txt", "");
+    let sets = ["train.epochs=3", "train.lr_schedule=\"step\"", "train.lr_decay=0.5", "train.warmup_epochs=1", "sample.top_p=0.01"];
+    let mut args = vec!["train", "--config", &c, "--out", "run"];
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    let o = grulm(dir.path(), &args);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let lrs: Vec<f64> = crate::helpers::metrics_without_timing(&dir.join("run")).iter().map(|m| m["lr"].as_f64().unwrap()).collect();
+    assert_eq!(lrs, [1.0, 1.0, 0.5], "warm-up 1 epoch, then halved every epoch");
+    // sample.top_p = 0.01 from the run's config: only the most likely character, as --greedy.
+    let sample = |extra: &[&str]| stdout(&grulm(dir.path(), &[&["sample", "--run", "run", "--len", "40"][..], extra].concat()));
+    assert_eq!(sample(&[]), sample(&["--greedy"]));
+    assert_fails(
+        &grulm(dir.path(), &["train", "--config", &c, "--out", "bad", "--set", "train.lr_decay=1.5"]),
+        2,
+        &["train.lr_decay = 1.5: expected a finite number in (0, 1]"],
+    );
+}
