@@ -210,12 +210,13 @@ fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, war
     let ys = Tensor::randint(v, [steps as i64, b, t], (Kind::Int64, dev));
     let mut stepper = Stepper::new(dev, graph, &opt);
     let mut times = Vec::with_capacity(repeats);
+    let plan = train::EpochPlan { partition: SeqPartition::Sequential, theta: 1.0, from: 0, mask_seed: None };
     // Warm-up repeats, and enough steps for a CUDA graph to be captured before timing.
     let warm = warmup.max(if graph && dev.is_cuda() { crate::step::WARMUP_STEPS.div_ceil(steps) + 1 } else { 0 });
     for i in 0..warm + repeats {
         let t0 = Instant::now();
         // The trainer's own epoch loop, over `steps` minibatches.
-        let out = train::train_epoch(model.as_ref(), &mut opt, &mut stepper, &xs, &ys, SeqPartition::Sequential, 1.0, 0)?;
+        let out = train::train_epoch(model.as_ref(), &mut opt, &mut stepper, &xs, &ys, &plan)?;
         // One read at the end: waits for the device, and checks the numbers.
         let l = f64::try_from(out.losses.get(-1))?;
         if !l.is_finite() {

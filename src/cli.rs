@@ -196,6 +196,10 @@ pub struct ParityArgs {
     /// The cell to compare.
     #[arg(long, value_enum, default_value = "gru")]
     pub cell: ParityCell,
+    /// Dropout in the compared training step, from 0 to below 1 (CPU only): the
+    /// scratch masks must be libtorch's own.
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
 }
 
 #[derive(Args, Debug)]
@@ -254,8 +258,9 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 /// Keys that may change when a run is resumed: how long and where it runs, what
-/// it prints, and the step size (to recover from divergence with a lower lr);
-/// not the data, the model or the optimiser.
+/// it prints, the step size (to recover from divergence with a lower lr) and
+/// dropout (against overfitting seen late); not the data, the model's shape or
+/// the optimiser.
 const RESUMABLE_KEYS: &[&str] = &[
     "train.epochs",
     "train.lr",
@@ -272,6 +277,7 @@ const RESUMABLE_KEYS: &[&str] = &[
     "train.cuda_graph",
     "train.tensorboard",
     "train.patience",
+    "model.dropout",
 ];
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
@@ -579,6 +585,12 @@ fn parity_cmd(a: ParityArgs) -> Result<()> {
     if a.layers == 0 {
         return Err(usage!("--layers 0: expected at least 1"));
     }
+    if !(0.0..1.0).contains(&a.dropout) {
+        return Err(usage!("--dropout {}: expected a number from 0 to below 1", a.dropout));
+    }
+    if a.dropout > 0.0 && dev.is_cuda() {
+        return Err(usage!("--dropout {}: parity with dropout is checked on the CPU only (on CUDA, cuDNN draws its own masks)", a.dropout));
+    }
     let kind = match a.dtype {
         Dtype::F32 => tch::Kind::Float,
         Dtype::F64 => tch::Kind::Double,
@@ -608,7 +620,7 @@ fn parity_cmd(a: ParityArgs) -> Result<()> {
                 ParityCell::Lstm => CellKind::Lstm,
                 ParityCell::Rnn => CellKind::Rnn,
             };
-            let mut report = parity::compare(dev, kind, cell, layers, ScratchPath::Bptt, a.seed)?;
+            let mut report = parity::compare(dev, kind, cell, layers, ScratchPath::Bptt, a.seed, a.dropout)?;
             report.asserted = asserted;
             print!("{}", report.table());
             ok &= !asserted || report.passed();

@@ -450,6 +450,7 @@ impl Reader<'_> {
                 ModelKind::Scratch => init_sigma.or(d.init_sigma),
                 ModelKind::Builtin => None,
             },
+            dropout: r.float(&mut t, s, "dropout", |x| (0.0..1.0).contains(&x), "in [0, 1)")?.unwrap_or(d.dropout),
         };
         r.no_more(&t, s, MODEL_KEYS)?;
         Ok(model)
@@ -483,7 +484,7 @@ fn show_value(v: &Value) -> String {
 
 const DATA_KEYS: &[&str] =
     &["corpus", "preprocess", "max_tokens", "min_freq", "reserved_tokens", "val_fraction", "partition", "batch_size", "num_steps"];
-const MODEL_KEYS: &[&str] = &["kind", "cell", "hidden_size", "num_layers", "reset_gate", "gru_gates", "init_sigma"];
+const MODEL_KEYS: &[&str] = &["kind", "cell", "hidden_size", "num_layers", "reset_gate", "gru_gates", "init_sigma", "dropout"];
 const TRAIN_KEYS: &[&str] = &[
     "epochs",
     "optimizer",

@@ -72,6 +72,8 @@ impl Estimate {
         let p = m.parameter_count(v);
         let (h, l, g) = (m.hidden_size as u64, m.num_layers as u64, m.gate_count());
         let s = if m.cell == CellKind::Lstm { 2 } else { 1 };
+        // Dropout keeps each layer's mask and its masked output.
+        let d = if m.dropout > 0.0 { 2 } else { 0 };
         Estimate {
             parameter_count: p,
             parameters: 4 * p,
@@ -80,7 +82,7 @@ impl Estimate {
                 OptimizerKind::Sgd => 0,
                 OptimizerKind::Adam => 8 * p,
             },
-            activations: 4 * t * b * (3 * v + l * h * (3 * g + 2 * s + 2)),
+            activations: 4 * t * b * (3 * v + l * h * (3 * g + 2 * s + 2 + d)),
             data,
         }
     }

@@ -2,6 +2,11 @@
 //! LSTM, the RNN), same weights through the [`layout`](crate::model::layout)
 //! map: logits, final state, loss and the gradient of every parameter.
 //! `grulm parity` prints this; the tests assert it.
+//!
+//! With dropout (`--dropout P`, CPU only) the training step of both models
+//! starts from one generator seed, so the scratch model's masks must be the
+//! ones libtorch's RNN and `dropout` draw, at the same places. On CUDA cuDNN
+//! draws its masks with its own generator, so there is nothing to compare.
 use crate::checkpoint;
 use crate::model::layout::{pytorch_to_scratch, scratch_to_pytorch, BiasHh};
 use crate::model::{BuildOptions, CellKind, ModelConfig, ModelKind, RecurrentLm, ResetGate, ScratchPath, State};
@@ -36,6 +41,8 @@ pub struct ParityReport {
     pub device: Device,
     pub kind: Kind,
     pub layers: usize,
+    /// Dropout in the training step (0: none).
+    pub dropout: f64,
     /// See [`tolerance`].
     pub tolerance: f64,
     /// (what, max abs difference)
@@ -60,10 +67,11 @@ impl ParityReport {
             CellKind::Rnn => "RNN",
         };
         let mut s = format!(
-            "scratch {cell} vs built-in on {} in {:?}, {} layer(s), B={BATCH} T={STEPS} V={VOCAB} H={HIDDEN}\n",
+            "scratch {cell} vs built-in on {} in {:?}, {} layer(s), B={BATCH} T={STEPS} V={VOCAB} H={HIDDEN}{}\n",
             crate::device::describe(self.device),
             self.kind,
-            self.layers
+            self.layers,
+            if self.dropout > 0.0 { format!(", dropout {} in the training step", self.dropout) } else { String::new() }
         );
         s += &format!("{:<28} {:>14} {:>14}\n", "quantity", "max |diff|", "/ tolerance");
         for (name, d) in &self.rows {
@@ -94,8 +102,20 @@ pub fn randomize(model: &dyn RecurrentLm, scale: f64) {
     });
 }
 
-/// Runs the comparison for `cell` with the scratch model on `path`.
-pub fn compare(device: Device, kind: Kind, cell: CellKind, layers: usize, path: ScratchPath, seed: i64) -> Result<ParityReport> {
+/// Runs the comparison for `cell` with the scratch model on `path`, with
+/// `dropout` in the training step.
+pub fn compare(
+    device: Device,
+    kind: Kind,
+    cell: CellKind,
+    layers: usize,
+    path: ScratchPath,
+    seed: i64,
+    dropout: f64,
+) -> Result<ParityReport> {
+    if dropout > 0.0 && device.is_cuda() {
+        return Err(crate::usage!("--dropout: parity with dropout is checked on the CPU only (on CUDA, cuDNN draws its own masks)"));
+    }
     tch::manual_seed(seed);
     let cfg = |k| ModelConfig {
         kind: k,
@@ -104,6 +124,7 @@ pub fn compare(device: Device, kind: Kind, cell: CellKind, layers: usize, path: 
         num_layers: layers,
         reset_gate: (cell == CellKind::Gru).then_some(ResetGate::After),
         init_sigma: Some(SCALE),
+        dropout,
         ..ModelConfig::default()
     };
     let builtin = cfg(ModelKind::Builtin).init(VOCAB, device, kind);
@@ -121,8 +142,11 @@ pub fn compare(device: Device, kind: Kind, cell: CellKind, layers: usize, path: 
     // Logits from the forward pass; loss, final state and gradients from the
     // training step the trainer runs (hand-written BPTT on the scratch model's
     // default path, autograd on the built-in one).
+    // With dropout, both training steps draw their masks from one seed.
+    let mask_seed = seed.wrapping_add(1);
     let run = |m: &dyn RecurrentLm| {
         let (logits, _) = tch::no_grad(|| m.forward(&tokens, &state0()));
+        tch::manual_seed(mask_seed);
         let (loss, state) = m.train_step(&tokens, &targets, &state0());
         (logits, state, loss)
     };
@@ -141,5 +165,5 @@ pub fn compare(device: Device, kind: Kind, cell: CellKind, layers: usize, path: 
         let p = builtin_params.get(&name).ok_or_else(|| anyhow!("built-in model has no {name}"))?;
         rows.push(row(&format!("grad {name}"), &g, &p.grad()));
     }
-    Ok(ParityReport { cell, device, kind, layers, tolerance: tolerance(kind, device), rows, asserted: true })
+    Ok(ParityReport { cell, device, kind, layers, dropout, tolerance: tolerance(kind, device), rows, asserted: true })
 }

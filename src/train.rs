@@ -52,31 +52,57 @@ pub struct EpochTensors {
     pub done: i64,
 }
 
+/// How [`train_epoch`] runs an epoch.
+pub struct EpochPlan {
+    pub partition: SeqPartition,
+    /// `train.grad_clip`.
+    pub theta: f64,
+    /// The first minibatch to train: 0, or where an interrupted epoch resumes
+    /// (its carried state already in the stepper).
+    pub from: i64,
+    /// `Some((train.seed, epoch))` when the model draws dropout masks: every step
+    /// reseeds libtorch's generator from (seed, epoch, step), so a step's masks
+    /// depend on nothing else and a resumed run draws what the uninterrupted one
+    /// drew.
+    pub mask_seed: Option<(u64, usize)>,
+}
+
+/// The generator seed of training step `step` of epoch `epoch` (SplitMix64's
+/// finaliser over the three, so nearby steps get unrelated seeds).
+pub fn step_seed(seed: u64, epoch: usize, step: i64) -> i64 {
+    let mut z = seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 1) as i64
+}
+
 /// One epoch over the minibatches `xs`, `ys` (`[n, B, T]`, on the device), from
-/// minibatch `from` (0, or where an interrupted epoch resumes, its carried
-/// state already in `stepper`). The state starts at zero and is carried from
-/// step to step (sequential partition) or starts at zero every step (random
+/// minibatch `plan.from`. The state starts at zero and is carried from step to
+/// step (sequential partition) or starts at zero every step (random
 /// partition), as d2l's `train_epoch_ch8`. Stops after the current minibatch
 /// when a signal asks.
-#[allow(clippy::too_many_arguments)]
 pub fn train_epoch(
     model: &dyn RecurrentLm,
     opt: &mut Optimizer,
     stepper: &mut Stepper,
     xs: &Tensor,
     ys: &Tensor,
-    partition: SeqPartition,
-    theta: f64,
-    from: i64,
+    plan: &EpochPlan,
 ) -> Result<EpochTensors> {
     let n = xs.size()[0];
+    let from = plan.from;
     let mut losses = Vec::with_capacity((n - from) as usize);
     let mut norms = Vec::with_capacity((n - from) as usize);
     let mut done = n;
     for k in from..n {
-        let fresh = k == 0 || partition == SeqPartition::Random;
-        let out =
-            libtorch(|| format!("training step {} of {n}", k + 1), || stepper.step(model, opt, &xs.get(k), &ys.get(k), fresh, theta))??;
+        let fresh = k == 0 || plan.partition == SeqPartition::Random;
+        if let Some((seed, epoch)) = plan.mask_seed {
+            tch::manual_seed(step_seed(seed, epoch, k));
+        }
+        let out = libtorch(
+            || format!("training step {} of {n}", k + 1),
+            || stepper.step(model, opt, &xs.get(k), &ys.get(k), fresh, plan.theta),
+        )??;
         losses.push(out.loss);
         norms.push(out.norm);
         if interrupt::requested().is_some() {
@@ -132,6 +158,7 @@ fn init_source(src: &RunDir, cfg: &Config, corpus: &mut Corpus) -> Result<std::p
     let mut probe = cfg.clone();
     probe.model = src_cfg.model.clone();
     probe.model.init_sigma = cfg.model.init_sigma; // the weights are replaced anyway
+    probe.model.dropout = cfg.model.dropout; // a training setting, not a shape
     let differ = probe.differing_keys(cfg);
     if !differ.is_empty() {
         return Err(usage!(
@@ -279,8 +306,13 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
             stepper.set_carried(State::new(state.iter().map(Tensor::shallow_clone).collect()));
         }
         let from = part.as_ref().map_or(0, |p| p.steps as i64);
-        let out = train_epoch(model.as_ref(), &mut opt, &mut stepper, &xs, &ys, cfg.data.partition, cfg.train.grad_clip, from)
-            .with_context(|| format!("epoch {number}"))?;
+        let plan = EpochPlan {
+            partition: cfg.data.partition,
+            theta: cfg.train.grad_clip,
+            from,
+            mask_seed: (cfg.model.dropout > 0.0).then_some((cfg.train.seed, epoch)),
+        };
+        let out = train_epoch(model.as_ref(), &mut opt, &mut stepper, &xs, &ys, &plan).with_context(|| format!("epoch {number}"))?;
         if let Some(note) = stepper.take_note() {
             console.line(&note);
         }

@@ -15,6 +15,9 @@
 //! hidden side  dW_h = Mᵀ dP      db_h = Σ_rows dP    (M = H_{t-1}, or the GRU's R ⊙ H_{t-1})
 //! ```
 //!
+//! With dropout, a layer's output goes up times its mask, and the gradient
+//! coming down from above is multiplied by the same mask.
+//!
 //! Same function, same gradients: the tests hold this step to an independent
 //! reference (f64, 1e-10) for every cell.
 use super::cell::{Backward, Cell, Layer, Tape};
@@ -90,28 +93,39 @@ impl<C: Cell> ScratchLm<C> {
             let hd = self.hidden_size();
             let ids = tokens.tr().reshape([-1]); // [T*B], time-major
             let s0 = state.detach().per_layer();
+            let masks = self.masks(true, t, b);
             let mut tapes: Vec<Tape> = Vec::with_capacity(self.layers.len());
+            // Each layer's output on its way up `[T*B, H]`: the tape's rows, or
+            // with dropout those rows times the layer's mask.
+            let mut ups: Vec<Tensor> = Vec::with_capacity(self.layers.len());
             let w_xs: Vec<Tensor> = self.layers.iter().map(Layer::w_x).collect();
             for (l, p) in self.layers.iter().enumerate() {
-                let below = tapes.last().map(|tp| tp.out().view([t * b, hd]));
-                let xa = self.project(below.as_ref(), &ids, &w_xs[l], &p.b()).view([t, b, -1]);
-                tapes.push(self.cell.forward_tape(p, xa, &s0[l]));
+                let xa = self.project(ups.last(), &ids, &w_xs[l], &p.b()).view([t, b, -1]);
+                let tape = self.cell.forward_tape(p, xa, &s0[l]);
+                let out = tape.out();
+                ups.push(masks.get(l).map_or(out.shallow_clone(), |m| &out * m).view([t * b, hd]));
+                tapes.push(tape);
             }
-            let top = tapes.last().expect("at least one layer").out().view([t * b, hd]);
+            let top = ups.last().expect("at least one layer");
             // d2l's loss: mean cross-entropy per token; dlogits = (softmax − onehot)/N.
-            let logp = self.b_q.addmm(&top, &self.w_hq).log_softmax(-1, top.kind());
+            let logp = self.b_q.addmm(top, &self.w_hq).log_softmax(-1, top.kind());
             let y = targets.tr().reshape([-1, 1]);
             let n = (t * b) as f64;
             let loss = -logp.gather(1, &y, false).sum(top.kind()) / n;
             let dlogits = logp.exp().scatter_add(1, &y, &Tensor::full([t * b, 1], -1.0, (top.kind(), top.device()))) / n;
             add_grad(&self.w_hq, &top.tr().mm(&dlogits));
             add_grad(&self.b_q, &dlogits.sum_dim_intlist(0, false, dlogits.kind()));
-            let mut d_out = dlogits.mm(&self.w_hq.tr()).view([t, b, hd]);
+            // The gradient reaching layer l's output: through its mask, if any.
+            let unmask = |d: Tensor, l: usize| match masks.get(l) {
+                Some(m) => d * m,
+                None => d,
+            };
+            let mut d_out = unmask(dlogits.mm(&self.w_hq.tr()).view([t, b, hd]), self.layers.len() - 1);
             for (l, p) in self.layers.iter().enumerate().rev() {
-                let below = (l > 0).then(|| tapes[l - 1].out().view([t * b, hd]));
+                let below = l.checked_sub(1).map(|k| &ups[k]);
                 let back = self.cell.backward_tape(p, &tapes[l], &d_out);
-                if let Some(d) = self.weight_grads(p, &w_xs[l], &back, below.as_ref(), &ids) {
-                    d_out = d.view([t, b, hd]);
+                if let Some(d) = self.weight_grads(p, &w_xs[l], &back, below, &ids) {
+                    d_out = unmask(d.view([t, b, hd]), l - 1);
                 }
             }
             let finals: Vec<Vec<Tensor>> = tapes.iter().map(Tape::final_state).collect();

@@ -20,6 +20,10 @@
 //! U(−1/√H, 1/√H) for every tensor (not tch's Kaiming). tch has modules for the
 //! GRU and the LSTM but not for `rnn_tanh`, so all three are called the same way
 //! here: the ops directly, time-major, with an explicit `[L, B, H]` state.
+//!
+//! Dropout (`model.dropout`, training only) as PyTorch's `nn.GRU(dropout=p)`
+//! between the layers (ATen's argument), and on the top layer's output before
+//! the linear layer, as char-rnn and d2l's scratch masks do.
 use super::{CellKind, RecurrentLm, State};
 use tch::nn::{self, Init, Module, VarStore};
 use tch::Tensor;
@@ -33,6 +37,7 @@ pub struct BuiltinLm {
     vocab: i64,
     hidden: i64,
     layers: i64,
+    dropout: f64,
 }
 
 /// Gate rows per cell, and cuDNN's mode number (`rnn.cpp`: RNN_TANH 1, LSTM 2, GRU 3).
@@ -45,7 +50,7 @@ fn gates_and_mode(cell: CellKind) -> (i64, i64) {
 }
 
 impl BuiltinLm {
-    pub fn new(vs: VarStore, cell: CellKind, vocab: i64, hidden: i64, layers: i64) -> BuiltinLm {
+    pub fn new(vs: VarStore, cell: CellKind, vocab: i64, hidden: i64, layers: i64, dropout: f64) -> BuiltinLm {
         let bound = 1.0 / (hidden as f64).sqrt();
         let u = Init::Uniform { lo: -bound, up: bound };
         let (gates, mode) = gates_and_mode(cell);
@@ -65,7 +70,7 @@ impl BuiltinLm {
             let _ = Tensor::internal_cudnn_rnn_flatten_weight(&weights, 4, vocab, mode, hidden, 0, layers, false, false);
         }
         let linear = nn::linear(&root / "linear", hidden, vocab, nn::LinearConfig { ws_init: u, bs_init: Some(u), bias: true });
-        BuiltinLm { vs, cell, weights, linear, vocab, hidden, layers }
+        BuiltinLm { vs, cell, weights, linear, vocab, hidden, layers, dropout }
     }
 }
 
@@ -80,23 +85,24 @@ impl RecurrentLm for BuiltinLm {
 
     fn forward_t(&self, tokens: &Tensor, state: &State, train: bool) -> (Tensor, State) {
         let inputs = tokens.tr().one_hot(self.vocab).to_kind(self.linear.ws.kind()); // [T, B, V]
-        let (w, l) = (&self.weights, self.layers);
+        let (w, l, p) = (&self.weights, self.layers, self.dropout);
         // has_biases, num_layers, dropout, train, bidirectional, batch_first
         let (outputs, state) = match self.cell {
             CellKind::Rnn => {
-                let (y, h) = inputs.rnn_tanh(&state.0[0], w, true, l, 0.0, train, false, false);
+                let (y, h) = inputs.rnn_tanh(&state.0[0], w, true, l, p, train, false, false);
                 (y, vec![h])
             }
             CellKind::Gru => {
-                let (y, h) = inputs.gru(&state.0[0], w, true, l, 0.0, train, false, false);
+                let (y, h) = inputs.gru(&state.0[0], w, true, l, p, train, false, false);
                 (y, vec![h])
             }
             CellKind::Lstm => {
                 let w: Vec<&Tensor> = w.iter().collect();
-                let (y, h, c) = inputs.lstm(&[&state.0[0], &state.0[1]], &w, true, l, 0.0, train, false, false);
+                let (y, h, c) = inputs.lstm(&[&state.0[0], &state.0[1]], &w, true, l, p, train, false, false);
                 (y, vec![h, c])
             }
         };
+        let outputs = if train && p > 0.0 { outputs.dropout(p, true) } else { outputs };
         (self.linear.forward(&outputs), State(state))
     }
 

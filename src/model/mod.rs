@@ -84,6 +84,14 @@ pub struct ModelConfig {
     /// none for the built-in model, which is initialised as PyTorch's modules.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init_sigma: Option<f64>,
+    /// Dropout probability on every layer's output (into the layer above, and
+    /// from the top layer into the output layer) while training; 0: none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dropout: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl Default for ModelConfig {
@@ -97,6 +105,7 @@ impl Default for ModelConfig {
             reset_gate: Some(ResetGate::Before),
             gru_gates: GruGates::Both,
             init_sigma: Some(0.01),
+            dropout: 0.0,
         }
     }
 }
@@ -163,8 +172,9 @@ pub trait RecurrentLm {
 
     /// Runs over token ids `[B, T]` (Int64) from `state`: logits `[T, B, V]` for
     /// every step, and the state after the last step. `train` says whether this
-    /// is a training pass (as tch's `forward_t`; no cell has dropout yet, so today
-    /// it changes no number).
+    /// is a training pass (as tch's `forward_t`): with `model.dropout` > 0 it
+    /// draws fresh dropout masks ([`dropout_masks`]); evaluation and sampling
+    /// pass `false` and are deterministic.
     fn forward_t(&self, tokens: &Tensor, state: &State, train: bool) -> (Tensor, State);
 
     /// [`RecurrentLm::forward_t`] for evaluation and sampling.
@@ -199,6 +209,24 @@ pub trait RecurrentLm {
     }
 }
 
+/// Dropout masks for one training pass over `[T, B, H]` layer outputs: `n`
+/// tensors, each Bernoulli(1 − p) / (1 − p) per element (inverted dropout, so
+/// evaluation needs no rescaling). Drawn from libtorch's generator exactly as
+/// ATen's `dropout` draws its noise (`bernoulli_(1 − p)`, then `div_(1 − p)`),
+/// and in the order libtorch's RNNs draw theirs (layer 0's output first, the
+/// top layer's last): with the same seed, the scratch and built-in models drop
+/// the same units.
+pub fn dropout_masks(n: usize, shape: [i64; 3], p: f64, like: &Tensor) -> Vec<Tensor> {
+    (0..n)
+        .map(|_| {
+            let mut m = Tensor::empty(shape, (like.kind(), like.device()));
+            let _ = m.bernoulli_float_(1.0 - p);
+            let _ = m.g_div_scalar_(1.0 - p);
+            m
+        })
+        .collect()
+}
+
 /// How [`ModelConfig::build`] builds beyond the config.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BuildOptions {
@@ -225,19 +253,21 @@ impl ModelConfig {
         vs.set_kind(kind);
         let (h, l) = (self.hidden_size as i64, self.num_layers as i64);
         let sigma = self.init_sigma.unwrap_or(0.01);
-        fn scratch<C: cell::Cell + 'static>(mut m: ScratchLm<C>, opts: BuildOptions) -> Box<dyn RecurrentLm> {
+        fn scratch<C: cell::Cell + 'static>(mut m: ScratchLm<C>, opts: BuildOptions, dropout: f64) -> Box<dyn RecurrentLm> {
             m.set_deterministic(opts.deterministic);
             m.set_path(opts.path.unwrap_or(ScratchPath::Bptt));
+            m.set_dropout(dropout);
             Box::new(m)
         }
+        let p = self.dropout;
         match (self.kind, self.cell) {
             (ModelKind::Scratch, CellKind::Gru) => {
                 let gru = cell::Gru::new(self.reset_gate.unwrap_or(ResetGate::Before), self.gru_gates);
-                scratch(ScratchLm::new(vs, gru, vocab_size, h, l, sigma), opts)
+                scratch(ScratchLm::new(vs, gru, vocab_size, h, l, sigma), opts, p)
             }
-            (ModelKind::Scratch, CellKind::Lstm) => scratch(ScratchLm::new(vs, cell::Lstm, vocab_size, h, l, sigma), opts),
-            (ModelKind::Scratch, CellKind::Rnn) => scratch(ScratchLm::new(vs, cell::Rnn, vocab_size, h, l, sigma), opts),
-            (ModelKind::Builtin, c) => Box::new(BuiltinLm::new(vs, c, vocab_size, h, l)),
+            (ModelKind::Scratch, CellKind::Lstm) => scratch(ScratchLm::new(vs, cell::Lstm, vocab_size, h, l, sigma), opts, p),
+            (ModelKind::Scratch, CellKind::Rnn) => scratch(ScratchLm::new(vs, cell::Rnn, vocab_size, h, l, sigma), opts, p),
+            (ModelKind::Builtin, c) => Box::new(BuiltinLm::new(vs, c, vocab_size, h, l, p)),
         }
     }
 }

@@ -8,6 +8,13 @@
 //! Y_t = H_t W_hq + b_q
 //! ```
 //!
+//! While training with `model.dropout = p`, each layer's output is multiplied by
+//! a mask `M [T, B, H]` of Bernoulli(1 − p) / (1 − p) entries on its way up, into
+//! the layer above or, from the top layer, into the output layer (not into the
+//! layer's own next step: the recurrence is never dropped). That is
+//! `nn.GRU(dropout=p)` plus dropout before the linear layer, masks drawn as
+//! libtorch draws them ([`super::dropout_masks`]).
+//!
 //! Weights are `[in, out]` and applied as `X W` (d2l's layout; PyTorch stores
 //! `[out, in]`, see [`super::layout`]). Initialisation as d2l: weights
 //! N(0, σ²) with σ = 0.01, biases zero. Names carry the layer: `W_xz_l0`, ...,
@@ -55,6 +62,8 @@ pub struct ScratchLm<C: Cell> {
     /// Project one-hot inputs with a matrix product instead of a gather, whose
     /// CUDA backward adds with atomics (`train.deterministic`).
     deterministic: bool,
+    /// `model.dropout`: the probability of dropping a layer output while training.
+    dropout: f64,
 }
 
 impl<C: Cell> ScratchLm<C> {
@@ -82,7 +91,7 @@ impl<C: Cell> ScratchLm<C> {
             .collect();
         let w_hq = root.randn("W_hq", &[hidden, vocab], 0.0, sigma);
         let b_q = root.zeros("b_q", &[vocab]);
-        ScratchLm { vs, cell, layers, w_hq, b_q, vocab, hidden, path: ScratchPath::Bptt, deterministic: false }
+        ScratchLm { vs, cell, layers, w_hq, b_q, vocab, hidden, path: ScratchPath::Bptt, deterministic: false, dropout: 0.0 }
     }
 
     pub fn set_path(&mut self, path: ScratchPath) {
@@ -93,22 +102,39 @@ impl<C: Cell> ScratchLm<C> {
         self.deterministic = on;
     }
 
+    pub fn set_dropout(&mut self, p: f64) {
+        self.dropout = p;
+    }
+
+    /// A training pass's dropout masks, one `[T, B, H]` per layer (layer l's
+    /// output on its way up); none when not training or without dropout.
+    pub(super) fn masks(&self, train: bool, t: i64, b: i64) -> Vec<Tensor> {
+        if !train || self.dropout == 0.0 {
+            return vec![];
+        }
+        super::dropout_masks(self.layers.len(), [t, b, self.hidden], self.dropout, &self.w_hq)
+    }
+
     pub(super) fn hidden_size(&self) -> i64 {
         self.hidden
     }
 
     /// The readable forward: one-hot `[T, B, V]` inputs, a loop over time, the
     /// layers stacked inside it.
-    fn forward_reference(&self, tokens: &Tensor, state: &State) -> (Tensor, State) {
+    fn forward_reference(&self, tokens: &Tensor, state: &State, train: bool) -> (Tensor, State) {
         let inputs = tokens.tr().one_hot(self.vocab).to_kind(self.w_hq.kind()); // [T, B, V]
         let steps = inputs.size()[0];
+        let masks = self.masks(train, steps, inputs.size()[1]);
         let mut s: Vec<Vec<Tensor>> = state.per_layer(); // L x state
         let mut outputs = Vec::with_capacity(steps as usize);
         for t in 0..steps {
             let mut x = inputs.get(t);
             for (l, p) in self.layers.iter().enumerate() {
                 s[l] = self.cell.step_reference(p, &x, &s[l]);
-                x = s[l][0].shallow_clone();
+                x = match masks.get(l) {
+                    Some(m) => &s[l][0] * m.get(t), // dropout on the way up
+                    None => s[l][0].shallow_clone(),
+                };
             }
             outputs.push(x.mm(&self.w_hq) + &self.b_q); // [B, V]
         }
@@ -140,9 +166,10 @@ impl<C: Cell> ScratchLm<C> {
     /// Per-step tensors come from `unbind`, whose backward is one `stack`;
     /// indexing a slice (`get`, `narrow`) would make autograd write a zero-filled
     /// copy of the whole `[T, B, G·H]` tensor for every step.
-    fn forward_fused(&self, tokens: &Tensor, state: &State) -> (Tensor, State) {
+    fn forward_fused(&self, tokens: &Tensor, state: &State, train: bool) -> (Tensor, State) {
         let (b, t) = (tokens.size()[0], tokens.size()[1]);
         let hd = self.hidden;
+        let masks = self.masks(train, t, b);
         let ids = tokens.tr().reshape([-1]); // [T*B], time-major
         let s0 = state.per_layer();
         let mut finals = Vec::with_capacity(self.layers.len());
@@ -158,7 +185,12 @@ impl<C: Cell> ScratchLm<C> {
                 outs.push(s[0].shallow_clone());
             }
             finals.push(s);
-            below = Some(Tensor::stack(&outs, 0).view([t * b, hd]));
+            let out = Tensor::stack(&outs, 0); // [T, B, H]
+            let out = match masks.get(l) {
+                Some(m) => out * m, // dropout on the way up
+                None => out,
+            };
+            below = Some(out.view([t * b, hd]));
         }
         let top = below.expect("at least one layer");
         let logits = self.b_q.addmm(&top, &self.w_hq).view([t, b, self.vocab]);
@@ -173,12 +205,11 @@ impl<C: Cell> RecurrentLm for ScratchLm<C> {
         State((0..self.cell.state_size()).map(|_| zeros()).collect())
     }
 
-    /// No dropout yet: `train` changes no number.
-    fn forward_t(&self, tokens: &Tensor, state: &State, _train: bool) -> (Tensor, State) {
+    fn forward_t(&self, tokens: &Tensor, state: &State, train: bool) -> (Tensor, State) {
         debug_assert_eq!(tokens.kind(), Kind::Int64);
         match self.path {
-            ScratchPath::Reference => self.forward_reference(tokens, state),
-            ScratchPath::Fused | ScratchPath::Bptt => self.forward_fused(tokens, state),
+            ScratchPath::Reference => self.forward_reference(tokens, state, train),
+            ScratchPath::Fused | ScratchPath::Bptt => self.forward_fused(tokens, state, train),
         }
     }
 

@@ -153,3 +153,24 @@ pub fn metrics_without_timing(run: &Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// Runs `body` alone in a child process of this test binary, the test `name`
+/// (its full path, `models::...`) and nothing else. libtorch has one random
+/// generator per process and the tests run in threads: a test that seeds it
+/// and needs the draws that follow (dropout masks) would otherwise see other
+/// tests' draws in between, now and then.
+pub fn alone(name: &str, body: impl FnOnce()) {
+    const VAR: &str = "GRULM_TEST_ALONE";
+    if std::env::var(VAR).as_deref() == Ok(name) {
+        body();
+        return;
+    }
+    let o = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env(VAR, name)
+        .output()
+        .expect("run the test binary");
+    let out = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(o.status.success(), "{name} (alone in a child process) failed:\n{out}");
+    assert!(out.contains("1 passed"), "{name} did not run in the child process:\n{out}");
+}

@@ -3,8 +3,9 @@
 //! checked by finite differences), libtorch's own RNN, GRU and LSTM, and numbers
 //! computed by PyTorch in Python.
 #![allow(clippy::needless_range_loop)] // index loops read like the equations
+use crate::helpers::alone;
 use grulm::checkpoint::assign;
-use grulm::model::{BuildOptions, CellKind, GruGates, ModelConfig, ModelKind, RecurrentLm, ResetGate, ScratchPath, State};
+use grulm::model::{dropout_masks, BuildOptions, CellKind, GruGates, ModelConfig, ModelKind, RecurrentLm, ResetGate, ScratchPath, State};
 use grulm::parity;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
@@ -92,11 +93,16 @@ impl RefCell {
     }
 }
 
+#[derive(Clone)]
 struct RefLm {
     cell: RefCell,
     v: usize,
     h: usize,
     layers: usize,
+    /// Dropout masks `[L][T][B][H]`: layer l's output times `masks[l]` on its way
+    /// up (into layer l + 1, or from the top layer into the output layer). Empty:
+    /// no dropout.
+    masks: Vec<Vec<Vec<Vec<f64>>>>,
 }
 
 /// What one step of one layer keeps for the backward pass (one batch row).
@@ -153,6 +159,15 @@ fn zip(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
 }
 
 impl RefLm {
+    /// Layer l's output (or the gradient reaching it from above) at step t, row b,
+    /// through its dropout mask.
+    fn drop(&self, l: usize, t: usize, b: usize, v: &[f64]) -> Vec<f64> {
+        match self.masks.get(l) {
+            Some(m) => zip(v, &m[t][b], |a, m| a * m),
+            None => v.to_vec(),
+        }
+    }
+
     fn random_params(&self, seed: u64, scale: f64) -> RefParams {
         // A tiny LCG + Box-Muller: independent of libtorch's generator.
         let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -263,7 +278,7 @@ impl RefLm {
                     if self.cell == RefCell::Lstm {
                         cs[l][b] = c.u.clone();
                     }
-                    x = c.h_new.clone();
+                    x = self.drop(l, t, b, &c.h_new);
                     step_caches[l].push(c);
                 }
                 let y: Vec<f64> = zip(&vec_mat(&x, p.get("W_hq"), self.v), p.get("b_q"), |a, b| a + b);
@@ -406,16 +421,18 @@ impl RefLm {
                 let mut dy: Vec<f64> = y.iter().map(|x| (x - m).exp() / z).collect();
                 dy[targets[b][t]] -= 1.0;
                 dy.iter_mut().for_each(|d| *d /= (b_n * t_n) as f64);
-                let top = &caches[t][self.layers - 1][b].h_new;
-                outer_add(&mut grads[p.idx("W_hq")], top, &dy);
+                let top = self.drop(self.layers - 1, t, b, &caches[t][self.layers - 1][b].h_new);
+                outer_add(&mut grads[p.idx("W_hq")], &top, &dy);
                 add(&mut grads[p.idx("b_q")], &dy);
-                let mut dh_above = mat_vec(p.get("W_hq"), &dy, h);
+                let mut dh_above = self.drop(self.layers - 1, t, b, &mat_vec(p.get("W_hq"), &dy, h));
                 for l in (0..self.layers).rev() {
                     let dh: Vec<f64> = zip(&dh_above, &carry_h[l][b], |a, c| a + c);
                     let (dx, dh_prev, dc_prev) = self.step_back(p, &mut grads, l, &caches[t][l][b], &dh, &carry_c[l][b]);
                     carry_h[l][b] = dh_prev;
                     carry_c[l][b] = dc_prev;
-                    dh_above = dx;
+                    if l > 0 {
+                        dh_above = self.drop(l - 1, t, b, &dx);
+                    }
                 }
             }
         }
@@ -457,7 +474,7 @@ impl Case {
 
 /// The tiny case: V=5, H=3, T=4 (B=2), weights and state at scale 0.5.
 fn tiny_case(cell: RefCell, layers: usize, seed: u64) -> Case {
-    let lm = RefLm { cell, v: 5, h: 3, layers };
+    let lm = RefLm { cell, v: 5, h: 3, layers, masks: vec![] };
     let params = lm.random_params(seed, 0.5);
     let tokens = vec![vec![0, 3, 1, 4], vec![2, 2, 0, 1]];
     let targets = vec![vec![3, 1, 4, 2], vec![2, 0, 1, 3]];
@@ -472,11 +489,21 @@ fn tiny_case(cell: RefCell, layers: usize, seed: u64) -> Case {
     Case { lm, params, tokens, targets, s0 }
 }
 
+/// A fixed dropout pattern for the tiny case (p = 1/3): every third unit
+/// dropped, the others scaled by 1.5.
+fn fixed_masks(layers: usize) -> Vec<Vec<Vec<Vec<f64>>>> {
+    let unit = |l: usize, t: usize, b: usize, j: usize| if (l + 3 * t + 5 * b + 7 * j) % 3 == 0 { 0.0 } else { 1.5 };
+    (0..layers).map(|l| (0..4).map(|t| (0..2).map(|b| (0..3).map(|j| unit(l, t, b, j)).collect()).collect()).collect()).collect()
+}
+
 #[test]
 fn reference_gradients_match_finite_differences() {
     for cell in CELLS {
-        for layers in [1, 2] {
-            let c = tiny_case(cell, layers, 11);
+        for (layers, dropout) in [(1, false), (2, false), (1, true), (2, true)] {
+            let mut c = tiny_case(cell, layers, 11);
+            if dropout {
+                c.lm.masks = fixed_masks(layers);
+            }
             let grads = c.lm.backward(&c.params, &c.tokens, &c.targets, &c.s0);
             let eps = 1e-6;
             let mut worst: f64 = 0.0;
@@ -496,21 +523,21 @@ fn reference_gradients_match_finite_differences() {
                     worst = worst.max(rel);
                     assert!(
                         rel <= 1e-6,
-                        "{cell:?} layers {layers}: {}[{e}] analytic {an} vs finite difference {fd} (rel {rel:e})",
+                        "{cell:?} layers {layers} dropout {dropout}: {}[{e}] analytic {an} vs finite difference {fd} (rel {rel:e})",
                         c.params.names[pi]
                     );
                 }
             }
             assert!(grads.iter().flatten().any(|g| g.abs() > 1e-3), "gradients must not all vanish");
-            eprintln!("{cell:?} layers {layers}: worst relative error {worst:e}");
+            eprintln!("{cell:?} layers {layers} dropout {dropout}: worst relative error {worst:e}");
         }
     }
 }
 
-/// Loads the reference parameters into a scratch model (f64, CPU).
-fn scratch_from(c: &Case, path: ScratchPath) -> Box<dyn RecurrentLm> {
+/// Loads the reference parameters into a scratch model (f64, CPU) with `dropout`.
+fn scratch_from(c: &Case, path: ScratchPath, dropout: f64) -> Box<dyn RecurrentLm> {
     let opts = BuildOptions { path: Some(path), ..BuildOptions::default() };
-    let m = c.lm.cell.config(c.lm.layers, c.lm.h).build(c.lm.v as i64, Device::Cpu, Kind::Double, opts);
+    let m = ModelConfig { dropout, ..c.lm.cell.config(c.lm.layers, c.lm.h) }.build(c.lm.v as i64, Device::Cpu, Kind::Double, opts);
     let src: Vec<(String, Tensor)> = c
         .params
         .names
@@ -531,15 +558,23 @@ fn max_diff(t: &Tensor, v: &[f64]) -> f64 {
 }
 
 /// Max difference between a model's training step and the reference's, over
-/// logits, every state tensor, the loss and every gradient (f64).
-fn worst_against_reference(c: &Case, path: ScratchPath) -> Vec<(String, f64)> {
-    let (logits, finals, loss, _) = c.lm.forward(&c.params, &c.tokens, &c.targets, &c.s0);
+/// logits, every state tensor, the loss and every gradient (f64). With dropout
+/// `Some((p, seed))` the model has `model.dropout = p` and draws its masks after
+/// `manual_seed(seed)`; the reference's masks must be those (`c.lm.masks`). The
+/// logits (evaluation) are compared with the reference without masks.
+fn worst_against_reference(c: &Case, path: ScratchPath, dropout: Option<(f64, i64)>) -> Vec<(String, f64)> {
+    let eval_lm = RefLm { masks: vec![], ..c.lm.clone() };
+    let (logits, _, _, _) = eval_lm.forward(&c.params, &c.tokens, &c.targets, &c.s0);
+    let (_, finals, loss, _) = c.lm.forward(&c.params, &c.tokens, &c.targets, &c.s0);
     let grads = c.lm.backward(&c.params, &c.tokens, &c.targets, &c.s0);
-    let m = scratch_from(c, path);
+    let m = scratch_from(c, path, dropout.map_or(0.0, |d| d.0));
     let ids = |v: &[Vec<usize>]| Tensor::from_slice(&v.concat().iter().map(|&x| x as i64).collect::<Vec<_>>()).view([2, 4]);
     let (tokens, targets) = (ids(&c.tokens), ids(&c.targets));
     let (out, _) = tch::no_grad(|| m.forward(&tokens, &c.state()));
     // The training step: autograd on Reference and Fused, hand-written on Bptt.
+    if let Some((_, seed)) = dropout {
+        tch::manual_seed(seed);
+    }
     let (l, state) = m.train_step(&tokens, &targets, &c.state());
     let mut rows = vec![("logits".to_string(), max_diff(&out, &logits.concat().concat()))];
     for (k, fin) in finals.iter().enumerate() {
@@ -562,9 +597,70 @@ fn every_scratch_cell_matches_the_independent_reference() {
         for layers in [1, 2] {
             let c = tiny_case(cell, layers, 5);
             for path in [ScratchPath::Reference, ScratchPath::Fused, ScratchPath::Bptt] {
-                for (what, d) in worst_against_reference(&c, path) {
+                for (what, d) in worst_against_reference(&c, path, None) {
                     assert!(d <= TOL, "{cell:?} layers {layers} {path:?}: {what} differs by {d:e}");
                 }
+            }
+        }
+    }
+}
+
+#[test]
+fn dropout_masks_in_the_training_step_match_the_reference() {
+    // model.dropout = 0.4: the masks the model draws (after a seed) are drawn
+    // again here and given to the independent reference; every path's training
+    // step (the hand-written BPTT one included) matches it to 1e-10, and its
+    // forward pass for evaluation uses no mask at all.
+    alone("models::dropout_masks_in_the_training_step_match_the_reference", dropout_reference_body);
+}
+
+fn dropout_reference_body() {
+    const TOL: f64 = 1e-10;
+    let p = 0.4;
+    for cell in CELLS {
+        for layers in [1, 2] {
+            let mut c = tiny_case(cell, layers, 5);
+            let like = Tensor::zeros([1], (Kind::Double, Device::Cpu));
+            tch::manual_seed(21);
+            let drawn = dropout_masks(layers, [4, 2, 3], p, &like);
+            c.lm.masks = drawn
+                .iter()
+                .map(|m| {
+                    (0..4).map(|t| (0..2).map(|b| Vec::<f64>::try_from(m.get(t).get(b)).unwrap()).collect()).collect::<Vec<Vec<Vec<f64>>>>()
+                })
+                .collect();
+            let units: Vec<f64> = c.lm.masks.iter().flatten().flatten().flatten().copied().collect();
+            assert!(units.iter().all(|&u| u == 0.0 || (u - 1.0 / 0.6).abs() < 1e-15), "inverted dropout: 0 or 1/(1-p)");
+            assert!(units.contains(&0.0) && units.iter().any(|&u| u > 0.0), "some units dropped, some kept");
+            for path in [ScratchPath::Reference, ScratchPath::Fused, ScratchPath::Bptt] {
+                for (what, d) in worst_against_reference(&c, path, Some((p, 21))) {
+                    assert!(d <= TOL, "{cell:?} layers {layers} {path:?} dropout {p}: {what} differs by {d:e}");
+                }
+            }
+            // The masks change the step: the reference without them is far off.
+            let plain = RefLm { masks: vec![], ..c.lm.clone() };
+            let (a, b) =
+                (c.lm.forward(&c.params, &c.tokens, &c.targets, &c.s0).2, plain.forward(&c.params, &c.tokens, &c.targets, &c.s0).2);
+            assert!((a - b).abs() > 1e-3, "{cell:?}: dropout changed the loss by {:e} only", (a - b).abs());
+        }
+    }
+}
+
+#[test]
+fn dropout_masks_are_libtorchs_own() {
+    // libtorch's RNN (dropout between layers) plus its `dropout` before the
+    // linear layer, against the scratch cells with model.dropout, from one seed:
+    // the same units dropped, so the same loss and gradients (f64, 1e-10).
+    alone("models::dropout_masks_are_libtorchs_own", dropout_libtorch_body);
+}
+
+fn dropout_libtorch_body() {
+    for cell in [CellKind::Gru, CellKind::Lstm, CellKind::Rnn] {
+        for layers in [1, 2, 3] {
+            for path in [ScratchPath::Reference, ScratchPath::Bptt] {
+                let r = parity::compare(Device::Cpu, Kind::Double, cell, layers, path, 5, 0.3).unwrap();
+                assert!(r.passed(), "{cell:?} {path:?}\n{}", r.table());
+                assert!(r.table().contains("dropout 0.3"));
             }
         }
     }
@@ -578,7 +674,7 @@ fn every_scratch_cell_matches_libtorch() {
         for kind in [Kind::Double, Kind::Float] {
             for layers in [1, 2] {
                 for path in [ScratchPath::Reference, ScratchPath::Fused, ScratchPath::Bptt] {
-                    let r = parity::compare(Device::Cpu, kind, cell, layers, path, 3).unwrap();
+                    let r = parity::compare(Device::Cpu, kind, cell, layers, path, 3, 0.0).unwrap();
                     let states = if cell == CellKind::Lstm { 2 } else { 1 };
                     assert_eq!(r.rows.len(), 2 + states + 4 * layers + 2, "every parameter's gradient is compared");
                     assert!(r.passed(), "{cell:?} {path:?}\n{}", r.table());
@@ -604,7 +700,7 @@ fn gru_variants_really_differ() {
                 let from = if name == "b_h_l0" { "b_xh_l0" } else { name.as_str() };
                 c.params.values[i] = base.params.get(from).to_vec();
             }
-            let m = scratch_from(&c, ScratchPath::Fused);
+            let m = scratch_from(&c, ScratchPath::Fused, 0.0);
             let tokens = Tensor::from_slice(&[0i64, 3, 1, 4, 2, 2, 0, 1]).view([2, 4]);
             m.forward(&tokens, &c.state()).0
         })
