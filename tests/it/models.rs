@@ -492,7 +492,7 @@ fn tiny_case(cell: RefCell, layers: usize, seed: u64) -> Case {
 /// A fixed dropout pattern for the tiny case (p = 1/3): every third unit
 /// dropped, the others scaled by 1.5.
 fn fixed_masks(layers: usize) -> Vec<Vec<Vec<Vec<f64>>>> {
-    let unit = |l: usize, t: usize, b: usize, j: usize| if (l + 3 * t + 5 * b + 7 * j) % 3 == 0 { 0.0 } else { 1.5 };
+    let unit = |l: usize, t: usize, b: usize, j: usize| if (l + 3 * t + 5 * b + 7 * j).is_multiple_of(3) { 0.0 } else { 1.5 };
     (0..layers).map(|l| (0..4).map(|t| (0..2).map(|b| (0..3).map(|j| unit(l, t, b, j)).collect()).collect()).collect()).collect()
 }
 
