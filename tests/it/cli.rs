@@ -1,5 +1,5 @@
 //! Smoke tests of the real binary in temporary directories.
-use crate::helpers::{assert_fails, cfg_on, grulm, small_config, stdout, timemachine, TempDir};
+use crate::helpers::{assert_fails, cfg_on, grulm, metrics_without_timing, small_config, stdout, timemachine, TempDir};
 
 #[test]
 fn info_reports_libtorch_2_11() {
@@ -540,4 +540,56 @@ fn schedule_and_sampling_keys_through_the_binary() {
         2,
         &["train.lr_decay = 1.5: expected a finite number in (0, 1]"],
     );
+}
+
+#[test]
+fn dropout_through_the_binary() {
+    let dir = TempDir::new("dropout");
+    dir.write("x.txt", "the time traveller for so it will be convenient to speak of him ".repeat(20));
+    let c = cfg_on(&dir, "x.txt", "");
+    // Two layers, so both places get masks (between the layers, before the output).
+    let train = |out: &str, extra: &[&str]| {
+        let base = ["train", "--config", &c, "--out", out, "--set", "data.val_fraction=0.2", "--set", "model.num_layers=2", "--set", "train.val_every=1"];
+        let o = grulm(dir.path(), &[&base[..], extra].concat());
+        assert!(o.status.success(), "{out}: {}", crate::helpers::stderr(&o));
+    };
+    let with = ["--set", "model.dropout=0.5", "--set", "train.epochs=3"];
+    train("plain", &["--set", "train.epochs=3"]);
+    train("drop", &with);
+    let (plain, drop) = (metrics_without_timing(&dir.join("plain")), metrics_without_timing(&dir.join("drop")));
+    assert_ne!(plain[0]["train_ppl"], drop[0]["train_ppl"], "training with dropout differs from dropout 0");
+    // The same seed draws the same masks: a second run is identical.
+    train("again", &with);
+    assert_eq!(metrics_without_timing(&dir.join("again")), drop);
+    // Resumed after 2 epochs, the third draws the masks the uninterrupted run drew.
+    train("resumed", &["--set", "model.dropout=0.5", "--set", "train.epochs=2"]);
+    let o = grulm(dir.path(), &["train", "--out", "resumed", "--resume", "--set", "train.epochs=3"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    assert_eq!(metrics_without_timing(&dir.join("resumed")), drop);
+    // Evaluation and sampling use no masks: eval repeats itself exactly and
+    // equals the trainer's own validation of the last epoch.
+    let eval = || {
+        let o = grulm(dir.path(), &["eval", "--run", "drop", "--split", "val", "--json", "--checkpoint", "last"]);
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+        serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()["perplexity"].as_f64().unwrap()
+    };
+    assert_eq!(eval(), eval());
+    assert_eq!(eval(), drop[2]["val_ppl"].as_f64().unwrap());
+    let sample = || stdout(&grulm(dir.path(), &["sample", "--run", "drop", "--len", "40", "--temperature", "1", "--seed", "3"]));
+    assert_eq!(sample(), sample());
+    // The key is in the saved config only when set; dropout may change on resume.
+    assert!(std::fs::read_to_string(dir.join("drop/config.toml")).unwrap().contains("dropout = 0.5"));
+    assert!(!std::fs::read_to_string(dir.join("plain/config.toml")).unwrap().contains("dropout"));
+    let o = grulm(dir.path(), &["train", "--out", "drop", "--resume", "--set", "train.epochs=4", "--set", "model.dropout=0.2"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    for bad in ["1", "-0.1", "\"half\""] {
+        let o = grulm(dir.path(), &["train", "--config", &c, "--out", "bad", "--set", &format!("model.dropout={bad}")]);
+        assert_fails(&o, 2, &[&format!("model.dropout = {bad}: expected a"), "in [0, 1)"]);
+    }
+    // grulm parity --dropout: libtorch's masks and the scratch model's agree.
+    let o = grulm(dir.path(), &["parity", "--cell", "lstm", "--layers", "2", "--dropout", "0.3"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    assert_eq!(stdout(&o).matches("dropout 0.3 in the training step").count(), 2, "{}", stdout(&o));
+    assert_eq!(stdout(&o).matches("tolerance 1e-10: ok").count(), 2, "{}", stdout(&o));
+    assert_fails(&grulm(dir.path(), &["parity", "--dropout", "1.5"]), 2, &["--dropout 1.5: expected a number from 0 to below 1"]);
 }

@@ -531,11 +531,12 @@ fn a_closed_pipe_ends_quietly_with_exit_0() {
 fn sigint_and_sigterm_stop_with_a_checkpoint_that_resumes_exactly() {
     let Some(corpus) = timemachine() else { return };
     let dir = TempDir::new("signals");
-    // Two epochs of 2999 minibatches each (about 4 s each, alone): a signal lands mid-epoch.
+    // Two epochs of 2999 minibatches each (about 4 s each, alone): a signal lands
+    // mid-epoch. With dropout, so the resumed steps must draw the same masks.
     dir.write(
         "exp.toml",
         format!(
-            "[data]\ncorpus = {:?}\nmax_tokens = 60000\nbatch_size = 4\nnum_steps = 5\n[model]\nhidden_size = 16\n[train]\nepochs = 2\ncheckpoint_every = 1\npredict_every = 0\ndevice = \"cpu\"\n",
+            "[data]\ncorpus = {:?}\nmax_tokens = 60000\nbatch_size = 4\nnum_steps = 5\n[model]\nhidden_size = 16\ndropout = 0.2\n[train]\nepochs = 2\ncheckpoint_every = 1\npredict_every = 0\ndevice = \"cpu\"\n",
             corpus.display().to_string()
         ),
     );
