@@ -10,7 +10,7 @@ use crate::model::{CellKind, ModelKind, ScratchPath};
 use crate::run::{self, RunDir};
 use crate::sample::{self, Decode};
 use crate::train::{self, TrainOptions};
-use crate::{bench, device, parity, usage};
+use crate::{bench, checkpoint, device, gates, parity, usage};
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::Write;
@@ -44,6 +44,9 @@ pub enum Command {
     /// Compare a scratch cell with libtorch's (GRU reset-after, LSTM, RNN): outputs and every gradient.
     #[command(after_help = EXIT_CODES)]
     Parity(ParityArgs),
+    /// Draw a trained GRU's or LSTM's gates over a text: a heatmap per gate of the top layer and their means (SVG).
+    #[command(after_help = EXIT_CODES)]
+    Gates(GatesArgs),
     /// Write a run's weights under PyTorch's names (nn.RNN/nn.GRU/nn.LSTM + nn.Linear), for d2l's RNNModel.
     #[command(after_help = EXIT_CODES)]
     Export(ExportArgs),
@@ -153,6 +156,31 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct GatesArgs {
+    /// Run directory of a trained GRU or LSTM.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// The text to run the model over, from a zero state (preprocessed as the run's data.preprocess; at most 400 characters).
+    #[arg(long, conflicts_with = "text_file", required_unless_present = "text_file")]
+    pub text: Option<String>,
+    /// Read the text from a file instead.
+    #[arg(long)]
+    pub text_file: Option<PathBuf>,
+    /// Where to write the SVG [default: RUN/gates.svg].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Draw these hidden units, in this order (e.g. 0,5,17) [default: all, or the --max-units whose first gate varies most; sorted by its mean].
+    #[arg(long, value_delimiter = ',')]
+    pub units: Option<Vec<usize>>,
+    /// Draw at most this many units when --units is not given.
+    #[arg(long, default_value_t = 32)]
+    pub max_units: usize,
+    /// Which weights: best (where the run validates) or last [default: best].
+    #[arg(long, value_enum, default_value = "best")]
+    pub checkpoint: CheckpointArg,
+}
+
 /// `--checkpoint`: which of a run's weights (see [`run::Weights`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum CheckpointArg {
@@ -248,6 +276,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sample(a) => libtorch(|| "sampling".into(), || sample_cmd(a))?,
         Command::Eval(a) => libtorch(|| "evaluating".into(), || eval_cmd(a))?,
         Command::Parity(a) => libtorch(|| "checking parity".into(), || parity_cmd(a))?,
+        Command::Gates(a) => libtorch(|| "drawing the gates".into(), || gates_cmd(a))?,
         Command::Bench(a) => libtorch(|| "benchmarking".into(), || bench::run(a))?,
         Command::Export(a) => libtorch(|| "exporting".into(), || export_cmd(a))?,
         Command::Completions(a) => {
@@ -488,6 +517,81 @@ fn write_samples(
             writeln!(out, "{prefix}{t}")?;
         }
     }
+    Ok(())
+}
+
+/// Most rows a gates picture draws.
+const MAX_GATE_UNITS: usize = 1024;
+
+fn gates_cmd(a: GatesArgs) -> Result<()> {
+    if a.max_units == 0 || a.max_units > MAX_GATE_UNITS {
+        return Err(usage!("--max-units {}: expected 1 to {MAX_GATE_UNITS}", a.max_units));
+    }
+    let run_dir = RunDir::new(&a.run);
+    let cfg = run_dir.load_config()?;
+    if cfg.model.cell == CellKind::Rnn {
+        return Err(usage!(
+            "--run {}: the run's cell is an RNN (model.cell = \"rnn\"), which has no gates; grulm gates draws a GRU's or an LSTM's",
+            a.run.display()
+        ));
+    }
+    let vocab = run_dir.load_vocab().map_err(|e| usage!("{e:#}"))?;
+    let (flag, raw) = match (&a.text, &a.text_file) {
+        (Some(t), _) => ("--text", t.clone()),
+        (None, Some(p)) => ("--text-file", data::read_text(p)?),
+        (None, None) => return Err(usage!("--text or --text-file: give the text to draw the gates over")),
+    };
+    let chars = data::preprocess(&raw, cfg.data.preprocess);
+    if chars.is_empty() {
+        return Err(usage!(
+            "{flag}: nothing is left of the text after the run's preprocessing (data.preprocess = {:?})",
+            cfg.data.preprocess
+        ));
+    }
+    if chars.len() > gates::MAX_CHARS {
+        return Err(usage!("{flag}: {} characters; grulm gates draws at most {} (a column each)", chars.len(), gates::MAX_CHARS));
+    }
+    let mut unknown: Vec<char> = chars.iter().copied().filter(|&c| !vocab.contains(c)).collect();
+    if !unknown.is_empty() {
+        unknown.sort();
+        unknown.dedup();
+        return Err(usage!(
+            "{flag}: characters outside the model's vocabulary: {} (the vocabulary has {} tokens; see {})",
+            unknown.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", "),
+            vocab.len(),
+            run_dir.file(run::VOCAB).display()
+        ));
+    }
+    let h = cfg.model.hidden_size;
+    if let Some(u) = a.units.as_ref().and_then(|u| u.iter().find(|&&u| u >= h)) {
+        return Err(usage!("--units {u}: the model has {h} hidden units, numbered 0 to {}", h - 1));
+    }
+    if a.units.as_ref().is_some_and(|u| u.is_empty() || u.len() > MAX_GATE_UNITS) {
+        return Err(usage!("--units: expected 1 to {MAX_GATE_UNITS} unit numbers, e.g. --units 0,5,17"));
+    }
+    let weights = run_dir.weights_file(a.checkpoint.into());
+    let file = checkpoint::load(&weights)?;
+    let tokens = tch::Tensor::from_slice(&vocab.encode(&chars)).view([1, -1]);
+    let values = crate::model::top_layer_gates(&cfg.model, &file.tensors, vocab.len() as i64, &tokens)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", weights.display()))?
+        .into_iter()
+        .map(|(name, t)| Ok(gates::GateValues { name, values: Vec::<Vec<f32>>::try_from(t.to_kind(tch::Kind::Float))? }))
+        .collect::<Result<Vec<_>>>()?;
+    let (units, how) = gates::choose_units(&values[0], a.units.as_deref(), a.max_units);
+    let l = cfg.model.num_layers;
+    let described = cfg.model.init(vocab.len() as i64, tch::Device::Cpu, tch::Kind::Float).describe();
+    let file_name = weights.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    let title = format!("{described}: top layer ({l} of {l}), {file_name}");
+    let subtitle = format!("{how}; {} characters from a zero state; colour: the activation, 0 to 1", chars.len());
+    let out = a.out.clone().unwrap_or_else(|| run_dir.file("gates.svg"));
+    gates::write(&out, &gates::svg(&chars, &values, &units, &title, &subtitle))?;
+    println!(
+        "wrote {}: {} of the top layer over {} characters, {} of {h} units",
+        out.display(),
+        values.iter().map(|g| gates::label(g.name)).collect::<Vec<_>>().join(", "),
+        chars.len(),
+        units.len()
+    );
     Ok(())
 }
 

@@ -10,6 +10,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod fsutil;
+pub mod gates;
 pub mod interrupt;
 pub mod memory;
 pub mod model;

@@ -227,6 +227,40 @@ pub fn dropout_masks(n: usize, shape: [i64; 3], p: f64, like: &Tensor) -> Vec<Te
         .collect()
 }
 
+/// The top layer's gate activations of a trained model over `tokens` (`[1, T]`)
+/// from a zero state: per gate, its name (`z`, `r`; `i`, `f`, `o`) and `[T, H]`
+/// (none for the RNN). `params` are the model's, in its own names; a built-in
+/// model's go through [`layout::pytorch_to_scratch`] into the scratch cell that
+/// computes the same function (the reset-after GRU), whose equations give the gates.
+pub fn top_layer_gates(
+    cfg: &ModelConfig,
+    params: &[(String, Tensor)],
+    vocab: i64,
+    tokens: &Tensor,
+) -> anyhow::Result<Vec<(&'static str, Tensor)>> {
+    let (h, l) = (cfg.hidden_size as i64, cfg.num_layers as i64);
+    let params: Vec<(String, Tensor)> = match cfg.kind {
+        ModelKind::Scratch => params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect(),
+        ModelKind::Builtin => {
+            let map = params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+            layout::pytorch_to_scratch(&map, cfg.cell, cfg.num_layers)?
+        }
+    };
+    fn trace<C: cell::Cell>(m: ScratchLm<C>, params: &[(String, Tensor)], tokens: &Tensor) -> anyhow::Result<Vec<(&'static str, Tensor)>> {
+        crate::checkpoint::assign(&m.named_parameters(), params, "the run's weights")?;
+        Ok(m.top_layer_gates(tokens))
+    }
+    let vs = || VarStore::new(Device::Cpu);
+    match cfg.cell {
+        CellKind::Gru => {
+            let reset = if cfg.kind == ModelKind::Builtin { ResetGate::After } else { cfg.reset_gate.unwrap_or(ResetGate::Before) };
+            trace(ScratchLm::new(vs(), cell::Gru::new(reset, cfg.gru_gates), vocab, h, l, 0.0), &params, tokens)
+        }
+        CellKind::Lstm => trace(ScratchLm::new(vs(), cell::Lstm, vocab, h, l, 0.0), &params, tokens),
+        CellKind::Rnn => Ok(vec![]),
+    }
+}
+
 /// How [`ModelConfig::build`] builds beyond the config.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BuildOptions {

@@ -141,6 +141,30 @@ impl<C: Cell> ScratchLm<C> {
         (Tensor::stack(&outputs, 0), State::from_layers(&s))
     }
 
+    /// The top layer's gates ([`Cell::gates_reference`]) at every step of `tokens`
+    /// (`[1, T]`) from a zero state, as the readable forward computes them: per
+    /// gate, its name and `[T, H]`.
+    pub fn top_layer_gates(&self, tokens: &Tensor) -> Vec<(&'static str, Tensor)> {
+        tch::no_grad(|| {
+            let inputs = tokens.tr().one_hot(self.vocab).to_kind(self.w_hq.kind()); // [T, 1, V]
+            let mut s: Vec<Vec<Tensor>> = self.zero_state(1).per_layer();
+            let top = self.layers.len() - 1;
+            let mut steps: Vec<Vec<(&'static str, Tensor)>> = vec![];
+            for t in 0..inputs.size()[0] {
+                let mut x = inputs.get(t);
+                for (l, p) in self.layers.iter().enumerate() {
+                    if l == top {
+                        steps.push(self.cell.gates_reference(p, &x, &s[l]));
+                    }
+                    s[l] = self.cell.step_reference(p, &x, &s[l]);
+                    x = s[l][0].shallow_clone();
+                }
+            }
+            let names: Vec<&'static str> = steps.first().map_or(vec![], |g| g.iter().map(|g| g.0).collect());
+            names.iter().enumerate().map(|(k, &n)| (n, Tensor::cat(&steps.iter().map(|g| &g[k].1).collect::<Vec<_>>(), 0))).collect()
+        })
+    }
+
     /// Input projections of all T steps at once: `[T*B, out]`, X W + b. For layer 0
     /// the input is one-hot (token ids `[T*B]`), and one_hot(ids) W is a row gather of W.
     pub(super) fn project(&self, below: Option<&Tensor>, ids: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {

@@ -549,7 +549,19 @@ fn dropout_through_the_binary() {
     let c = cfg_on(&dir, "x.txt", "");
     // Two layers, so both places get masks (between the layers, before the output).
     let train = |out: &str, extra: &[&str]| {
-        let base = ["train", "--config", &c, "--out", out, "--set", "data.val_fraction=0.2", "--set", "model.num_layers=2", "--set", "train.val_every=1"];
+        let base = [
+            "train",
+            "--config",
+            &c,
+            "--out",
+            out,
+            "--set",
+            "data.val_fraction=0.2",
+            "--set",
+            "model.num_layers=2",
+            "--set",
+            "train.val_every=1",
+        ];
         let o = grulm(dir.path(), &[&base[..], extra].concat());
         assert!(o.status.success(), "{out}: {}", crate::helpers::stderr(&o));
     };
@@ -592,4 +604,193 @@ fn dropout_through_the_binary() {
     assert_eq!(stdout(&o).matches("dropout 0.3 in the training step").count(), 2, "{}", stdout(&o));
     assert_eq!(stdout(&o).matches("tolerance 1e-10: ok").count(), 2, "{}", stdout(&o));
     assert_fails(&grulm(dir.path(), &["parity", "--dropout", "1.5"]), 2, &["--dropout 1.5: expected a number from 0 to below 1"]);
+}
+
+/// One heatmap row read back: the unit and its value per character.
+type Row = (usize, Vec<f64>);
+
+/// A gates SVG read back: per gate (in order) its name and rows; the character
+/// labels of every panel; the whole text.
+struct GatesSvg {
+    gates: Vec<(String, Vec<Row>)>,
+    chars: Vec<String>,
+    text: String,
+}
+
+fn attr<'a>(s: &'a str, name: &str) -> Option<&'a str> {
+    let start = s.find(&format!("{name}=\""))? + name.len() + 2;
+    Some(&s[start..start + s[start..].find('"')?])
+}
+
+fn read_gates_svg(path: &std::path::Path) -> GatesSvg {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\"") && text.trim_end().ends_with("</svg>"));
+    let mut gates: Vec<(String, Vec<Row>)> = vec![];
+    let mut chars = vec![];
+    for line in text.lines() {
+        if line.starts_with("<g class=\"gate\"") {
+            gates.push((attr(line, "data-gate").unwrap().to_string(), vec![]));
+        } else if line.starts_with("<g class=\"row\"") {
+            gates.last_mut().unwrap().1.push((attr(line, "data-unit").unwrap().parse().unwrap(), vec![]));
+        } else if line.starts_with("<use ") {
+            let v: f64 = attr(line, "data-v").unwrap().parse().unwrap();
+            // The colour drawn is the value's (to the rounding of data-v).
+            let rgb = |hex: &str| (0..3).map(|k| i32::from_str_radix(&hex[1 + 2 * k..3 + 2 * k], 16).unwrap()).collect::<Vec<_>>();
+            let (drawn, of_v) = (rgb(attr(line, "fill").unwrap()), rgb(&grulm::gates::color(v)));
+            assert!(drawn.iter().zip(&of_v).all(|(a, b)| (a - b).abs() <= 1), "{line}: colour of {v} is {of_v:?}");
+            gates.last_mut().unwrap().1.last_mut().unwrap().1.push(v);
+        } else if line.starts_with("<text class=\"char\"") {
+            chars.push(line[line.find('>').unwrap() + 1..line.rfind("</text>").unwrap()].to_string());
+        }
+    }
+    GatesSvg { gates, chars, text }
+}
+
+/// The top layer's gates of a run computed here from its weights file, in f64,
+/// by the chapter's equations (scratch GRU, reset before: z, r) or PyTorch's
+/// (a built-in LSTM: i, f, o): per gate, `[T][H]`.
+fn gates_by_hand(run: &std::path::Path, text: &str, lstm: bool, layers: usize) -> Vec<Vec<Vec<f64>>> {
+    let w: std::collections::HashMap<String, tch::Tensor> = grulm::checkpoint::load(&run.join("model.safetensors"))
+        .unwrap()
+        .tensors
+        .into_iter()
+        .map(|(n, t)| (n, t.to_kind(tch::Kind::Double)))
+        .collect();
+    let vocab = grulm::data::Vocab::load(&run.join("vocab.json")).unwrap();
+    let v = vocab.len() as i64;
+    let h = if lstm { w["rnn.weight_hh_l0"].size()[1] } else { w["W_hz_l0"].size()[0] };
+    let zeros = || tch::Tensor::zeros([1, h], (tch::Kind::Double, tch::Device::Cpu));
+    let (mut hs, mut cs): (Vec<tch::Tensor>, Vec<tch::Tensor>) =
+        ((0..layers).map(|_| zeros()).collect(), (0..layers).map(|_| zeros()).collect());
+    let mut out = vec![vec![]; if lstm { 3 } else { 2 }];
+    let rows = |t: &tch::Tensor| Vec::<Vec<f64>>::try_from(t).unwrap().remove(0);
+    for c in text.chars() {
+        let mut x = tch::Tensor::zeros([1, v], (tch::Kind::Double, tch::Device::Cpu));
+        let _ = x.narrow(1, vocab.index(c), 1).fill_(1.0);
+        for l in 0..layers {
+            let p = |n: &str| &w[&format!("{n}_l{l}")];
+            let hp = &hs[l];
+            let (gates, h_new) = if lstm {
+                let a = x.mm(&p("rnn.weight_ih").tr()) + p("rnn.bias_ih") + hp.mm(&p("rnn.weight_hh").tr()) + p("rnn.bias_hh");
+                let g = a.chunk(4, 1); // PyTorch's order: i, f, g, o
+                let (i, f, o) = (g[0].sigmoid(), g[1].sigmoid(), g[3].sigmoid());
+                cs[l] = &f * &cs[l] + &i * g[2].tanh();
+                let h_new = &o * cs[l].tanh();
+                (vec![i, f, o], h_new)
+            } else {
+                let z = (x.mm(p("W_xz")) + hp.mm(p("W_hz")) + p("b_z")).sigmoid();
+                let r = (x.mm(p("W_xr")) + hp.mm(p("W_hr")) + p("b_r")).sigmoid();
+                let cand = (x.mm(p("W_xh")) + (&r * hp).mm(p("W_hh")) + p("b_h")).tanh();
+                let h_new = &z * hp + (1.0 - &z) * cand;
+                (vec![z, r], h_new)
+            };
+            if l == layers - 1 {
+                for (k, g) in gates.iter().enumerate() {
+                    out[k].push(rows(g));
+                }
+            }
+            hs[l] = h_new.shallow_clone();
+            x = h_new;
+        }
+    }
+    out
+}
+
+#[test]
+fn gates_picture_draws_the_models_own_activations() {
+    let dir = TempDir::new("gates");
+    dir.write("x.txt", "the time traveller for so it will be convenient to speak of him ".repeat(20));
+    let c = cfg_on(&dir, "x.txt", "");
+    let train = |out: &str, sets: &[&str]| {
+        let mut args = vec!["train", "--config", &c, "--out", out, "--set", "train.epochs=3"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let o = grulm(dir.path(), &args);
+        assert!(o.status.success(), "{out}: {}", crate::helpers::stderr(&o));
+    };
+    train("gru", &["model.num_layers=2"]);
+    train("lstm", &["model.kind=\"builtin\"", "model.cell=\"lstm\""]);
+    train("rnn", &["model.cell=\"rnn\""]);
+
+    // A 2-layer scratch GRU, chosen units: its top layer's Z and R, as computed here.
+    let o = grulm(dir.path(), &["gates", "--run", "gru", "--text", "The Time Traveller", "--units", "5,0,3", "--out", "g.svg"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    assert!(
+        stdout(&o).contains("wrote g.svg: update gate Z, reset gate R of the top layer over 18 characters, 3 of 8 units"),
+        "{}",
+        stdout(&o)
+    );
+    let svg = read_gates_svg(&dir.join("g.svg"));
+    let text = "the time traveller"; // the run's d2l preprocessing lowercases
+    let shown: Vec<String> = text.chars().map(|c| if c == ' ' { "␣".to_string() } else { c.to_string() }).collect();
+    assert_eq!(svg.chars, [shown.clone(), shown.clone(), shown].concat(), "the characters under each heatmap and the mean lines");
+    for title in ["update gate Z</text>", "reset gate R</text>", "mean over all 8 units</text>", "top layer (2 of 2)"] {
+        assert!(svg.text.contains(title), "{title}");
+    }
+    assert_eq!(svg.text.matches("<polyline class=\"mean\"").count(), 2);
+    let expected = gates_by_hand(&dir.join("gru"), text, false, 2);
+    assert_eq!(svg.gates.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(), ["z", "r"]);
+    for (g, (_, rows)) in svg.gates.iter().enumerate() {
+        assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), [5, 0, 3], "one row per chosen unit, in order");
+        for (unit, values) in rows {
+            assert_eq!(values.len(), 18, "one cell per character");
+            for (t, v) in values.iter().enumerate() {
+                let e = expected[g][t][*unit];
+                assert!((v - e).abs() <= 6e-4, "gate {g} unit {unit} step {t}: drawn {v}, computed {e}");
+            }
+        }
+    }
+    // Without --units and more units than --max-units: those whose Z varies most.
+    let o = grulm(dir.path(), &["gates", "--run", "gru", "--text", text, "--max-units", "4", "--out", "g4.svg"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let svg = read_gates_svg(&dir.join("g4.svg"));
+    let std = |u: usize| {
+        let z: Vec<f64> = expected[0].iter().map(|row| row[u]).collect();
+        let m = z.iter().sum::<f64>() / z.len() as f64;
+        z.iter().map(|x| (x - m).powi(2)).sum::<f64>()
+    };
+    let mut by_std: Vec<usize> = (0..8).collect();
+    by_std.sort_by(|&a, &b| std(b).total_cmp(&std(a)));
+    let mut drawn: Vec<usize> = svg.gates[0].1.iter().map(|r| r.0).collect();
+    drawn.sort();
+    let mut top4 = by_std[..4].to_vec();
+    top4.sort();
+    assert_eq!(drawn, top4);
+
+    // A built-in LSTM (one layer): input, forget and output gates through the
+    // layout table, every unit, rows sorted by the input gate's mean; RUN/gates.svg.
+    let o = grulm(dir.path(), &["gates", "--run", "lstm", "--text", "time to speak"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let svg = read_gates_svg(&dir.join("lstm/gates.svg"));
+    assert!(
+        svg.text.contains("input gate I</text>") && svg.text.contains("forget gate F</text>") && svg.text.contains("output gate O</text>")
+    );
+    let expected = gates_by_hand(&dir.join("lstm"), "time to speak", true, 1);
+    assert_eq!(svg.gates.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(), ["i", "f", "o"]);
+    for (g, (_, rows)) in svg.gates.iter().enumerate() {
+        let mut units: Vec<usize> = rows.iter().map(|r| r.0).collect();
+        units.sort();
+        assert_eq!(units, (0..8).collect::<Vec<_>>());
+        for (unit, values) in rows {
+            for (t, v) in values.iter().enumerate() {
+                assert!((v - expected[g][t][*unit]).abs() <= 6e-4, "LSTM gate {g} unit {unit} step {t}");
+            }
+        }
+    }
+    let means: Vec<f64> = svg.gates[0].1.iter().map(|r| r.1.iter().sum::<f64>() / r.1.len() as f64).collect();
+    assert!(means.windows(2).all(|m| m[0] >= m[1] - 1e-3), "{means:?}");
+
+    // Mistakes: one line each.
+    let gates = |args: &[&str]| grulm(dir.path(), &[&["gates"][..], args].concat());
+    assert_fails(&gates(&["--run", "rnn", "--text", "time"]), 2, &["model.cell = \"rnn\"", "has no gates"]);
+    assert_fails(&gates(&["--run", "gru", "--text", "quiz"]), 2, &["--text: characters outside the model's vocabulary: 'q', 'u', 'z'"]);
+    assert_fails(
+        &gates(&["--run", "gru", "--text", "time", "--units", "8"]),
+        2,
+        &["--units 8: the model has 8 hidden units, numbered 0 to 7"],
+    );
+    assert_fails(&gates(&["--run", "gru", "--text", "time", "--max-units", "0"]), 2, &["--max-units 0: expected 1 to 1024"]);
+    assert_fails(&gates(&["--run", "gru", "--text", &"time".repeat(101)]), 2, &["--text: 404 characters; grulm gates draws at most 400"]);
+    assert_fails(&gates(&["--run", "gru", "--text", "123"]), 2, &["--text: nothing is left of the text after the run's preprocessing"]);
 }

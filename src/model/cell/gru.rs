@@ -94,22 +94,28 @@ impl Cell for Gru {
         ("GRU", Some(detail))
     }
 
+    fn gates_reference(&self, p: &Layer, x: &Tensor, state: &[Tensor]) -> Vec<(&'static str, Tensor)> {
+        let h = &state[0];
+        let gate = |n: &'static str| {
+            let g = p.gate(n);
+            (n, (x.mm(&g.w_x) + h.mm(&g.w_h) + &g.b).sigmoid())
+        };
+        [(self.has_z, "z"), (self.has_r, "r")].into_iter().filter(|g| g.0).map(|g| gate(g.1)).collect()
+    }
+
     fn step_reference(&self, p: &Layer, x: &Tensor, state: &[Tensor]) -> Vec<Tensor> {
         let h = &state[0];
-        let gate = |n: &str| {
-            let g = p.gate(n);
-            (x.mm(&g.w_x) + h.mm(&g.w_h) + &g.b).sigmoid()
-        };
-        let z = self.has_z.then(|| gate("z"));
-        let r = self.has_r.then(|| gate("r"));
+        let gates = self.gates_reference(p, x, state);
+        let gate = |n: &str| gates.iter().find(|g| g.0 == n).map(|g| &g.1);
+        let (z, r) = (gate("z"), gate("r"));
         let c = p.gate("h");
-        let h_tilde = match (&r, &c.b_h) {
+        let h_tilde = match (r, &c.b_h) {
             (Some(r), Some(b_hh)) => (x.mm(&c.w_x) + &c.b + r * (h.mm(&c.w_h) + b_hh)).tanh(),
             (Some(r), None) => (x.mm(&c.w_x) + (r * h).mm(&c.w_h) + &c.b).tanh(),
             (None, _) => (x.mm(&c.w_x) + h.mm(&c.w_h) + &c.b).tanh(), // R ≡ 1
         };
         vec![match z {
-            Some(z) => &z * h + (1.0 - &z) * h_tilde,
+            Some(z) => z * h + (1.0 - z) * h_tilde,
             None => h_tilde, // Z ≡ 0
         }]
     }

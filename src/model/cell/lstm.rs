@@ -45,14 +45,21 @@ impl Cell for Lstm {
         ("LSTM", None)
     }
 
+    fn gates_reference(&self, p: &Layer, x: &Tensor, state: &[Tensor]) -> Vec<(&'static str, Tensor)> {
+        let h = &state[0];
+        let gate = |n: &'static str| {
+            let g = p.gate(n);
+            (n, (x.mm(&g.w_x) + h.mm(&g.w_h) + &g.b).sigmoid())
+        };
+        vec![gate("i"), gate("f"), gate("o")]
+    }
+
     fn step_reference(&self, p: &Layer, x: &Tensor, state: &[Tensor]) -> Vec<Tensor> {
         let (h, c) = (&state[0], &state[1]);
-        let pre = |n: &str| {
-            let g = p.gate(n);
-            x.mm(&g.w_x) + h.mm(&g.w_h) + &g.b
-        };
-        let (i, f, o) = (pre("i").sigmoid(), pre("f").sigmoid(), pre("o").sigmoid());
-        let c_tilde = pre("c").tanh();
+        let gates = self.gates_reference(p, x, state);
+        let (i, f, o) = (&gates[0].1, &gates[1].1, &gates[2].1);
+        let g = p.gate("c");
+        let c_tilde = (x.mm(&g.w_x) + h.mm(&g.w_h) + &g.b).tanh();
         let c = f * c + i * c_tilde;
         let h = o * c.tanh();
         vec![h, c]

@@ -180,6 +180,13 @@ pub trait Cell {
     /// One step as the chapter writes it: x `[B, in]`, state `[B, H]` each.
     fn step_reference(&self, p: &Layer, x: &Tensor, state: &[Tensor]) -> Vec<Tensor>;
 
+    /// The sigmoid gates of that step by name, each `[B, H]` in (0, 1): the GRU's
+    /// `z` and `r` (those it has), the LSTM's `i`, `f` and `o`; none for the RNN.
+    /// [`Cell::step_reference`] computes its step from these (`grulm gates` draws them).
+    fn gates_reference(&self, _p: &Layer, _x: &Tensor, _state: &[Tensor]) -> Vec<(&'static str, Tensor)> {
+        vec![]
+    }
+
     /// One step from the input projection `xa = X W_x + b` (`[B, G·H]`) and the
     /// fused hidden weights `w_h = [W_h ...]` (`[H, G·H]`); autograd differentiates it.
     fn step_fused(&self, p: &Layer, xa: &Tensor, w_h: &Tensor, state: &[Tensor]) -> Vec<Tensor>;

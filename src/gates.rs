@@ -1,0 +1,228 @@
+//! `grulm gates`: a picture of a trained model's gates over a text.
+//!
+//! The chapter's point is that the update gate Z decides when to keep the old
+//! state (Z ≈ 1 copies H_{t-1} through) and the reset gate R when to forget it
+//! (R ≈ 0 lets the candidate ignore H_{t-1}). This runs a run's model over a
+//! text from a zero state and draws, per character (x axis, the characters
+//! written under it), the top layer's gate activations: one heatmap per gate
+//! (rows: hidden units; colour: the activation in [0, 1]) and a line of each
+//! gate's mean over all units. An LSTM has its input, forget and output gates.
+//!
+//! The activations come from the scratch cell's readable step
+//! ([`crate::model::top_layer_gates`]); a built-in run's weights go through the
+//! layout table into the cell that computes the same function. Every heatmap
+//! cell carries its value (`data-v`, 3 decimals) beside its colour, so a script
+//! (or the test) can read back what is drawn: per gate (`<g class="gate"
+//! data-gate="z">`), a row per unit (`<g class="row" data-unit="17">`), a cell
+//! per character in order.
+use crate::fsutil;
+use anyhow::Result;
+use std::fmt::Write;
+use std::path::Path;
+
+/// Longest text drawn: one column of [`CELL_W`] pixels per character.
+pub const MAX_CHARS: usize = 400;
+/// Columns are this wide (pixels).
+const CELL_W: usize = 12;
+/// Left margin (unit labels) and right margin (colour bar).
+const LEFT: usize = 56;
+const RIGHT: usize = 72;
+/// Height of the mean-line panel.
+const MEAN_H: usize = 90;
+/// The mean lines' colours, one per gate (matplotlib's tab10).
+const LINE_COLORS: [&str; 3] = ["#1f77b4", "#ff7f0e", "#2ca02c"];
+
+/// One gate's activations: its name (`z`, `r`; `i`, `f`, `o`) and `[T][H]`.
+pub struct GateValues {
+    pub name: &'static str,
+    pub values: Vec<Vec<f32>>,
+}
+
+/// What the gate is called in the picture.
+pub fn label(name: &str) -> String {
+    match name {
+        "z" => "update gate Z".into(),
+        "r" => "reset gate R".into(),
+        "i" => "input gate I".into(),
+        "f" => "forget gate F".into(),
+        "o" => "output gate O".into(),
+        other => format!("gate {other}"),
+    }
+}
+
+/// The units drawn, in row order, and how they were chosen (for the subtitle).
+/// `explicit`: these, in this order. Otherwise every unit when there are at
+/// most `max` of them, else the `max` whose first gate varies most over the
+/// text (standard deviation); either way sorted by the first gate's mean, the
+/// most open on top.
+pub fn choose_units(first: &GateValues, explicit: Option<&[usize]>, max: usize) -> (Vec<usize>, String) {
+    let h = first.values.first().map_or(0, Vec::len);
+    if let Some(u) = explicit {
+        return (u.to_vec(), format!("units {}", u.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")));
+    }
+    let t = first.values.len() as f64;
+    let mean = |j: usize| first.values.iter().map(|row| row[j] as f64).sum::<f64>() / t;
+    let std = |j: usize| (first.values.iter().map(|row| (row[j] as f64 - mean(j)).powi(2)).sum::<f64>() / t).sqrt();
+    let mut units: Vec<usize> = (0..h).collect();
+    let how = if h > max {
+        units.sort_by(|&a, &b| std(b).total_cmp(&std(a)).then(a.cmp(&b)));
+        units.truncate(max);
+        format!("the {max} of {h} units whose {} varies most", label(first.name))
+    } else {
+        format!("all {h} units")
+    };
+    units.sort_by(|&a, &b| mean(b).total_cmp(&mean(a)).then(a.cmp(&b)));
+    (units, format!("{how}, sorted by the mean of {}", label(first.name)))
+}
+
+/// Viridis (matplotlib's), 9 stops, interpolated: `#rrggbb` for v in [0, 1].
+pub fn color(v: f64) -> String {
+    const STOPS: [(f64, f64, f64); 9] = [
+        (68.0, 1.0, 84.0),
+        (71.0, 45.0, 123.0),
+        (59.0, 82.0, 139.0),
+        (44.0, 114.0, 142.0),
+        (33.0, 145.0, 140.0),
+        (39.0, 173.0, 129.0),
+        (92.0, 200.0, 99.0),
+        (170.0, 220.0, 50.0),
+        (253.0, 231.0, 37.0),
+    ];
+    let x = v.clamp(0.0, 1.0) * 8.0;
+    let k = (x.floor() as usize).min(7);
+    let f = x - k as f64;
+    let (a, b) = (STOPS[k], STOPS[k + 1]);
+    let mix = |p: f64, q: f64| (p + (q - p) * f).round() as u8;
+    format!("#{:02x}{:02x}{:02x}", mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
+}
+
+/// A character as a label: visible stand-ins for blanks, XML-escaped.
+fn shown(c: char) -> String {
+    match c {
+        ' ' => "␣".into(),
+        '\n' => "↵".into(),
+        '\t' => "⇥".into(),
+        c => escape(&c.to_string()),
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// The picture: a heatmap per gate (rows `units`, a column per character) and
+/// the mean lines, as an SVG document.
+pub fn svg(chars: &[char], gates: &[GateValues], units: &[usize], title: &str, subtitle: &str) -> String {
+    let t = chars.len();
+    let row_h = (360 / units.len().max(1)).clamp(3, 10);
+    let heat_h = row_h * units.len();
+    let panel_h = 22 + heat_h + 22; // title, heatmap, characters
+    let width = LEFT + t * CELL_W + RIGHT;
+    let height = 52 + gates.len() * (panel_h + 8) + 30 + MEAN_H + 22 + 10;
+    let mut s = String::with_capacity(60 * t * units.len() * gates.len() + 4096);
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif">"#
+    );
+    let _ = write!(
+        s,
+        "\n<defs><rect id=\"c\" width=\"{CELL_W}\" height=\"{row_h}\"/></defs>\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let _ = writeln!(s, r#"<text x="{LEFT}" y="20" font-size="15">{}</text>"#, escape(title));
+    let _ = writeln!(s, r##"<text x="{LEFT}" y="38" font-size="12" fill="#444">{}</text>"##, escape(subtitle));
+    let chars_row = |s: &mut String, y: usize| {
+        for (k, &c) in chars.iter().enumerate() {
+            let x = LEFT + k * CELL_W + CELL_W / 2;
+            let _ = writeln!(s, r#"<text class="char" x="{x}" y="{y}" font-size="11" text-anchor="middle">{}</text>"#, shown(c));
+        }
+    };
+    let mut y0 = 52;
+    for g in gates {
+        let _ = writeln!(s, r#"<g class="gate" data-gate="{}">"#, g.name);
+        let _ = writeln!(s, r#"<text class="panel-title" x="{LEFT}" y="{}" font-size="13">{}</text>"#, y0 + 15, label(g.name));
+        let top = y0 + 22;
+        for (r, &u) in units.iter().enumerate() {
+            let y = top + r * row_h;
+            if row_h >= 8 || r % 5 == 0 {
+                let _ = writeln!(
+                    s,
+                    r#"<text class="unit" x="{}" y="{}" font-size="{}" text-anchor="end">{u}</text>"#,
+                    LEFT - 4,
+                    y + row_h.min(9),
+                    row_h.clamp(7, 9)
+                );
+            }
+            // A row of cells: one shared rectangle (`#c`) placed per character,
+            // which keeps the file about 55 bytes per cell.
+            let _ = writeln!(s, r#"<g class="row" data-unit="{u}" transform="translate(0,{y})">"#);
+            for (k, row) in g.values.iter().enumerate() {
+                let v = row[u] as f64;
+                let _ = writeln!(s, r##"<use xlink:href="#c" x="{}" fill="{}" data-v="{v:.3}"/>"##, LEFT + k * CELL_W, color(v));
+            }
+            s += "</g>\n";
+        }
+        chars_row(&mut s, top + heat_h + 15);
+        s += "</g>\n";
+        y0 += panel_h + 8;
+    }
+    // The colour bar, beside the first heatmap.
+    let (bx, by, bh) = (LEFT + t * CELL_W + 16, 74, 120);
+    for k in 0..bh {
+        let v = 1.0 - k as f64 / (bh - 1) as f64;
+        let _ = writeln!(s, r#"<rect x="{bx}" y="{}" width="14" height="1" fill="{}"/>"#, by + k, color(v));
+    }
+    for (v, y) in [("1", by + 4), ("0.5", by + bh / 2 + 4), ("0", by + bh)] {
+        let _ = writeln!(s, r#"<text x="{}" y="{y}" font-size="10">{v}</text>"#, bx + 18);
+    }
+    // The mean of each gate over all units, per character, on a 0..1 axis.
+    let h_all = gates.first().and_then(|g| g.values.first()).map_or(0, Vec::len);
+    let _ = writeln!(s, r#"<text class="panel-title" x="{LEFT}" y="{}" font-size="13">mean over all {h_all} units</text>"#, y0 + 15);
+    let top = y0 + 22;
+    let y_of = |v: f64| top as f64 + (1.0 - v) * MEAN_H as f64;
+    for v in [0.0, 0.5, 1.0] {
+        let y = y_of(v);
+        let _ = writeln!(
+            s,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ccc" stroke-width="1"/><text x="{}" y="{:.1}" font-size="10" text-anchor="end">{v}</text>"##,
+            LEFT + t * CELL_W,
+            LEFT - 4,
+            y + 3.0
+        );
+    }
+    for (gi, g) in gates.iter().enumerate() {
+        let points: Vec<String> = g
+            .values
+            .iter()
+            .enumerate()
+            .map(|(k, row)| {
+                let m = row.iter().map(|&v| v as f64).sum::<f64>() / row.len() as f64;
+                format!("{},{:.1}", LEFT + k * CELL_W + CELL_W / 2, y_of(m))
+            })
+            .collect();
+        let c = LINE_COLORS[gi % LINE_COLORS.len()];
+        let _ = writeln!(
+            s,
+            r#"<polyline class="mean" data-gate="{}" points="{}" fill="none" stroke="{c}" stroke-width="2"/>"#,
+            g.name,
+            points.join(" ")
+        );
+        let ly = top + 12 + gi * 14;
+        let lx = LEFT + t * CELL_W + 8;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{c}" stroke-width="2"/><text x="{}" y="{}" font-size="10">{}</text>"#,
+            lx + 14,
+            lx + 18,
+            ly + 3,
+            g.name.to_uppercase()
+        );
+    }
+    chars_row(&mut s, top + MEAN_H + 15);
+    s += "</svg>\n";
+    s
+}
+
+/// Writes the picture to `path` atomically.
+pub fn write(path: &Path, svg: &str) -> Result<()> {
+    fsutil::write_atomic(path, svg.as_bytes())
+}
