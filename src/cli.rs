@@ -582,9 +582,9 @@ fn gates_cmd(a: GatesArgs) -> Result<()> {
     let described = cfg.model.init(vocab.len() as i64, tch::Device::Cpu, tch::Kind::Float).describe();
     let file_name = weights.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
     let title = format!("{described}: top layer ({l} of {l}), {file_name}");
-    let subtitle = format!("{how}; {} characters from a zero state; colour: the activation, 0 to 1", chars.len());
+    let notes = [how, format!("{} characters from a zero state; colour: the activation, from 0 to 1", chars.len())];
     let out = a.out.clone().unwrap_or_else(|| run_dir.file("gates.svg"));
-    gates::write(&out, &gates::svg(&chars, &values, &units, &title, &subtitle))?;
+    gates::write(&out, &gates::svg(&chars, &values, &units, &title, &notes))?;
     println!(
         "wrote {}: {} of the top layer over {} characters, {} of {h} units",
         out.display(),

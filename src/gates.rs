@@ -111,14 +111,17 @@ fn escape(s: &str) -> String {
 }
 
 /// The picture: a heatmap per gate (rows `units`, a column per character) and
-/// the mean lines, as an SVG document.
-pub fn svg(chars: &[char], gates: &[GateValues], units: &[usize], title: &str, subtitle: &str) -> String {
+/// the mean lines, as an SVG document. `notes` go under the title, a line each.
+pub fn svg(chars: &[char], gates: &[GateValues], units: &[usize], title: &str, notes: &[String]) -> String {
     let t = chars.len();
     let row_h = (360 / units.len().max(1)).clamp(3, 10);
     let heat_h = row_h * units.len();
     let panel_h = 22 + heat_h + 22; // title, heatmap, characters
-    let width = LEFT + t * CELL_W + RIGHT;
-    let height = 52 + gates.len() * (panel_h + 8) + 30 + MEAN_H + 22 + 10;
+    // Wide enough for the title and notes (about 7 pixels a character).
+    let text_w = std::iter::once(title.chars().count() * 8).chain(notes.iter().map(|n| n.chars().count() * 7)).max().unwrap_or(0);
+    let width = (LEFT + t * CELL_W + RIGHT).max(LEFT + text_w);
+    let head = 30 + 16 * notes.len();
+    let height = head + gates.len() * (panel_h + 8) + 30 + MEAN_H + 22 + 10;
     let mut s = String::with_capacity(60 * t * units.len() * gates.len() + 4096);
     let _ = write!(
         s,
@@ -129,14 +132,16 @@ pub fn svg(chars: &[char], gates: &[GateValues], units: &[usize], title: &str, s
         "\n<defs><rect id=\"c\" width=\"{CELL_W}\" height=\"{row_h}\"/></defs>\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
     let _ = writeln!(s, r#"<text x="{LEFT}" y="20" font-size="15">{}</text>"#, escape(title));
-    let _ = writeln!(s, r##"<text x="{LEFT}" y="38" font-size="12" fill="#444">{}</text>"##, escape(subtitle));
+    for (k, n) in notes.iter().enumerate() {
+        let _ = writeln!(s, r##"<text x="{LEFT}" y="{}" font-size="12" fill="#444">{}</text>"##, 38 + 16 * k, escape(n));
+    }
     let chars_row = |s: &mut String, y: usize| {
         for (k, &c) in chars.iter().enumerate() {
             let x = LEFT + k * CELL_W + CELL_W / 2;
             let _ = writeln!(s, r#"<text class="char" x="{x}" y="{y}" font-size="11" text-anchor="middle">{}</text>"#, shown(c));
         }
     };
-    let mut y0 = 52;
+    let mut y0 = head;
     for g in gates {
         let _ = writeln!(s, r#"<g class="gate" data-gate="{}">"#, g.name);
         let _ = writeln!(s, r#"<text class="panel-title" x="{LEFT}" y="{}" font-size="13">{}</text>"#, y0 + 15, label(g.name));
@@ -166,7 +171,7 @@ pub fn svg(chars: &[char], gates: &[GateValues], units: &[usize], title: &str, s
         y0 += panel_h + 8;
     }
     // The colour bar, beside the first heatmap.
-    let (bx, by, bh) = (LEFT + t * CELL_W + 16, 74, 120);
+    let (bx, by, bh) = (LEFT + t * CELL_W + 16, head + 22, 120);
     for k in 0..bh {
         let v = 1.0 - k as f64 / (bh - 1) as f64;
         let _ = writeln!(s, r#"<rect x="{bx}" y="{}" width="14" height="1" fill="{}"/>"#, by + k, color(v));
