@@ -2,7 +2,7 @@
 //! median over repeats after a warm-up, and peak memory; optionally side by side
 //! with the same step in Python PyTorch (`bench/pytorch_reference.py`).
 use crate::config::OptimizerKind;
-use crate::data::SeqPartition;
+use crate::data::{self, Ids, SeqPartition};
 use crate::device;
 use crate::memory::Estimate;
 use crate::model::{BuildOptions, CellKind, ModelConfig, ModelKind, ResetGate, ScratchPath};
@@ -12,6 +12,7 @@ use crate::train;
 use crate::usage;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -202,12 +203,19 @@ fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, war
     reset_peak_rss();
     let baseline = (!dev.is_cuda()).then(device::rss_mib);
     let (mcfg, build, graph) = model_for(name, h)?;
-    // The trainer's estimate for this step; the data are the bench's x and y on the device.
-    let estimate = Estimate::training(&mcfg, OptimizerKind::Sgd, b as u64, t as u64, v as u64, 16 * (steps as i64 * b * t) as u64);
+    // A random corpus of exactly `steps` minibatches, on the device as the
+    // trainer keeps one, cut the trainer's way (sequential, no offset).
+    let len = steps * (b * t) as usize + 1;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let ids: Vec<i64> = (0..len).map(|_| rng.gen_range(0..v)).collect();
+    let ids = Ids::from_i64(v as usize, &ids);
+    let mb = data::sequential_minibatches(len, b as usize, t as usize, 0);
+    // The trainer's estimate for this step and these data.
+    let estimate = Estimate::training(&mcfg, OptimizerKind::Sgd, b as u64, t as u64, v as u64, (ids.bytes() + 8 * mb.starts.len()) as u64);
     let model = mcfg.build(v, dev, Kind::Float, build);
     let mut opt = Optimizer::new(OptimizerKind::Sgd, 1.0, model.named_parameters());
-    let xs = Tensor::randint(v, [steps as i64, b, t], (Kind::Int64, dev));
-    let ys = Tensor::randint(v, [steps as i64, b, t], (Kind::Int64, dev));
+    let corpus = train::TokenData::upload(&ids, t as usize, dev);
+    let starts = corpus.starts(&mb);
     let mut stepper = Stepper::new(dev, graph, &opt);
     let mut times = Vec::with_capacity(repeats);
     let plan = train::EpochPlan { partition: SeqPartition::Sequential, theta: 1.0, from: 0, mask_seed: None };
@@ -216,7 +224,7 @@ fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, war
     for i in 0..warm + repeats {
         let t0 = Instant::now();
         // The trainer's own epoch loop, over `steps` minibatches.
-        let out = train::train_epoch(model.as_ref(), &mut opt, &mut stepper, &xs, &ys, &plan)?;
+        let out = train::train_epoch(model.as_ref(), &mut opt, &mut stepper, &corpus, &starts, &plan)?;
         // One read at the end: waits for the device, and checks the numbers.
         let l = f64::try_from(out.losses.get(-1))?;
         if !l.is_finite() {

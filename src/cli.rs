@@ -605,9 +605,13 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let (ids, unknown) = match split {
         Split::All => {
             let text = data::read_text(&path)?;
-            let chars = data::preprocess(&text, cfg.data.preprocess);
-            let unknown = chars.iter().filter(|&&c| !vocab.contains(c)).count();
-            (vocab.encode(&chars), unknown)
+            let mut ids = data::Ids::with_capacity(vocab.len(), 0);
+            let mut unknown = 0;
+            for c in data::preprocessed(&text, cfg.data.preprocess) {
+                unknown += usize::from(!vocab.contains(c));
+                ids.push(vocab.index(c));
+            }
+            (ids, unknown)
         }
         // The run's split, as training made it (data.max_tokens, data.val_fraction).
         Split::Train | Split::Val => {

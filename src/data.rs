@@ -2,9 +2,15 @@
 //! SHA-1 checked, or a user's file), preprocessing, vocabulary, and the two
 //! minibatch partitions of `seq_data_iter_sequential` / `seq_data_iter_random`.
 //!
-//! Shapes: B batch size, T time steps (`num_steps`). A [`Minibatches`] holds, for
-//! one epoch, `n` minibatches of inputs `X [B, T]` and targets `Y [B, T]`, where
-//! `Y` is `X` shifted by one token in the corpus.
+//! Shapes: B batch size, T time steps (`num_steps`). A [`Minibatches`] says, for
+//! one epoch, where its `n` minibatches of inputs `X [B, T]` and targets `Y [B, T]`
+//! start in the corpus (`Y` is `X` shifted by one token); the trainer cuts them
+//! out of the corpus, one minibatch per step, so no epoch is ever copied whole.
+//!
+//! Big corpora: the text is read once into memory and streamed through the
+//! preprocessing twice (count, then encode), never held as `char`s; token ids are
+//! stored in one, two or four bytes ([`Ids`]). A 100 MB text with a small
+//! vocabulary costs 100 MB of text while loading and 100 MB of ids.
 use crate::fsutil;
 use crate::usage;
 use anyhow::{bail, Context, Result};
@@ -137,30 +143,57 @@ pub fn read_text(path: &Path) -> Result<String> {
 /// `A-Za-z` becomes one space, then strip and lowercase; the lines are joined
 /// with no separator (hence d2l's "himwas"). `Raw` keeps every character.
 pub fn preprocess(text: &str, mode: Preprocess) -> Vec<char> {
-    match mode {
-        Preprocess::Raw => text.chars().collect(),
-        Preprocess::D2l => {
-            let mut out = Vec::with_capacity(text.len());
-            // Python's text mode splits on \n, \r and \r\n; all are non-letters,
-            // so any of them ends a line and is stripped with its neighbours.
-            for line in text.split(['\n', '\r']) {
-                let mut pending_space = false;
-                let mut any = false;
-                for c in line.chars() {
-                    if c.is_ascii_alphabetic() {
-                        if pending_space && any {
-                            out.push(' ');
-                        }
-                        pending_space = false;
-                        any = true;
-                        out.push(c.to_ascii_lowercase());
-                    } else {
-                        pending_space = true;
-                    }
-                }
-            }
-            out
+    preprocessed(text, mode).collect()
+}
+
+/// [`preprocess`] as a stream of characters, for texts too big to hold as `char`s.
+pub fn preprocessed(text: &str, mode: Preprocess) -> impl Iterator<Item = char> + '_ {
+    D2lChars { chars: text.chars(), raw: mode == Preprocess::Raw, pending_space: false, any: false, held: None }
+}
+
+/// The preprocessing state machine (see [`preprocess`]).
+struct D2lChars<'a> {
+    chars: std::str::Chars<'a>,
+    raw: bool,
+    /// Non-letters were seen since the last letter of this line.
+    pending_space: bool,
+    /// This line has had a letter.
+    any: bool,
+    /// A letter to emit after the space that precedes it.
+    held: Option<char>,
+}
+
+impl Iterator for D2lChars<'_> {
+    type Item = char;
+
+    fn next(&mut self) -> Option<char> {
+        if self.raw {
+            return self.chars.next();
         }
+        if let Some(c) = self.held.take() {
+            return Some(c);
+        }
+        for c in self.chars.by_ref() {
+            if c.is_ascii_alphabetic() {
+                let lower = c.to_ascii_lowercase();
+                let space = self.pending_space && self.any;
+                self.pending_space = false;
+                self.any = true;
+                if space {
+                    self.held = Some(lower);
+                    return Some(' ');
+                }
+                return Some(lower);
+            } else if c == '\n' || c == '\r' {
+                // Python's text mode splits on \n, \r and \r\n; each ends a line,
+                // and a line's leading and trailing non-letters are stripped.
+                self.pending_space = false;
+                self.any = false;
+            } else {
+                self.pending_space = true;
+            }
+        }
+        None
     }
 }
 
@@ -172,6 +205,9 @@ pub fn preprocess(text: &str, mode: Preprocess) -> Vec<char> {
 pub struct Vocab {
     idx_to_token: Vec<String>,
     char_to_idx: HashMap<char, i64>,
+    /// `char_to_idx` for ASCII, 0 (`<unk>`) where absent: encoding a big text
+    /// is one table lookup per character.
+    ascii: [i64; 128],
 }
 
 #[derive(Serialize, Deserialize)]
@@ -179,13 +215,41 @@ struct VocabJson {
     idx_to_token: Vec<String>,
 }
 
+/// Character counts in order of first occurrence, from one pass over a text (a
+/// table for ASCII, a map for the rest): what [`Vocab`] is built from.
+pub struct CharCounts {
+    /// Distinct characters, in order of first occurrence, and their counts.
+    order: Vec<(char, u64)>,
+    /// Characters counted.
+    pub total: usize,
+}
+
+impl CharCounts {
+    pub fn of(chars: impl Iterator<Item = char>) -> CharCounts {
+        let mut ascii = [u32::MAX; 128]; // position in `order`
+        let mut other: HashMap<char, u32> = HashMap::new();
+        let mut order: Vec<(char, u64)> = Vec::new();
+        let mut total = 0;
+        for c in chars {
+            total += 1;
+            let slot = if (c as u32) < 128 { &mut ascii[c as usize] } else { other.entry(c).or_insert(u32::MAX) };
+            if *slot == u32::MAX {
+                *slot = order.len() as u32;
+                order.push((c, 0));
+            }
+            order[*slot as usize].1 += 1;
+        }
+        CharCounts { order, total }
+    }
+}
+
 impl Vocab {
     pub fn build(tokens: &[char], min_freq: usize, reserved: &[String]) -> Vocab {
-        let mut counts: HashMap<char, (usize, usize)> = HashMap::new(); // char -> (count, first index)
-        for (i, &c) in tokens.iter().enumerate() {
-            counts.entry(c).or_insert((0, i)).0 += 1;
-        }
-        let mut freqs: Vec<(char, usize, usize)> = counts.into_iter().map(|(c, (n, first))| (c, n, first)).collect();
+        Vocab::from_counts(&CharCounts::of(tokens.iter().copied()), min_freq, reserved)
+    }
+
+    pub fn from_counts(counts: &CharCounts, min_freq: usize, reserved: &[String]) -> Vocab {
+        let mut freqs: Vec<(char, u64, usize)> = counts.order.iter().enumerate().map(|(i, &(c, n))| (c, n, i)).collect();
         freqs.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
         let mut idx_to_token = vec![UNK.to_string()];
         for r in reserved {
@@ -194,7 +258,7 @@ impl Vocab {
             }
         }
         for (c, n, _) in freqs {
-            if n < min_freq {
+            if (n as usize) < min_freq {
                 break;
             }
             let s = c.to_string();
@@ -210,6 +274,7 @@ impl Vocab {
             bail!("the first token must be {UNK}");
         }
         let mut char_to_idx = HashMap::new();
+        let mut ascii = [0; 128];
         let mut seen = std::collections::HashSet::new();
         for (i, t) in idx_to_token.iter().enumerate() {
             if !seen.insert(t.as_str()) {
@@ -218,9 +283,12 @@ impl Vocab {
             let mut cs = t.chars();
             if let (Some(c), None) = (cs.next(), cs.next()) {
                 char_to_idx.insert(c, i as i64);
+                if (c as u32) < 128 {
+                    ascii[c as usize] = i as i64;
+                }
             }
         }
-        Ok(Vocab { idx_to_token, char_to_idx })
+        Ok(Vocab { idx_to_token, char_to_idx, ascii })
     }
 
     pub fn len(&self) -> usize {
@@ -237,7 +305,10 @@ impl Vocab {
 
     /// The index of a character, `<unk>` (0) if it is not in the vocabulary.
     pub fn index(&self, c: char) -> i64 {
-        self.char_to_idx.get(&c).copied().unwrap_or(0)
+        match self.ascii.get(c as usize) {
+            Some(&i) => i,
+            None => self.char_to_idx.get(&c).copied().unwrap_or(0),
+        }
     }
 
     pub fn contains(&self, c: char) -> bool {
@@ -267,13 +338,110 @@ impl Vocab {
     }
 }
 
+/// Token ids, stored compactly: one byte each for a vocabulary of up to 256
+/// tokens (every char-level corpus we know of), two up to 32,768, else four.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ids {
+    U8(Vec<u8>),
+    I16(Vec<i16>),
+    I32(Vec<i32>),
+}
+
+/// `$body` with `$v` bound to the vector inside `$ids`, whatever its width.
+macro_rules! each_width {
+    ($ids:expr, $v:ident => $body:expr) => {
+        match $ids {
+            Ids::U8($v) => $body,
+            Ids::I16($v) => $body,
+            Ids::I32($v) => $body,
+        }
+    };
+}
+
+impl Ids {
+    /// Empty ids for a vocabulary of `vocab_len` tokens, room for `n`.
+    pub fn with_capacity(vocab_len: usize, n: usize) -> Ids {
+        match Ids::width_for(vocab_len) {
+            1 => Ids::U8(Vec::with_capacity(n)),
+            2 => Ids::I16(Vec::with_capacity(n)),
+            _ => Ids::I32(Vec::with_capacity(n)),
+        }
+    }
+
+    /// Bytes per id for a vocabulary of `vocab_len` tokens.
+    pub fn width_for(vocab_len: usize) -> usize {
+        match vocab_len {
+            0..=256 => 1,
+            257..=32_768 => 2,
+            _ => 4,
+        }
+    }
+
+    pub fn from_i64(vocab_len: usize, ids: &[i64]) -> Ids {
+        let mut out = Ids::with_capacity(vocab_len, ids.len());
+        ids.iter().for_each(|&i| out.push(i));
+        out
+    }
+
+    /// Appends `id` (below the vocabulary size the ids were made for).
+    pub fn push(&mut self, id: i64) {
+        match self {
+            Ids::U8(v) => v.push(id as u8),
+            Ids::I16(v) => v.push(id as i16),
+            Ids::I32(v) => v.push(id as i32),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        each_width!(self, v => v.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, i: usize) -> i64 {
+        each_width!(self, v => v[i] as i64)
+    }
+
+    /// Ids `range`, widened (for a row, a prefix, a test).
+    pub fn to_vec(&self, range: std::ops::Range<usize>) -> Vec<i64> {
+        each_width!(self, v => v[range].iter().map(|&x| x as i64).collect())
+    }
+
+    pub fn truncate(&mut self, n: usize) {
+        each_width!(self, v => v.truncate(n))
+    }
+
+    /// The ids from `at` on, removed from `self`.
+    pub fn split_off(&mut self, at: usize) -> Ids {
+        match self {
+            Ids::U8(v) => Ids::U8(v.split_off(at)),
+            Ids::I16(v) => Ids::I16(v.split_off(at)),
+            Ids::I32(v) => Ids::I32(v.split_off(at)),
+        }
+    }
+
+    /// Every id `i` replaced by `map[i]`, stored for a vocabulary of `vocab_len`.
+    pub fn remap(&self, map: &[i64], vocab_len: usize) -> Ids {
+        let mut out = Ids::with_capacity(vocab_len, self.len());
+        each_width!(self, v => v.iter().for_each(|&i| out.push(map[i as usize])));
+        out
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        each_width!(self, v => std::mem::size_of_val(v.as_slice()))
+    }
+}
+
 /// A loaded corpus: the vocabulary (built on the whole text, as d2l does) and the
 /// token ids for training (the first `max_tokens`, minus the validation split)
 /// and validation (the last `val_fraction` of those).
 pub struct Corpus {
     pub vocab: Vocab,
-    pub train: Vec<i64>,
-    pub val: Option<Vec<i64>>,
+    pub train: Ids,
+    pub val: Option<Ids>,
     /// Characters after preprocessing, before `max_tokens` (170,580 for d2l's Time Machine).
     pub total_chars: usize,
 }
@@ -301,9 +469,8 @@ impl Corpus {
         if !missing.is_empty() {
             return Err(missing);
         }
-        for id in self.train.iter_mut().chain(self.val.iter_mut().flatten()) {
-            *id = map[*id as usize];
-        }
+        self.train = self.train.remap(&map, to.len());
+        self.val = self.val.as_ref().map(|v| v.remap(&map, to.len()));
         self.vocab = to.clone();
         Ok(())
     }
@@ -316,18 +483,19 @@ impl Corpus {
         Corpus::from_text(&text, cfg, &path.display().to_string())
     }
 
+    /// Two passes over the preprocessed text, both linear: count the characters
+    /// (the vocabulary), then encode the first `max_tokens` of them.
     pub fn from_text(text: &str, cfg: &DataConfig, shown: &str) -> Result<Corpus> {
-        let chars = preprocess(text, cfg.preprocess);
-        if chars.is_empty() {
+        let counts = CharCounts::of(preprocessed(text, cfg.preprocess));
+        if counts.total == 0 {
             return Err(usage!(
                 "corpus {shown}: nothing is left after preprocessing (data.preprocess = \"d2l\" keeps only the letters A-Z, a-z); use data.preprocess = \"raw\" for other text"
             ));
         }
-        let vocab = Vocab::build(&chars, cfg.min_freq, &cfg.reserved_tokens);
-        let mut ids = vocab.encode(&chars);
-        if cfg.max_tokens > 0 {
-            ids.truncate(cfg.max_tokens);
-        }
+        let vocab = Vocab::from_counts(&counts, cfg.min_freq, &cfg.reserved_tokens);
+        let keep = if cfg.max_tokens > 0 { cfg.max_tokens.min(counts.total) } else { counts.total };
+        let mut ids = Ids::with_capacity(vocab.len(), keep);
+        preprocessed(text, cfg.preprocess).take(keep).for_each(|c| ids.push(vocab.index(c)));
         let need = cfg.batch_size * cfg.num_steps + 1;
         let n_val = (ids.len() as f64 * cfg.val_fraction).floor() as usize;
         let val = if n_val > 0 {
@@ -351,7 +519,7 @@ impl Corpus {
                 cfg.num_steps
             ));
         }
-        Ok(Corpus { vocab, train: ids, val, total_chars: chars.len() })
+        Ok(Corpus { vocab, train: ids, val, total_chars: counts.total })
     }
 }
 
@@ -368,27 +536,28 @@ pub enum SeqPartition {
     Random,
 }
 
-/// One epoch of minibatches, laid out `[n, B, T]` row-major, ready to upload in
-/// one copy.
+/// One epoch of minibatches as positions in the corpus: row i of minibatch k is
+/// `X = corpus[s..s+T]`, `Y = corpus[s+1..s+1+T]` with `s = starts[k*B + i]`.
+/// The trainer cuts each minibatch out of the corpus when its step comes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Minibatches {
     pub n: usize,
     pub batch_size: usize,
     pub num_steps: usize,
-    pub x: Vec<i64>,
-    pub y: Vec<i64>,
+    /// `[n, B]` row-major.
+    pub starts: Vec<i64>,
 }
 
 impl Minibatches {
-    /// Inputs of minibatch `k`, row `i`.
-    pub fn x_row(&self, k: usize, i: usize) -> &[i64] {
-        let start = (k * self.batch_size + i) * self.num_steps;
-        &self.x[start..start + self.num_steps]
+    /// Where row `i` of minibatch `k` starts.
+    pub fn start(&self, k: usize, i: usize) -> usize {
+        self.starts[k * self.batch_size + i] as usize
     }
 
-    pub fn y_row(&self, k: usize, i: usize) -> &[i64] {
-        let start = (k * self.batch_size + i) * self.num_steps;
-        &self.y[start..start + self.num_steps]
+    /// Inputs and targets of minibatch `k`, row `i`, read from `corpus`.
+    pub fn row(&self, corpus: &Ids, k: usize, i: usize) -> (Vec<i64>, Vec<i64>) {
+        let s = self.start(k, i);
+        (corpus.to_vec(s..s + self.num_steps), corpus.to_vec(s + 1..s + 1 + self.num_steps))
     }
 }
 
@@ -401,64 +570,50 @@ pub fn epoch_rng(seed: u64, epoch: usize) -> ChaCha8Rng {
     rng
 }
 
-/// Cuts `corpus` into one epoch of minibatches.
+/// Cuts a corpus of `len` tokens into one epoch of minibatches.
 ///
 /// Offsets follow d2l 0.17: uniform in `[0, T]` (inclusive, as d2l's
 /// `random.randint(0, num_steps)`) for the sequential partition and in `[0, T-1]`
 /// for the random one. They are capped so that at least one minibatch always
 /// fits a corpus of `B*T + 1` tokens; for d2l's 10,000 tokens the cap never acts.
-pub fn epoch_minibatches(corpus: &[i64], b: usize, t: usize, partition: SeqPartition, rng: &mut impl Rng) -> Minibatches {
-    assert!(b > 0 && t > 0 && corpus.len() > b * t, "corpus too short for one minibatch");
-    let slack = corpus.len() - 1 - b * t;
+pub fn epoch_minibatches(len: usize, b: usize, t: usize, partition: SeqPartition, rng: &mut impl Rng) -> Minibatches {
+    assert!(b > 0 && t > 0 && len > b * t, "corpus too short for one minibatch");
+    let slack = len - 1 - b * t;
     match partition {
         SeqPartition::Sequential => {
             let offset = rng.gen_range(0..=t.min(slack));
-            sequential_minibatches(corpus, b, t, offset)
+            sequential_minibatches(len, b, t, offset)
         }
         SeqPartition::Random => {
             let offset = rng.gen_range(0..=(t - 1).min(slack));
-            random_minibatches(corpus, b, t, offset, rng)
+            random_minibatches(len, b, t, offset, rng)
         }
     }
 }
 
 /// `seq_data_iter_sequential` after its offset: `B` streams of `L` tokens each;
 /// minibatch k holds columns `[k*T, (k+1)*T)` of every stream.
-pub fn sequential_minibatches(corpus: &[i64], b: usize, t: usize, offset: usize) -> Minibatches {
-    let num_tokens = ((corpus.len() - offset - 1) / b) * b;
+pub fn sequential_minibatches(len: usize, b: usize, t: usize, offset: usize) -> Minibatches {
+    let num_tokens = ((len - offset - 1) / b) * b;
     let row_len = num_tokens / b;
     let n = row_len / t;
-    let mut x = Vec::with_capacity(n * b * t);
-    let mut y = Vec::with_capacity(n * b * t);
-    for k in 0..n {
-        for i in 0..b {
-            let start = offset + i * row_len + k * t;
-            x.extend_from_slice(&corpus[start..start + t]);
-            y.extend_from_slice(&corpus[start + 1..start + 1 + t]);
-        }
-    }
-    Minibatches { n, batch_size: b, num_steps: t, x, y }
+    let starts = (0..n).flat_map(|k| (0..b).map(move |i| (offset + i * row_len + k * t) as i64)).collect();
+    Minibatches { n, batch_size: b, num_steps: t, starts }
 }
 
 /// `seq_data_iter_random` after its offset: the subsequences starting at
 /// `offset + j*T`, shuffled, `B` to a minibatch; the remainder is dropped.
-pub fn random_minibatches(corpus: &[i64], b: usize, t: usize, offset: usize, rng: &mut impl Rng) -> Minibatches {
-    let rest = &corpus[offset..];
-    let num_subseqs = (rest.len() - 1) / t;
-    let mut starts: Vec<usize> = (0..num_subseqs).map(|i| i * t).collect();
+pub fn random_minibatches(len: usize, b: usize, t: usize, offset: usize, rng: &mut impl Rng) -> Minibatches {
+    let num_subseqs = (len - offset - 1) / t;
+    let mut starts: Vec<i64> = (0..num_subseqs).map(|j| (offset + j * t) as i64).collect();
     starts.shuffle(rng);
     let n = num_subseqs / b;
-    let mut x = Vec::with_capacity(n * b * t);
-    let mut y = Vec::with_capacity(n * b * t);
-    for &s in &starts[..n * b] {
-        x.extend_from_slice(&rest[s..s + t]);
-        y.extend_from_slice(&rest[s + 1..s + 1 + t]);
-    }
-    Minibatches { n, batch_size: b, num_steps: t, x, y }
+    starts.truncate(n * b);
+    Minibatches { n, batch_size: b, num_steps: t, starts }
 }
 
 /// Minibatches for evaluation: the sequential partition with no offset, so the
 /// same text gives the same perplexity every time.
-pub fn eval_minibatches(corpus: &[i64], b: usize, t: usize) -> Minibatches {
-    sequential_minibatches(corpus, b, t, 0)
+pub fn eval_minibatches(len: usize, b: usize, t: usize) -> Minibatches {
+    sequential_minibatches(len, b, t, 0)
 }

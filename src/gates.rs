@@ -117,7 +117,7 @@ pub fn svg(chars: &[char], gates: &[GateValues], units: &[usize], title: &str, n
     let row_h = (360 / units.len().max(1)).clamp(3, 10);
     let heat_h = row_h * units.len();
     let panel_h = 22 + heat_h + 22; // title, heatmap, characters
-    // Wide enough for the title and notes (about 7 pixels a character).
+                                    // Wide enough for the title and notes (about 7 pixels a character).
     let text_w = std::iter::once(title.chars().count() * 8).chain(notes.iter().map(|n| n.chars().count() * 7)).max().unwrap_or(0);
     let width = (LEFT + t * CELL_W + RIGHT).max(LEFT + text_w);
     let head = 30 + 16 * notes.len();

@@ -3,7 +3,8 @@
 //!
 //! B batch, T steps, V vocabulary, H hidden, L layers, G gates (RNN 1, GRU 3 or 2
 //! for its one-gate ablations, LSTM 4), S state tensors (LSTM 2, else 1), N
-//! training tokens, P parameters. Float32 is 4 bytes, a token id (Int64) 8.
+//! training tokens, P parameters, W bytes per stored token id (1 for a
+//! vocabulary of up to 256 tokens, 2 up to 32,768, else 4). Float32 is 4 bytes.
 //!
 //! | part          | bytes                                                        |
 //! |---------------|--------------------------------------------------------------|
@@ -13,8 +14,10 @@
 //! | activations   | 4·T·B·(3V + L·H·(3G + 2S + 2)): one minibatch's forward and   |
 //! |               | backward: the input projections and gates of every step, the |
 //! |               | states, their gradients, and logits, softmax and its gradient|
-//! | data          | N·(8 + 32): the token ids, and one epoch's minibatches (x and|
-//! |               | y, Int64) on the host and on the device                      |
+//! |               | (with dropout, 2 more per layer: its mask and masked output) |
+//! | data          | N·2W + 8·N/T: the ids on the host and their copy on the      |
+//! |               | device (the host's go once uploaded), and an epoch's row     |
+//! |               | starts (Int64); each step cuts its own minibatch out         |
 //!
 //! `grulm bench` prints this estimate next to the measured peak; see the README
 //! ("Memory") for how close it comes.
@@ -64,7 +67,8 @@ impl Estimate {
     /// For `cfg` with a vocabulary of `v` and `n` training tokens.
     pub fn new(cfg: &Config, v: u64, n: u64) -> Estimate {
         let (b, t) = (cfg.data.batch_size as u64, cfg.data.num_steps as u64);
-        Estimate::training(&cfg.model, cfg.train.optimizer, b, t, v, n * (8 + 32))
+        let w = crate::data::Ids::width_for(v as usize) as u64;
+        Estimate::training(&cfg.model, cfg.train.optimizer, b, t, v, n * 2 * w + 8 * n / t)
     }
 
     /// Training `m` with minibatches of `b x t`, and `data` bytes of token ids.

@@ -6,9 +6,14 @@
 //! clip by the global norm -> update ([`Stepper`]: on CUDA, one replayed CUDA
 //! graph). Losses and gradient norms stay on the device and are read once per
 //! epoch: no step waits for the host.
+//!
+//! The corpus goes to the device once, in its compact ids ([`TokenData`]); each
+//! epoch uploads only where its minibatches start, and each step cuts its
+//! minibatch out of the corpus on the device (a gather of `B x T` ids), so
+//! memory does not grow with the corpus beyond its ids.
 use crate::config::Config;
 use crate::console::Console;
-use crate::data::{self, Corpus, Minibatches, SeqPartition};
+use crate::data::{self, Corpus, Ids, Minibatches, SeqPartition};
 use crate::device::describe;
 use crate::error::libtorch;
 use crate::interrupt::{self, Interrupted};
@@ -76,20 +81,20 @@ pub fn step_seed(seed: u64, epoch: usize, step: i64) -> i64 {
     ((z ^ (z >> 31)) >> 1) as i64
 }
 
-/// One epoch over the minibatches `xs`, `ys` (`[n, B, T]`, on the device), from
-/// minibatch `plan.from`. The state starts at zero and is carried from step to
-/// step (sequential partition) or starts at zero every step (random
-/// partition), as d2l's `train_epoch_ch8`. Stops after the current minibatch
-/// when a signal asks.
+/// One epoch over the minibatches of `data` that start at `starts` (`[n, B]`, on
+/// the device), from minibatch `plan.from`. The state starts at zero and is
+/// carried from step to step (sequential partition) or starts at zero every step
+/// (random partition), as d2l's `train_epoch_ch8`. Stops after the current
+/// minibatch when a signal asks.
 pub fn train_epoch(
     model: &dyn RecurrentLm,
     opt: &mut Optimizer,
     stepper: &mut Stepper,
-    xs: &Tensor,
-    ys: &Tensor,
+    data: &TokenData,
+    starts: &Tensor,
     plan: &EpochPlan,
 ) -> Result<EpochTensors> {
-    let n = xs.size()[0];
+    let n = starts.size()[0];
     let from = plan.from;
     let mut losses = Vec::with_capacity((n - from) as usize);
     let mut norms = Vec::with_capacity((n - from) as usize);
@@ -101,7 +106,10 @@ pub fn train_epoch(
         }
         let out = libtorch(
             || format!("training step {} of {n}", k + 1),
-            || stepper.step(model, opt, &xs.get(k), &ys.get(k), fresh, plan.theta),
+            || {
+                let (x, y) = data.minibatch(starts, k);
+                stepper.step(model, opt, &x, &y, fresh, plan.theta)
+            },
         )??;
         losses.push(out.loss);
         norms.push(out.norm);
@@ -113,31 +121,61 @@ pub fn train_epoch(
     Ok(EpochTensors { losses: Tensor::stack(&losses, 0), norms: Tensor::stack(&norms, 0), done })
 }
 
-/// `[n, B, T]` Int64 tensors on `device`, one copy each.
-pub fn upload(mb: &Minibatches, device: Device) -> (Tensor, Tensor) {
-    let shape = [mb.n as i64, mb.batch_size as i64, mb.num_steps as i64];
-    (Tensor::from_slice(&mb.x).view(shape).to_device(device), Tensor::from_slice(&mb.y).view(shape).to_device(device))
+/// Token ids on the device, in their compact kind (`Uint8`, `Int16` or
+/// `Int32`), and what cuts minibatches out of them.
+pub struct TokenData {
+    ids: Tensor,
+    /// `0..T`, Int64: a row's offsets from its start.
+    steps: Tensor,
+}
+
+impl TokenData {
+    /// One copy of `ids` to `device`, for minibatches of `t` steps.
+    pub fn upload(ids: &Ids, t: usize, device: Device) -> TokenData {
+        let ids = match ids {
+            Ids::U8(v) => Tensor::from_slice(v),
+            Ids::I16(v) => Tensor::from_slice(v),
+            Ids::I32(v) => Tensor::from_slice(v),
+        };
+        TokenData { ids: ids.to_device(device), steps: Tensor::arange(t as i64, (Kind::Int64, device)) }
+    }
+
+    /// An epoch's row starts `[n, B]` on the device (one copy).
+    pub fn starts(&self, mb: &Minibatches) -> Tensor {
+        Tensor::from_slice(&mb.starts).view([mb.n as i64, mb.batch_size as i64]).to_device(self.ids.device())
+    }
+
+    /// Minibatch `k` of `starts`: inputs and targets `[B, T]`, Int64, cut out of
+    /// the ids on the device (no host round trip).
+    pub fn minibatch(&self, starts: &Tensor, k: i64) -> (Tensor, Tensor) {
+        let pos = starts.get(k).unsqueeze(1) + &self.steps; // [B, T]
+        let x = self.ids.take(&pos).to_kind(Kind::Int64);
+        let y = self.ids.take(&(pos + 1)).to_kind(Kind::Int64);
+        (x, y)
+    }
 }
 
 /// Perplexity of `model` on `ids`: exp of the mean cross-entropy per token, the
 /// state carried across minibatches (sequential, offset 0), no gradients. A text
 /// shorter than one `B x T` minibatch is read with fewer rows or steps.
-pub fn perplexity(model: &mut dyn RecurrentLm, ids: &[i64], batch: usize, steps: usize, device: Device) -> Result<f64> {
+pub fn perplexity(model: &mut dyn RecurrentLm, ids: &Ids, batch: usize, steps: usize, device: Device) -> Result<f64> {
     if ids.len() < 2 {
         return Err(usage!("the text has {} token(s); perplexity needs at least 2", ids.len()));
     }
     let t = steps.min(ids.len() - 1);
     let b = batch.min((ids.len() - 1) / t).max(1);
-    let mb = data::eval_minibatches(ids, b, t);
-    let (xs, ys) = upload(&mb, device);
+    let mb = data::eval_minibatches(ids.len(), b, t);
+    let data = TokenData::upload(ids, t, device);
+    let starts = data.starts(&mb);
     let total = tch::no_grad(|| {
         let mut sum = Tensor::zeros([], (Kind::Double, device));
         let mut state = model.zero_state(b as i64);
         for k in 0..mb.n as i64 {
-            let (logits, s) = model.forward(&xs.get(k), &state);
+            let (x, y) = data.minibatch(&starts, k);
+            let (logits, s) = model.forward(&x, &state);
             let v = logits.size()[2];
             let ce = logits.view([-1, v]).to_kind(Kind::Double).log_softmax(-1, Kind::Double).nll_loss_nd::<Tensor>(
-                &ys.get(k).tr().reshape([-1]),
+                &y.tr().reshape([-1]),
                 None,
                 tch::Reduction::Sum,
                 -100,
@@ -255,14 +293,18 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
     let mut events = if cfg.train.tensorboard { Some(EventWriter::create(&run.file(tensorboard::DIR))?) } else { None };
     let mut stepper = Stepper::new(device, cfg.train.cuda_graph, &opt);
     let (b, t) = (cfg.data.batch_size, cfg.data.num_steps);
-    let per_epoch = data::epoch_minibatches(&corpus.train, b, t, cfg.data.partition, &mut data::epoch_rng(0, 0)).n;
+    let per_epoch = data::epoch_minibatches(corpus.train.len(), b, t, cfg.data.partition, &mut data::epoch_rng(0, 0)).n;
+    let train_tokens = corpus.train.len();
+    // The training ids live on the device from now on: the host copy goes.
+    let train_data = libtorch(|| "uploading the corpus".into(), || TokenData::upload(&corpus.train, t, device))?;
+    corpus.train = Ids::with_capacity(v as usize, 0);
     console.line(&format!(
         "training {} on {} ({}): {} parameters; {} tokens, vocabulary {}, {} minibatches of {b}x{t} per epoch ({:?}); epochs {}..={}; run directory {}",
         model.describe(),
         describe(device),
         stepper.describe(),
         model.parameter_count(),
-        corpus.train.len(),
+        train_tokens,
         v,
         per_epoch,
         cfg.data.partition,
@@ -298,8 +340,8 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         let tc = &cfg.train;
         opt.set_lr(tc.lr_schedule.lr_at(tc.lr, number, tc.epochs, tc.warmup_epochs, tc.lr_decay, tc.lr_decay_every));
         let timer = Instant::now();
-        let mb = data::epoch_minibatches(&corpus.train, b, t, cfg.data.partition, &mut data::epoch_rng(cfg.train.seed, epoch));
-        let (xs, ys) = libtorch(|| format!("epoch {number}: uploading the minibatches"), || upload(&mb, device))?;
+        let mb = data::epoch_minibatches(train_tokens, b, t, cfg.data.partition, &mut data::epoch_rng(cfg.train.seed, epoch));
+        let starts = libtorch(|| format!("epoch {number}: uploading where the minibatches start"), || train_data.starts(&mb))?;
         // An epoch a signal interrupted goes on from its next minibatch.
         let part = partial.take();
         if let Some(state) = part.as_ref().and_then(|p| p.state.as_ref()) {
@@ -312,7 +354,8 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
             from,
             mask_seed: (cfg.model.dropout > 0.0).then_some((cfg.train.seed, epoch)),
         };
-        let out = train_epoch(model.as_ref(), &mut opt, &mut stepper, &xs, &ys, &plan).with_context(|| format!("epoch {number}"))?;
+        let out =
+            train_epoch(model.as_ref(), &mut opt, &mut stepper, &train_data, &starts, &plan).with_context(|| format!("epoch {number}"))?;
         if let Some(note) = stepper.take_note() {
             console.line(&note);
         }

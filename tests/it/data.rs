@@ -2,7 +2,7 @@
 //! local HTTP server.
 use crate::helpers::{timemachine, TempDir};
 use grulm::config::{Config, Preprocess};
-use grulm::data::{self, epoch_minibatches, epoch_rng, Corpus, SeqPartition, Vocab};
+use grulm::data::{self, epoch_minibatches, epoch_rng, Corpus, Ids, SeqPartition, Vocab};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 
@@ -35,28 +35,27 @@ fn d2l_default_corpus_has_8_minibatches_in_both_partitions() {
     assert_eq!(corpus.total_chars, 170_580);
     for partition in [SeqPartition::Sequential, SeqPartition::Random] {
         for epoch in 0..40 {
-            let mb = epoch_minibatches(&corpus.train, 32, 35, partition, &mut epoch_rng(7, epoch));
+            let mb = epoch_minibatches(corpus.train.len(), 32, 35, partition, &mut epoch_rng(7, epoch));
             assert_eq!(mb.n, 8, "{partition:?} epoch {epoch}");
-            assert_eq!(mb.x.len(), 8 * 32 * 35);
-            assert_eq!(mb.y.len(), 8 * 32 * 35);
+            assert_eq!(mb.starts.len(), 8 * 32);
         }
     }
 }
 
 /// A corpus whose token i is i, so positions can be read off the ids.
-fn positions(n: usize) -> Vec<i64> {
-    (0..n as i64).collect()
+fn positions(n: usize) -> Ids {
+    Ids::I32((0..n as i32).collect())
 }
 
 #[test]
 fn targets_are_inputs_shifted_by_one() {
     let corpus = positions(1000);
     for partition in [SeqPartition::Sequential, SeqPartition::Random] {
-        let mb = epoch_minibatches(&corpus, 4, 9, partition, &mut epoch_rng(1, 3));
+        let mb = epoch_minibatches(corpus.len(), 4, 9, partition, &mut epoch_rng(1, 3));
         assert!(mb.n > 0);
         for k in 0..mb.n {
             for i in 0..4 {
-                let (x, y) = (mb.x_row(k, i), mb.y_row(k, i));
+                let (x, y) = mb.row(&corpus, k, i);
                 assert_eq!(x.len(), 9);
                 for j in 0..9 {
                     assert_eq!(y[j], x[j] + 1);
@@ -72,12 +71,12 @@ fn targets_are_inputs_shifted_by_one() {
 #[test]
 fn sequential_rows_continue_across_minibatches() {
     let corpus = positions(2000);
-    let mb = epoch_minibatches(&corpus, 5, 7, SeqPartition::Sequential, &mut epoch_rng(3, 0));
+    let mb = epoch_minibatches(corpus.len(), 5, 7, SeqPartition::Sequential, &mut epoch_rng(3, 0));
     assert!(mb.n >= 2);
     for k in 0..mb.n - 1 {
         for i in 0..5 {
-            let last = *mb.x_row(k, i).last().unwrap();
-            assert_eq!(mb.x_row(k + 1, i)[0], last + 1, "row {i} of minibatch {} continues minibatch {k}", k + 1);
+            let last = *mb.row(&corpus, k, i).0.last().unwrap();
+            assert_eq!(mb.row(&corpus, k + 1, i).0[0], last + 1, "row {i} of minibatch {} continues minibatch {k}", k + 1);
         }
     }
 }
@@ -88,8 +87,8 @@ fn random_partition_is_disjoint_shuffled_and_covers_its_claim() {
     let (b, t) = (4, 9);
     let mut saw_non_adjacent = false;
     for epoch in 0..10 {
-        let mb = epoch_minibatches(&corpus, b, t, SeqPartition::Random, &mut epoch_rng(5, epoch));
-        let starts: Vec<i64> = (0..mb.n).flat_map(|k| (0..b).map(move |i| (k, i))).map(|(k, i)| mb.x_row(k, i)[0]).collect();
+        let mb = epoch_minibatches(corpus.len(), b, t, SeqPartition::Random, &mut epoch_rng(5, epoch));
+        let starts: Vec<i64> = (0..mb.n).flat_map(|k| (0..b).map(move |i| (k, i))).map(|(k, i)| mb.row(&corpus, k, i).0[0]).collect();
         // One offset for the epoch, subsequences on its grid, none repeated.
         let offset = starts[0] % t as i64;
         assert!(offset < t as i64);
@@ -103,7 +102,7 @@ fn random_partition_is_disjoint_shuffled_and_covers_its_claim() {
         assert_eq!(mb.n, num_subseqs / b);
         assert_eq!(starts.len(), mb.n * b);
         assert!(sorted.iter().all(|&s| (s as usize) + t < 1000));
-        if (0..mb.n - 1).any(|k| mb.x_row(k + 1, 0)[0] != mb.x_row(k, 0)[0] + t as i64) {
+        if (0..mb.n - 1).any(|k| mb.start(k + 1, 0) != mb.start(k, 0) + t) {
             saw_non_adjacent = true;
         }
     }
@@ -115,9 +114,9 @@ fn offsets_follow_d2l_ranges() {
     let corpus = positions(5000);
     let (mut seq, mut rnd) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
     for epoch in 0..400 {
-        seq.insert(epoch_minibatches(&corpus, 4, 5, SeqPartition::Sequential, &mut epoch_rng(0, epoch)).x[0]);
-        let r = epoch_minibatches(&corpus, 4, 5, SeqPartition::Random, &mut epoch_rng(0, epoch));
-        rnd.insert(r.x.iter().min().unwrap() % 5);
+        seq.insert(epoch_minibatches(corpus.len(), 4, 5, SeqPartition::Sequential, &mut epoch_rng(0, epoch)).starts[0]);
+        let r = epoch_minibatches(corpus.len(), 4, 5, SeqPartition::Random, &mut epoch_rng(0, epoch));
+        rnd.insert(r.starts.iter().min().unwrap() % 5);
     }
     // randint(0, T) is inclusive for the sequential partition, randint(0, T-1) for the random one.
     assert_eq!(seq.into_iter().collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5]);
@@ -168,7 +167,9 @@ fn validation_split_is_the_last_fraction() {
     assert_eq!(c.train.len(), 800);
     assert_eq!(c.val.as_ref().unwrap().len(), 200);
     let all = c.vocab.encode(&text.chars().collect::<Vec<_>>());
-    assert_eq!(&all[800..], &c.val.unwrap()[..]);
+    assert_eq!(&all[800..], &c.val.unwrap().to_vec(0..200)[..]);
+    assert_eq!(&all[..800], &c.train.to_vec(0..800)[..]);
+    assert!(matches!(c.train, Ids::U8(_)), "11 tokens: one byte each");
 }
 
 /// Serves `body` for one or more GETs on 127.0.0.1; returns the URL.

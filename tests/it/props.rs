@@ -1,7 +1,7 @@
 //! Property tests: the parser never panics and round-trips, the vocabulary
 //! round-trips, and every minibatch target is its input shifted by one.
 use grulm::config::{parse_set, Config, Preprocess};
-use grulm::data::{epoch_minibatches, epoch_rng, preprocess, SeqPartition, Vocab};
+use grulm::data::{epoch_minibatches, epoch_rng, preprocess, Ids, SeqPartition, Vocab};
 use proptest::prelude::*;
 
 proptest! {
@@ -67,14 +67,14 @@ proptest! {
     fn every_target_is_its_input_shifted_by_one(b in 1usize..12, t in 1usize..20, extra in 0usize..300, seed in any::<u64>(), epoch in 0usize..50, random in any::<bool>()) {
         let len = b * t + 1 + extra;
         // Token i is i, so "shifted by one" is visible in the ids.
-        let corpus: Vec<i64> = (0..len as i64).collect();
+        let corpus = Ids::I32((0..len as i32).collect());
         let partition = if random { SeqPartition::Random } else { SeqPartition::Sequential };
-        let mb = epoch_minibatches(&corpus, b, t, partition, &mut epoch_rng(seed, epoch));
+        let mb = epoch_minibatches(len, b, t, partition, &mut epoch_rng(seed, epoch));
         prop_assert!(mb.n >= 1, "at least one minibatch for {} tokens", len);
-        prop_assert_eq!(mb.x.len(), mb.n * b * t);
+        prop_assert_eq!(mb.starts.len(), mb.n * b);
         for k in 0..mb.n {
             for i in 0..b {
-                let (x, y) = (mb.x_row(k, i), mb.y_row(k, i));
+                let (x, y) = mb.row(&corpus, k, i);
                 for j in 0..t {
                     prop_assert_eq!(y[j], x[j] + 1);
                     prop_assert!((y[j] as usize) < len);
@@ -97,7 +97,8 @@ fn valid_config() -> impl Strategy<Value = Vec<String>> {
     let model = (any::<bool>(), 0usize..3, 1usize..7, 1usize..4, any::<bool>(), 0usize..3, proptest::option::of(0.001f64..0.5));
     let train = (any::<bool>(), 0.01f64..2.0, 0.1f64..5.0, any::<u32>(), 0usize..3, 0usize..3, any::<bool>(), any::<bool>(), any::<bool>());
     let sample = (proptest::option::of(0.1f64..3.0), proptest::option::of(1usize..3), proptest::option::of(0.05f64..1.0), any::<u32>());
-    (data, model, train, sample).prop_map(|(d, m, t, s)| {
+    let dropout = proptest::option::of(0.0f64..0.9);
+    (data, model, train, sample, dropout).prop_map(|(d, m, t, s, dropout)| {
         let (raw, min_freq, reserved, val, b, steps, random) = d;
         let (builtin, cell, hidden, layers, after, gates, sigma) = m;
         let (adam, lr, clip, seed, predict_every, checkpoint_every, deterministic, cuda_graph, tensorboard) = t;
@@ -143,6 +144,9 @@ fn valid_config() -> impl Strategy<Value = Vec<String>> {
         }
         if let (Some(sigma), false) = (sigma, builtin) {
             sets.push(format!("model.init_sigma={sigma}"));
+        }
+        if let Some(p) = dropout {
+            sets.push(format!("model.dropout={p}"));
         }
         if let Some(t) = temperature {
             sets.push(format!("sample.temperature={t}"));
@@ -196,5 +200,112 @@ proptest! {
         let text = predict(model.as_mut(), &vocab, "t", 5, decode, tch::Device::Cpu).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
         prop_assert!(text.starts_with('t'), "{}", text);
         let _ = std::fs::remove_dir_all(&run);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The minibatch path against the one it replaced.
+
+/// Today's minibatches before big corpora (grulm until 2026-11-29, verbatim but
+/// for names): every epoch materialised as `[n, B, T]` inputs and targets.
+mod materialised {
+    use grulm::data::SeqPartition;
+    use rand::seq::SliceRandom;
+    use rand::Rng;
+
+    pub struct Old {
+        pub n: usize,
+        pub x: Vec<i64>,
+        pub y: Vec<i64>,
+    }
+
+    pub fn epoch_minibatches(corpus: &[i64], b: usize, t: usize, partition: SeqPartition, rng: &mut impl Rng) -> Old {
+        let slack = corpus.len() - 1 - b * t;
+        match partition {
+            SeqPartition::Sequential => {
+                let offset = rng.gen_range(0..=t.min(slack));
+                let num_tokens = ((corpus.len() - offset - 1) / b) * b;
+                let row_len = num_tokens / b;
+                let n = row_len / t;
+                let (mut x, mut y) = (vec![], vec![]);
+                for k in 0..n {
+                    for i in 0..b {
+                        let start = offset + i * row_len + k * t;
+                        x.extend_from_slice(&corpus[start..start + t]);
+                        y.extend_from_slice(&corpus[start + 1..start + 1 + t]);
+                    }
+                }
+                Old { n, x, y }
+            }
+            SeqPartition::Random => {
+                let offset = rng.gen_range(0..=(t - 1).min(slack));
+                let rest = &corpus[offset..];
+                let num_subseqs = (rest.len() - 1) / t;
+                let mut starts: Vec<usize> = (0..num_subseqs).map(|i| i * t).collect();
+                starts.shuffle(rng);
+                let n = num_subseqs / b;
+                let (mut x, mut y) = (vec![], vec![]);
+                for &s in &starts[..n * b] {
+                    x.extend_from_slice(&rest[s..s + t]);
+                    y.extend_from_slice(&rest[s + 1..s + 1 + t]);
+                }
+                Old { n, x, y }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// The trainer's minibatches (positions per epoch, cut out of the compact
+    /// ids on the device at each step) are exactly the materialised ones, for
+    /// both partitions, every id width and any seed.
+    #[test]
+    fn minibatches_cut_per_step_equal_the_materialised_ones(
+        b in 1usize..10, t in 1usize..16, extra in 0usize..400, seed in any::<u64>(), epoch in 0usize..100,
+        random in any::<bool>(), vocab in prop::sample::select(vec![2usize, 28, 256, 257, 40_000]), id_seed in any::<u64>(),
+    ) {
+        use rand::{Rng, SeedableRng};
+        let len = b * t + 1 + extra;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(id_seed);
+        let wide: Vec<i64> = (0..len).map(|_| rng.gen_range(0..vocab as i64)).collect();
+        let ids = Ids::from_i64(vocab, &wide);
+        prop_assert_eq!(ids.bytes(), len * Ids::width_for(vocab));
+        let partition = if random { SeqPartition::Random } else { SeqPartition::Sequential };
+        let old = materialised::epoch_minibatches(&wide, b, t, partition, &mut epoch_rng(seed, epoch));
+        let new = epoch_minibatches(len, b, t, partition, &mut epoch_rng(seed, epoch));
+        prop_assert_eq!(new.n, old.n);
+        let data = grulm::train::TokenData::upload(&ids, t, tch::Device::Cpu);
+        let starts = data.starts(&new);
+        for k in 0..new.n {
+            let (x, y) = data.minibatch(&starts, k as i64);
+            prop_assert_eq!(x.size(), vec![b as i64, t as i64]);
+            prop_assert_eq!(x.kind(), tch::Kind::Int64);
+            let span = k * b * t..(k + 1) * b * t;
+            prop_assert_eq!(Vec::<i64>::try_from(x.flatten(0, -1)).unwrap(), old.x[span.clone()].to_vec());
+            prop_assert_eq!(Vec::<i64>::try_from(y.flatten(0, -1)).unwrap(), old.y[span].to_vec());
+            for i in 0..b {
+                let (rx, ry) = new.row(&ids, k, i);
+                let at = (k * b + i) * t;
+                prop_assert_eq!(&rx[..], &old.x[at..at + t]);
+                prop_assert_eq!(&ry[..], &old.y[at..at + t]);
+            }
+        }
+    }
+
+    /// The streamed preprocessing and counting give the vocabulary and ids the
+    /// collect-then-count path gives.
+    #[test]
+    fn streamed_corpus_equals_collected(text in "\\PC{1,400}", raw in any::<bool>(), min_freq in 0usize..3) {
+        let mode = if raw { Preprocess::Raw } else { Preprocess::D2l };
+        let chars = preprocess(&text, mode);
+        prop_assume!(chars.len() > 2);
+        let vocab = Vocab::build(&chars, min_freq, &[]);
+        let mut cfg = Config::default().data;
+        (cfg.preprocess, cfg.max_tokens, cfg.min_freq, cfg.batch_size, cfg.num_steps) = (mode, 0, min_freq, 1, 1);
+        let c = grulm::data::Corpus::from_text(&text, &cfg, "t").unwrap();
+        prop_assert_eq!(&c.vocab, &vocab);
+        prop_assert_eq!(c.train.to_vec(0..c.train.len()), vocab.encode(&chars));
     }
 }

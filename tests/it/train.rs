@@ -1,5 +1,5 @@
 //! The training loop end to end on small corpora (CPU).
-use crate::helpers::{grulm, metrics_without_timing, small_config, stdout, timemachine, TempDir};
+use crate::helpers::{alone, grulm, metrics_without_timing, small_config, stdout, timemachine, TempDir};
 use grulm::config::Config;
 use grulm::console::Console;
 use grulm::optim::clip_grad_norm;
@@ -67,36 +67,40 @@ fn short_runs_lower_perplexity_at_least_twofold() {
 
 #[test]
 fn resume_equals_an_uninterrupted_run() {
-    let Some(corpus) = timemachine() else { return };
-    let dir = TempDir::new("resume");
-    // Every cell resumes exactly; the LSTM (two state tensors, four gates) stands for them.
-    for (opt, partition, cell) in [("sgd", "sequential", "gru"), ("adam", "random", "gru"), ("sgd", "sequential", "lstm")] {
-        let sets = [
-            format!("train.optimizer=\"{opt}\""),
-            format!("data.partition=\"{partition}\""),
-            "train.lr=0.5".into(),
-            format!("model.cell=\"{cell}\""),
-        ];
-        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
-        let full = small(&corpus, "", &sets);
-        let a = format!("full-{opt}-{cell}");
-        let b = format!("part-{opt}-{cell}");
-        let out_full = train_in(&dir, &full, &a, false);
-        // Stop after 2 epochs (a checkpoint), then resume to 4.
-        let mut first = full.clone();
-        first.train.epochs = 2;
-        train_in(&dir, &first, &b, false);
-        let out_resumed = train_in(&dir, &full, &b, true);
-        assert_eq!(metrics_without_timing(&dir.join(&a)), metrics_without_timing(&dir.join(&b)), "{opt}");
-        assert_eq!(out_full.predictions, out_resumed.predictions);
-        let weights = |run: &str| grulm::checkpoint::load(&dir.join(run).join("checkpoint.safetensors")).unwrap().tensors;
-        let (wa, wb) = (weights(&a), weights(&b));
-        assert_eq!(wa.len(), wb.len());
-        for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {
-            assert_eq!(na, nb);
-            assert!(ta.equal(tb), "{opt}: {na} differs after resume");
+    // Exact comparisons of in-process runs: alone, so that no other test draws
+    // from libtorch's generator between a run's seed and its draws.
+    alone("train::resume_equals_an_uninterrupted_run", || {
+        let Some(corpus) = timemachine() else { return };
+        let dir = TempDir::new("resume");
+        // Every cell resumes exactly; the LSTM (two state tensors, four gates) stands for them.
+        for (opt, partition, cell) in [("sgd", "sequential", "gru"), ("adam", "random", "gru"), ("sgd", "sequential", "lstm")] {
+            let sets = [
+                format!("train.optimizer=\"{opt}\""),
+                format!("data.partition=\"{partition}\""),
+                "train.lr=0.5".into(),
+                format!("model.cell=\"{cell}\""),
+            ];
+            let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+            let full = small(&corpus, "", &sets);
+            let a = format!("full-{opt}-{cell}");
+            let b = format!("part-{opt}-{cell}");
+            let out_full = train_in(&dir, &full, &a, false);
+            // Stop after 2 epochs (a checkpoint), then resume to 4.
+            let mut first = full.clone();
+            first.train.epochs = 2;
+            train_in(&dir, &first, &b, false);
+            let out_resumed = train_in(&dir, &full, &b, true);
+            assert_eq!(metrics_without_timing(&dir.join(&a)), metrics_without_timing(&dir.join(&b)), "{opt}");
+            assert_eq!(out_full.predictions, out_resumed.predictions);
+            let weights = |run: &str| grulm::checkpoint::load(&dir.join(run).join("checkpoint.safetensors")).unwrap().tensors;
+            let (wa, wb) = (weights(&a), weights(&b));
+            assert_eq!(wa.len(), wb.len());
+            for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {
+                assert_eq!(na, nb);
+                assert!(ta.equal(tb), "{opt}: {na} differs after resume");
+            }
         }
-    }
+    });
 }
 
 #[test]
@@ -113,48 +117,56 @@ fn validation_perplexity_is_logged() {
 
 #[test]
 fn same_seed_gives_identical_metrics_and_samples() {
-    let Some(corpus) = timemachine() else { return };
-    let dir = TempDir::new("repro");
-    let cfg = small(&corpus, "", &["data.partition=\"random\""]);
-    let a = train_in(&dir, &cfg, "a", false);
-    let b = train_in(&dir, &cfg, "b", false);
-    assert_eq!(metrics_without_timing(&dir.join("a")), metrics_without_timing(&dir.join("b")));
-    assert_eq!(a.predictions, b.predictions);
-    let sample = |run: &str| {
-        stdout(&grulm(dir.path(), &["sample", "--run", run, "--temperature", "0.8", "--top-k", "5", "--seed", "3", "--len", "80"]))
-    };
-    assert_eq!(sample("a"), sample("b"));
-    // And a different seed changes the numbers.
-    let c = train_in(&dir, &small(&corpus, "", &["data.partition=\"random\"", "train.seed=7"]), "c", false);
-    assert_ne!(metrics_without_timing(&dir.join("a")), metrics_without_timing(&dir.join("c")));
-    let _ = c;
+    // Exact comparisons of in-process runs: alone, so that no other test draws
+    // from libtorch's generator between a run's seed and its draws.
+    alone("train::same_seed_gives_identical_metrics_and_samples", || {
+        let Some(corpus) = timemachine() else { return };
+        let dir = TempDir::new("repro");
+        let cfg = small(&corpus, "", &["data.partition=\"random\""]);
+        let a = train_in(&dir, &cfg, "a", false);
+        let b = train_in(&dir, &cfg, "b", false);
+        assert_eq!(metrics_without_timing(&dir.join("a")), metrics_without_timing(&dir.join("b")));
+        assert_eq!(a.predictions, b.predictions);
+        let sample = |run: &str| {
+            stdout(&grulm(dir.path(), &["sample", "--run", run, "--temperature", "0.8", "--top-k", "5", "--seed", "3", "--len", "80"]))
+        };
+        assert_eq!(sample("a"), sample("b"));
+        // And a different seed changes the numbers.
+        let c = train_in(&dir, &small(&corpus, "", &["data.partition=\"random\"", "train.seed=7"]), "c", false);
+        assert_ne!(metrics_without_timing(&dir.join("a")), metrics_without_timing(&dir.join("c")));
+        let _ = c;
+    });
 }
 
 #[test]
 fn lr_schedules_set_each_epochs_lr_and_resume_exactly() {
-    let Some(corpus) = timemachine() else { return };
-    let dir = TempDir::new("schedule");
-    let lrs = |name: &str| -> Vec<f64> { metrics_without_timing(&dir.join(name)).iter().map(|m| m["lr"].as_f64().unwrap()).collect() };
-    let ppls =
-        |name: &str| -> Vec<f64> { metrics_without_timing(&dir.join(name)).iter().map(|m| m["train_ppl"].as_f64().unwrap()).collect() };
-    let step = ["train.epochs=6", "train.lr_schedule=\"step\"", "train.lr_decay=0.5", "train.lr_decay_every=2"];
-    // Warm-up over 2 epochs (lr/2, lr), then halved every 2 epochs.
-    train_in(&dir, &small(&corpus, "", &[&step[..], &["train.warmup_epochs=2"]].concat()), "warm", false);
-    assert_eq!(lrs("warm"), [0.5, 1.0, 1.0, 1.0, 0.5, 0.5]);
-    // The same without warm-up beside a constant lr: equal epochs until the first decay.
-    train_in(&dir, &small(&corpus, "", &step), "step", false);
-    train_in(&dir, &small(&corpus, "", &["train.epochs=6"]), "constant", false);
-    assert_eq!(lrs("step"), [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]);
-    let (a, b) = (ppls("step"), ppls("constant"));
-    assert_eq!(a[..2], b[..2]);
-    assert!(a[2..].iter().zip(&b[2..]).all(|(x, y)| x != y), "the decayed lr is the one used: {a:?} {b:?}");
-    // Cosine from lr to near 0 over the 6 epochs.
-    train_in(&dir, &small(&corpus, "", &["train.epochs=6", "train.lr_schedule=\"cosine\""]), "cosine", false);
-    let want: Vec<f64> = (0..6).map(|k| 0.5 * (1.0 + (std::f64::consts::PI * k as f64 / 6.0).cos())).collect();
-    assert!(lrs("cosine").iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-15), "{:?}", lrs("cosine"));
-    // Stopped after epoch 3 and resumed: the schedule goes on as if never stopped.
-    let warm3 = small(&corpus, "", &[&step[..], &["train.warmup_epochs=2", "train.epochs=3"]].concat());
-    train_in(&dir, &warm3, "resumed", false);
-    train_in(&dir, &small(&corpus, "", &[&step[..], &["train.warmup_epochs=2"]].concat()), "resumed", true);
-    assert_eq!(metrics_without_timing(&dir.join("resumed")), metrics_without_timing(&dir.join("warm")));
+    // Exact comparisons of in-process runs: alone, so that no other test draws
+    // from libtorch's generator between a run's seed and its draws.
+    alone("train::lr_schedules_set_each_epochs_lr_and_resume_exactly", || {
+        let Some(corpus) = timemachine() else { return };
+        let dir = TempDir::new("schedule");
+        let lrs = |name: &str| -> Vec<f64> { metrics_without_timing(&dir.join(name)).iter().map(|m| m["lr"].as_f64().unwrap()).collect() };
+        let ppls =
+            |name: &str| -> Vec<f64> { metrics_without_timing(&dir.join(name)).iter().map(|m| m["train_ppl"].as_f64().unwrap()).collect() };
+        let step = ["train.epochs=6", "train.lr_schedule=\"step\"", "train.lr_decay=0.5", "train.lr_decay_every=2"];
+        // Warm-up over 2 epochs (lr/2, lr), then halved every 2 epochs.
+        train_in(&dir, &small(&corpus, "", &[&step[..], &["train.warmup_epochs=2"]].concat()), "warm", false);
+        assert_eq!(lrs("warm"), [0.5, 1.0, 1.0, 1.0, 0.5, 0.5]);
+        // The same without warm-up beside a constant lr: equal epochs until the first decay.
+        train_in(&dir, &small(&corpus, "", &step), "step", false);
+        train_in(&dir, &small(&corpus, "", &["train.epochs=6"]), "constant", false);
+        assert_eq!(lrs("step"), [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]);
+        let (a, b) = (ppls("step"), ppls("constant"));
+        assert_eq!(a[..2], b[..2]);
+        assert!(a[2..].iter().zip(&b[2..]).all(|(x, y)| x != y), "the decayed lr is the one used: {a:?} {b:?}");
+        // Cosine from lr to near 0 over the 6 epochs.
+        train_in(&dir, &small(&corpus, "", &["train.epochs=6", "train.lr_schedule=\"cosine\""]), "cosine", false);
+        let want: Vec<f64> = (0..6).map(|k| 0.5 * (1.0 + (std::f64::consts::PI * k as f64 / 6.0).cos())).collect();
+        assert!(lrs("cosine").iter().zip(&want).all(|(x, y)| (x - y).abs() < 1e-15), "{:?}", lrs("cosine"));
+        // Stopped after epoch 3 and resumed: the schedule goes on as if never stopped.
+        let warm3 = small(&corpus, "", &[&step[..], &["train.warmup_epochs=2", "train.epochs=3"]].concat());
+        train_in(&dir, &warm3, "resumed", false);
+        train_in(&dir, &small(&corpus, "", &[&step[..], &["train.warmup_epochs=2"]].concat()), "resumed", true);
+        assert_eq!(metrics_without_timing(&dir.join("resumed")), metrics_without_timing(&dir.join("warm")));
+    });
 }
