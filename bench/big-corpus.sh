@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-90}
 mb=${2:-100}
-grulm=target/release/grulm
+grulm=${GRULM_BIN:-target/release/grulm}  # GRULM_BIN: another build, to compare
 [ -x "$grulm" ] || { echo "big-corpus.sh: build grulm first (make build)" >&2; exit 2; }
 src=""
 for d in "${GRULM_DATA_DIR:-}" ../shared/data data; do
@@ -52,8 +52,12 @@ sets=(--set "data.corpus=\"$work/big.txt\"" --set 'data.preprocess="raw"' --set 
 
 # Loading alone: --dry-run reads the text, builds the vocabulary, encodes and splits it.
 /usr/bin/time -f "%e %M" -o "$work/dry.time" "$grulm" train "${sets[@]}" --out "$work/dry" --dry-run > "$work/dry.out"
-read -r dry_s dry_kib < "$work/dry.time"
+read -r dry_s dry_kib < <(tail -n1 "$work/dry.time")
 echo "load (--dry-run): ${dry_s} s, peak RSS $((dry_kib / 1024)) MiB"
+# For scale: a process that only loads libtorch (grulm info).
+/usr/bin/time -f "%e %M" -o "$work/info.time" "$grulm" info > /dev/null
+read -r _ info_kib < <(tail -n1 "$work/info.time")
+echo "libtorch alone (grulm info): peak RSS $((info_kib / 1024)) MiB"
 
 # Training, stopped by SIGINT after $secs seconds: its partial checkpoint says
 # how many steps it trained in how many seconds.
@@ -64,7 +68,8 @@ pid=$(pgrep -P "$timer" grulm)
 sleep "$secs"
 kill -INT "$pid"
 wait "$timer" || true
-read -r train_s train_kib < "$work/train.time"
+# (time's last line: a process ended by a signal gets a "Command exited" line first)
+read -r train_s train_kib < <(tail -n1 "$work/train.time")
 grep -m1 '^training' "$work/train.out" || true
 tail -n1 "$work/train.err"
 python3 - "$work/run/checkpoint.safetensors" "$train_s" "$train_kib" <<'EOF'
