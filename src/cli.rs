@@ -10,7 +10,7 @@ use crate::model::{CellKind, ModelKind, ScratchPath};
 use crate::run::{self, RunDir};
 use crate::sample::{self, Decode};
 use crate::train::{self, TrainOptions};
-use crate::{bench, checkpoint, device, gates, parity, usage};
+use crate::{bench, checkpoint, device, gates, parity, sweep, usage};
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::Write;
@@ -47,6 +47,9 @@ pub enum Command {
     /// Draw a trained GRU's or LSTM's gates over a text: a heatmap per gate of the top layer and their means (SVG).
     #[command(after_help = EXIT_CODES)]
     Gates(GatesArgs),
+    /// Many runs of one experiment: expand a sweep file into run directories and train them; status; report.
+    #[command(after_help = EXIT_CODES)]
+    Sweep(SweepArgs),
     /// Write a run's weights under PyTorch's names (nn.RNN/nn.GRU/nn.LSTM + nn.Linear), for d2l's RNNModel.
     #[command(after_help = EXIT_CODES)]
     Export(ExportArgs),
@@ -181,6 +184,52 @@ pub struct GatesArgs {
     pub checkpoint: CheckpointArg,
 }
 
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    #[command(subcommand)]
+    pub command: SweepCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SweepCommand {
+    /// Expand FILE into one run directory per point and train them (again: skips finished points, resumes interrupted ones).
+    Run(SweepRunArgs),
+    /// Each point's state: pending, running, done, interrupted or failed (with its error).
+    Status(SweepDirArgs),
+    /// A table of the points (overrides, perplexities, tokens/s, wall time, a sample), best first, and DIR/report.svg.
+    Report(SweepReportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SweepRunArgs {
+    /// The sweep file (TOML: base, [set], and [grid], [[runs]] or [random]).
+    pub file: PathBuf,
+    /// The sweep directory [default: sweeps/<file stem>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Trainings at a time [default: one per 2 CPU cores]; the threads are split between them.
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// The device every point trains on (auto, cpu, cuda, cuda:N) [default: each point's train.device].
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SweepDirArgs {
+    /// The sweep directory.
+    pub dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct SweepReportArgs {
+    /// The sweep directory.
+    pub dir: PathBuf,
+    /// CSV instead of a Markdown table.
+    #[arg(long)]
+    pub csv: bool,
+}
+
 /// `--checkpoint`: which of a run's weights (see [`run::Weights`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum CheckpointArg {
@@ -277,6 +326,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => libtorch(|| "evaluating".into(), || eval_cmd(a))?,
         Command::Parity(a) => libtorch(|| "checking parity".into(), || parity_cmd(a))?,
         Command::Gates(a) => libtorch(|| "drawing the gates".into(), || gates_cmd(a))?,
+        Command::Sweep(a) => libtorch(|| "running the sweep".into(), || sweep_cmd(a))?,
         Command::Bench(a) => libtorch(|| "benchmarking".into(), || bench::run(a))?,
         Command::Export(a) => libtorch(|| "exporting".into(), || export_cmd(a))?,
         Command::Completions(a) => {
@@ -518,6 +568,29 @@ fn write_samples(
         }
     }
     Ok(())
+}
+
+fn sweep_cmd(a: SweepArgs) -> Result<()> {
+    match a.command {
+        SweepCommand::Run(r) => {
+            if r.jobs == Some(0) {
+                return Err(usage!("--jobs 0: expected at least 1"));
+            }
+            let sweep = sweep::Sweep::load(&r.file)?;
+            let dir = r.out.clone().unwrap_or_else(|| sweep.default_dir());
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let jobs = r.jobs.unwrap_or((cores / 2).max(1));
+            sweep::local::run(&sweep, &dir, jobs, r.device.as_deref())
+        }
+        SweepCommand::Status(d) => {
+            print!("{}", sweep::report::status(&d.dir)?);
+            Ok(())
+        }
+        SweepCommand::Report(d) => {
+            print!("{}", sweep::report::report(&d.dir, d.csv)?);
+            Ok(())
+        }
+    }
 }
 
 /// Most rows a gates picture draws.

@@ -20,5 +20,6 @@ pub mod plot;
 pub mod run;
 pub mod sample;
 pub mod step;
+pub mod sweep;
 pub mod tensorboard;
 pub mod train;

@@ -35,6 +35,8 @@ pub const CHECKPOINT: &str = "checkpoint.safetensors";
 pub const METRICS: &str = "metrics.jsonl";
 pub const PLOT: &str = "perplexity.svg";
 pub const BEST: &str = "best.safetensors";
+/// The lock file of a run directory ([`RunDir::lock`]).
+pub const LOCK: &str = ".lock";
 const FILES: &[&str] = &[CONFIG, VOCAB, MODEL, CHECKPOINT, METRICS, PLOT, BEST];
 
 const PARTIAL_STEPS: &str = "grulm.partial_steps";
@@ -104,6 +106,52 @@ impl RunDir {
     /// True when the directory holds any of grulm's files.
     pub fn has_run(&self) -> bool {
         FILES.iter().any(|f| self.file(f).exists()) || self.file(tensorboard::DIR).exists()
+    }
+
+    /// Takes the run directory for this process (creating it if needed): an
+    /// exclusive `flock` on `RUN/.lock`, which holds the holder's pid. The
+    /// kernel releases it when the process ends, however it ends, so a killed run
+    /// never leaves it stale. A second process training in the same directory
+    /// (a `--resume` while the run goes on, a requeued Slurm task meeting its
+    /// predecessor) gets a one-line error instead of interleaved files.
+    pub fn lock(&self) -> Result<RunLock> {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        if self.path.is_file() {
+            return Err(usage!("--out {}: is a file, expected a run directory", self.path.display()));
+        }
+        std::fs::create_dir_all(&self.path).with_context(|| format!("cannot create run directory {}", self.path.display()))?;
+        let p = self.file(LOCK);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&p)
+            .with_context(|| format!("cannot open {}", p.display()))?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let pid = std::fs::read_to_string(&p).unwrap_or_default();
+                let pid = if pid.trim().is_empty() { "unknown".to_string() } else { pid.trim().to_string() };
+                bail!(
+                    "run directory {} is in use by another grulm process (pid {pid}); wait for it to end or stop it, then run again",
+                    self.path.display()
+                );
+            }
+            return Err(e).with_context(|| format!("cannot lock {}", p.display()));
+        }
+        file.set_len(0).and_then(|_| writeln!(file, "{}", std::process::id())).with_context(|| format!("cannot write {}", p.display()))?;
+        Ok(RunLock { _file: file })
+    }
+
+    /// Whether a process holds this run directory's lock now (is training in it).
+    pub fn busy(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let Ok(file) = std::fs::File::open(self.file(LOCK)) else { return false };
+        // SAFETY: flock on a descriptor this function owns; closing it releases the probe.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
     }
 
     /// Creates the directory for a new run. An existing run is refused unless
@@ -347,6 +395,11 @@ impl RunDir {
             .map_err(|e| anyhow::anyhow!("{e:#}; {} has {} tokens", self.file(VOCAB).display(), vocab.len()))?;
         Ok((cfg, vocab, model))
     }
+}
+
+/// A held [`RunDir::lock`]; dropping it (or the process ending) releases it.
+pub struct RunLock {
+    _file: std::fs::File,
 }
 
 /// The lowest validation perplexity in `history` (the first, on ties).

@@ -265,6 +265,8 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         console.line(&format!("initialised from {} (a fresh optimizer)", path.display()));
     }
 
+    // One process per run directory, from here to the end of training.
+    let _lock = if opts.resume && !run.path.is_dir() { None } else { Some(run.lock()?) };
     let (start, mut elapsed0, mut history, mut partial) = if opts.resume {
         let saved = run.load_vocab()?;
         if saved != corpus.vocab {

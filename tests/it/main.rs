@@ -8,4 +8,5 @@ mod gpu;
 mod models;
 mod props;
 mod reliability;
+mod sweep;
 mod train;

@@ -673,3 +673,34 @@ fn sampling_options_top_p_num_samples_stop_prefix_file_interactive() {
         assert_fails(&grulm(dir.path(), &[&["sample", "--run", "run"][..], args].concat()), USAGE, &[needle]);
     }
 }
+
+#[test]
+fn one_process_per_run_directory() {
+    let dir = TempDir::new("lock");
+    dir.write("x.txt", "the time traveller for so it will be convenient to speak of him ".repeat(50));
+    let c = cfg_on(&dir, "x.txt", "[sample]\nprefixes = [\"the\"]\n");
+    // A run long enough to be caught in the middle.
+    let child = grulm_cmd(
+        dir.path(),
+        &["train", "--config", &c, "--out", "run", "--set", "train.epochs=100000", "--set", "train.checkpoint_every=1"],
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_for(&dir.join("run/checkpoint.safetensors"), 120);
+    let holder = format!("run directory run is in use by another grulm process (pid {})", child.id());
+    // A resume, and a --force that would delete its files: both refused, nothing touched.
+    let before = std::fs::read_to_string(dir.join("run/config.toml")).unwrap();
+    assert_fails(&grulm(dir.path(), &["train", "--out", "run", "--resume"]), 1, &[&holder]);
+    assert_fails(&grulm(dir.path(), &["train", "--config", &c, "--out", "run", "--force"]), 1, &[&holder]);
+    assert_eq!(std::fs::read_to_string(dir.join("run/config.toml")).unwrap(), before);
+    // Readers are not writers: sampling from the running run works.
+    assert!(grulm(dir.path(), &["sample", "--run", "run", "--len", "5", "--checkpoint", "last"]).status.success());
+    // SIGKILL: the kernel drops the lock with the process; resuming works at once.
+    let mut child = child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let o = grulm(dir.path(), &["train", "--out", "run", "--resume", "--set", "train.epochs=1"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+}
