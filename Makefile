@@ -20,7 +20,8 @@ train: build
 ## make test: every test (CPU). Tests run in parallel, many of them starting
 ## grulm; one libtorch thread each keeps OpenMP's spinning threads from
 ## oversubscribing the cores (which made the suite 2-6x slower, at random).
-## A test that cannot run here (no corpus, no venv) says SKIPPED and counts as
+## A test that cannot run here (no corpus, no venv, no Slurm cluster at
+## $SLURM_CONF: scripts/slurm-local.sh start DIR) says SKIPPED and counts as
 ## passed in cargo's summary; the last line counts them (scripts/skipped-tests.sh).
 test:
 	$(SETUP) && rm -rf target/skipped-tests && GRULM_SKIP_LOG="$(CURDIR)/target/skipped-tests" OMP_NUM_THREADS=1 cargo test --release

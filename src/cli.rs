@@ -210,9 +210,36 @@ pub struct SweepRunArgs {
     /// Trainings at a time [default: one per 2 CPU cores]; the threads are split between them.
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// The device every point trains on (auto, cpu, cuda, cuda:N) [default: each point's train.device].
+    /// The device every point trains on (auto, cpu, cuda, cuda:N) [default: each point's train.device; cuda with --gpus].
     #[arg(long)]
     pub device: Option<String>,
+    /// Where the points run: here (local), or as a Slurm job array (slurm: writes DIR/sweep.sbatch and submits it).
+    #[arg(long, value_enum, default_value = "local")]
+    pub executor: Executor,
+    /// Slurm: array tasks at a time (%M) [default: as many as Slurm allows].
+    #[arg(long)]
+    pub max_concurrent: Option<usize>,
+    /// Slurm: CPUs per task (a point leaving train.threads at 0 uses them all).
+    #[arg(long, default_value_t = 1)]
+    pub cpus_per_task: usize,
+    /// Slurm: memory per task (sbatch --mem, e.g. 4G).
+    #[arg(long)]
+    pub mem: Option<String>,
+    /// Slurm: time limit per task (sbatch --time, e.g. 2:00:00); grulm checkpoints 120 s before it.
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Slurm: the partition.
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// Slurm: GPUs per task (--gres=gpu:N), and --device cuda.
+    #[arg(long, default_value_t = 0)]
+    pub gpus: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Executor {
+    Local,
+    Slurm,
 }
 
 #[derive(Args, Debug)]
@@ -578,9 +605,28 @@ fn sweep_cmd(a: SweepArgs) -> Result<()> {
             }
             let sweep = sweep::Sweep::load(&r.file)?;
             let dir = r.out.clone().unwrap_or_else(|| sweep.default_dir());
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let jobs = r.jobs.unwrap_or((cores / 2).max(1));
-            sweep::local::run(&sweep, &dir, jobs, r.device.as_deref())
+            match r.executor {
+                Executor::Local => {
+                    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    let jobs = r.jobs.unwrap_or((cores / 2).max(1));
+                    sweep::local::run(&sweep, &dir, jobs, r.device.as_deref())
+                }
+                Executor::Slurm => {
+                    if r.cpus_per_task == 0 || r.max_concurrent == Some(0) {
+                        return Err(usage!("--cpus-per-task and --max-concurrent: expected at least 1"));
+                    }
+                    let o = sweep::slurm::SlurmOptions {
+                        max_concurrent: r.max_concurrent,
+                        cpus_per_task: r.cpus_per_task,
+                        mem: r.mem,
+                        time: r.time,
+                        partition: r.partition,
+                        gpus: r.gpus,
+                        device: r.device,
+                    };
+                    sweep::slurm::run(&sweep, &dir, &o)
+                }
+            }
         }
         SweepCommand::Status(d) => {
             print!("{}", sweep::report::status(&d.dir)?);

@@ -90,8 +90,8 @@ pub fn prepare(sweep: &Sweep, dir: &Path, executor: &str) -> Result<Manifest> {
         }
     }
     let mut manifest = sweep.manifest(executor);
-    if let Ok(old) = Manifest::load(dir) {
-        manifest.slurm_job = old.slurm_job.filter(|_| executor == "slurm");
+    if let (Ok(old), "slurm") = (Manifest::load(dir), executor) {
+        (manifest.slurm_job, manifest.slurm_tasks) = (old.slurm_job, old.slurm_tasks);
     }
     manifest.save(dir)?;
     Ok(manifest)

@@ -19,6 +19,7 @@
 //! anything runs.
 pub mod local;
 pub mod report;
+pub mod slurm;
 
 use crate::config::Config;
 use crate::usage;
@@ -55,6 +56,9 @@ pub struct Manifest {
     /// The Slurm job array's id, when the sweep was submitted there.
     #[serde(default)]
     pub slurm_job: Option<String>,
+    /// The points of that job's array tasks, in task order.
+    #[serde(default)]
+    pub slurm_tasks: Vec<String>,
     pub points: Vec<ManifestPoint>,
 }
 
@@ -140,6 +144,7 @@ impl Sweep {
             base: self.base.display().to_string(),
             executor: executor.into(),
             slurm_job: None,
+            slurm_tasks: vec![],
             points: self
                 .points
                 .iter()

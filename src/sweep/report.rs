@@ -13,14 +13,25 @@ pub fn status(dir: &Path) -> Result<String> {
     let m = Manifest::load(dir)?;
     let mut out = String::new();
     let mut counts = std::collections::BTreeMap::new();
+    // Queued array tasks, from squeue (nothing when it cannot be asked).
+    let queued = m.slurm_job.as_deref().map(super::slurm::queue_states).unwrap_or_default();
     if let Some(job) = &m.slurm_job {
-        out += &format!("slurm job {job}\n");
+        out += &format!("Slurm job array {job}\n");
     }
     for p in &m.points {
+        let task = m.slurm_tasks.iter().position(|t| *t == p.name);
+        let in_queue = task.and_then(|k| queued.get(&k));
         let run = RunDir::new(dir.join(&p.dir));
         let cfg = run.load_config()?;
         let epochs = run.load_metrics().ok().and_then(|h| h.last().map(|e| e.epoch)).unwrap_or(0);
         let (word, detail) = match state(&run, &cfg) {
+            State::Pending | State::Interrupted { .. } if in_queue.is_some() => {
+                let job = format!("Slurm task {}_{}", m.slurm_job.as_deref().unwrap_or(""), task.unwrap_or(0));
+                match in_queue.map(String::as_str) {
+                    Some("RUNNING") => ("running", format!("{job}, starting")),
+                    _ => ("queued", job),
+                }
+            }
             State::Pending => ("pending", String::new()),
             State::Running => ("running", format!("epoch {epochs} of {}", cfg.train.epochs)),
             State::Done => ("done", format!("{epochs} epoch(s)")),

@@ -137,3 +137,97 @@ fn an_interrupted_sweep_resumes_to_the_same_numbers() {
         assert_eq!(metrics_without_timing(&dir.join("out").join(p)), metrics_without_timing(&dir.join(p)), "{p}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// A real Slurm: scripts/slurm-local.sh starts one (.ci/run does, as root).
+
+/// Whether a Slurm cluster answers here (`SLURM_CONF` set and `sinfo` working);
+/// otherwise the test is logged as skipped.
+fn slurm_up() -> bool {
+    let up = std::env::var_os("SLURM_CONF").is_some()
+        && std::process::Command::new("sinfo").arg("-h").output().is_ok_and(|o| o.status.success());
+    if !up {
+        crate::helpers::skip("no Slurm cluster: SLURM_CONF is unset or sinfo fails (scripts/slurm-local.sh start DIR starts one; .ci/run does)");
+    }
+    up
+}
+
+/// Polls `grulm sweep status DIR` until no point is pending, queued, running or
+/// interrupted; returns the last status.
+fn wait_settled(dir: &TempDir, sweep: &str, secs: u64) -> String {
+    let t = Instant::now();
+    loop {
+        let s = stdout(&grulm(dir.path(), &["sweep", "status", sweep]));
+        let last = s.lines().last().unwrap_or("").to_string();
+        if !["pending", "queued", "running", "interrupted"].iter().any(|w| last.contains(w)) && last.contains("point(s)") {
+            return s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(secs), "the Slurm sweep did not settle in {secs} s:\n{s}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_slurm_job_array_trains_what_the_local_executor_trains() {
+    if !slurm_up() {
+        return;
+    }
+    let dir = TempDir::new("sweep-slurm");
+    setup(&dir, "[set]\ntrain.epochs = 3\n[grid]\nmodel.hidden_size = [8, 16]\ntrain.lr = [0.5, 2]\n");
+    let o = grulm(dir.path(), &["sweep", "run", "s.toml", "--out", "out", "--executor", "slurm"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    assert!(stdout(&o).contains("submitted Slurm job array"), "{}", stdout(&o));
+    let script = std::fs::read_to_string(dir.join("out/sweep.sbatch")).unwrap();
+    for line in ["#SBATCH --array=0-3", "#SBATCH --requeue", "#SBATCH --signal=B:TERM@120", "#SBATCH --cpus-per-task=1"] {
+        assert!(script.contains(line), "{line}\n{script}");
+    }
+    assert!(manifest(&dir)["slurm_job"].as_str().is_some_and(|j| !j.is_empty()));
+    let s = wait_settled(&dir, "out", 300);
+    assert!(s.contains("4 point(s): 4 done"), "{s}");
+    // The same sweep here, one process at a time: the same numbers, bit for bit.
+    let o = grulm(dir.path(), &["sweep", "run", "s.toml", "--out", "local", "--jobs", "1"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    for p in manifest(&dir)["points"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        assert_eq!(metrics_without_timing(&dir.join("out").join(name)), metrics_without_timing(&dir.join("local").join(name)), "{name}");
+    }
+    // Submitted again: nothing left to do, nothing submitted.
+    let o = grulm(dir.path(), &["sweep", "run", "s.toml", "--out", "out", "--executor", "slurm"]);
+    assert!(stdout(&o).contains("all 4 point(s) in out already done"), "{}", stdout(&o));
+    // A point failing at run time shows as failed with its error; the other finishes.
+    setup(&dir, "[set]\ntrain.epochs = 2\n[[runs]]\ndata.corpus = \"missing.txt\"\n[[runs]]\ntrain.lr = 2\n");
+    let o = grulm(dir.path(), &["sweep", "run", "s.toml", "--out", "bad", "--executor", "slurm"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let s = wait_settled(&dir, "bad", 300);
+    assert!(s.contains("1 done, 1 failed") && s.contains("corpus missing.txt: no such file"), "{s}");
+}
+
+#[test]
+fn a_requeued_slurm_task_resumes_from_its_checkpoint() {
+    if !slurm_up() {
+        return;
+    }
+    let dir = TempDir::new("sweep-requeue");
+    setup(&dir, "[set]\ntrain.epochs = 120\ntrain.checkpoint_every = 1\ntrain.val_every = 40\n[grid]\ntrain.lr = [2]\n");
+    let o = grulm(dir.path(), &["sweep", "run", "s.toml", "--out", "out", "--executor", "slurm"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let job = manifest(&dir)["slurm_job"].as_str().unwrap().to_string();
+    let ck = dir.join("out/001-lr=2/checkpoint.safetensors");
+    let t = Instant::now();
+    while !ck.exists() {
+        assert!(t.elapsed() < Duration::from_secs(120), "the task never wrote a checkpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Preempted in the middle of its run: Slurm sends SIGTERM and queues it again.
+    let o = std::process::Command::new("scontrol").args(["requeue", &format!("{job}_0")]).output().unwrap();
+    assert!(o.status.success(), "scontrol requeue: {}", String::from_utf8_lossy(&o.stderr));
+    // Slurm 22.05 starts a requeued task again after about 3 minutes.
+    let s = wait_settled(&dir, "out", 420);
+    assert!(s.contains("1 point(s): 1 done"), "{s}");
+    let log = std::fs::read_to_string(dir.join("out/001-lr=2/train.log")).unwrap();
+    assert!(log.contains("grulm: stopped by SIGTERM"), "the task was stopped and checkpointed:\n{log}");
+    // And it ends where an uninterrupted run ends.
+    let cfg = dir.join("out/001-lr=2/config.toml");
+    assert!(grulm(dir.path(), &["train", "--config", cfg.to_str().unwrap(), "--out", "direct"]).status.success());
+    assert_eq!(metrics_without_timing(&dir.join("out/001-lr=2")), metrics_without_timing(&dir.join("direct")));
+}
