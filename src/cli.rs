@@ -670,13 +670,10 @@ fn gates_cmd(a: GatesArgs) -> Result<()> {
     if chars.len() > gates::MAX_CHARS {
         return Err(usage!("{flag}: {} characters; grulm gates draws at most {} (a column each)", chars.len(), gates::MAX_CHARS));
     }
-    let mut unknown: Vec<char> = chars.iter().copied().filter(|&c| !vocab.contains(c)).collect();
+    let unknown = vocab.unknown(chars.iter().copied());
     if !unknown.is_empty() {
-        unknown.sort();
-        unknown.dedup();
         return Err(usage!(
-            "{flag}: characters outside the model's vocabulary: {} (the vocabulary has {} tokens; see {})",
-            unknown.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", "),
+            "{flag}: characters outside the model's vocabulary: {unknown} (the vocabulary has {} tokens; see {})",
             vocab.len(),
             run_dir.file(run::VOCAB).display()
         ));

@@ -315,6 +315,15 @@ impl Vocab {
         self.char_to_idx.contains_key(&c)
     }
 
+    /// The characters of `chars` outside the vocabulary, sorted, each once,
+    /// shown as `'q', 'u'` (empty when there are none).
+    pub fn unknown(&self, chars: impl Iterator<Item = char>) -> String {
+        let mut unknown: Vec<char> = chars.filter(|&c| !self.contains(c)).collect();
+        unknown.sort();
+        unknown.dedup();
+        unknown.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ")
+    }
+
     pub fn encode(&self, chars: &[char]) -> Vec<i64> {
         chars.iter().map(|&c| self.index(c)).collect()
     }

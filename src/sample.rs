@@ -38,14 +38,10 @@ pub fn encode_prefix(vocab: &Vocab, prefix: &str) -> Result<Vec<i64>> {
     if prefix.is_empty() {
         return Err(usage!("the prefix is empty; give at least one character to start from"));
     }
-    let mut unknown: Vec<char> = prefix.chars().filter(|&c| !vocab.contains(c)).collect();
+    let unknown = vocab.unknown(prefix.chars());
     if !unknown.is_empty() {
-        unknown.sort();
-        unknown.dedup();
-        let shown: Vec<String> = unknown.iter().map(|c| format!("{c:?}")).collect();
         return Err(usage!(
-            "prefix {prefix:?} has characters outside the model's vocabulary: {} (the vocabulary has {} tokens; see vocab.json in the run directory)",
-            shown.join(", "),
+            "prefix {prefix:?} has characters outside the model's vocabulary: {unknown} (the vocabulary has {} tokens; see vocab.json in the run directory)",
             vocab.len()
         ));
     }

@@ -97,6 +97,22 @@ pub fn prepare(sweep: &Sweep, dir: &Path, executor: &str) -> Result<Manifest> {
     Ok(manifest)
 }
 
+/// The points still to train (indices), and how many are done already. A
+/// point another process is training is an error: wait for it.
+pub fn to_train(sweep: &Sweep, dir: &Path) -> Result<(Vec<usize>, usize)> {
+    let (mut todo, mut already) = (vec![], 0);
+    for (i, p) in sweep.points.iter().enumerate() {
+        match state(&RunDir::new(dir.join(&p.name)), &p.config) {
+            State::Done => already += 1,
+            State::Running => {
+                bail!("sweep: point {} in {} is being trained by another process; wait for it, then run again", p.name, dir.display())
+            }
+            _ => todo.push(i),
+        }
+    }
+    Ok((todo, already))
+}
+
 /// `grulm sweep run --executor local`.
 pub fn run(sweep: &Sweep, dir: &Path, jobs: usize, device: Option<&str>) -> Result<()> {
     prepare(sweep, dir, "local")?;
@@ -105,17 +121,7 @@ pub fn run(sweep: &Sweep, dir: &Path, jobs: usize, device: Option<&str>) -> Resu
     let threads = (cores / jobs).max(1);
     let exe = std::env::current_exe().context("cannot find grulm's own binary")?;
     let n = sweep.points.len();
-    let mut queue = vec![];
-    let mut already = 0;
-    for (i, p) in sweep.points.iter().enumerate() {
-        match state(&RunDir::new(dir.join(&p.name)), &p.config) {
-            State::Done => already += 1,
-            State::Running => {
-                bail!("sweep: point {} in {} is being trained by another process; wait for it, then run again", p.name, dir.display())
-            }
-            s => queue.push((i, s)),
-        }
-    }
+    let (queue, already) = to_train(sweep, dir)?;
     println!(
         "sweep {}: {n} point(s) in {}: {already} already done, {} to run, {jobs} at a time with {threads} thread(s) each",
         sweep.file.display(),
@@ -128,7 +134,7 @@ pub fn run(sweep: &Sweep, dir: &Path, jobs: usize, device: Option<&str>) -> Resu
     let (mut failed, mut stopped, mut forwarded) = (vec![], 0, false);
     loop {
         while running.len() < jobs && interrupt::requested().is_none() {
-            let Some((i, _)) = queue.next() else { break };
+            let Some(i) = queue.next() else { break };
             let p = &sweep.points[i];
             let run = RunDir::new(dir.join(&p.name));
             let log = std::fs::OpenOptions::new()

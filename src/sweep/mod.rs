@@ -238,9 +238,11 @@ fn random(mut t: Table, shown: &str) -> Result<Vec<Vec<(String, Value)>>> {
                     let x = match kind.as_str() {
                         "uniform" if lo < hi => rng.gen_range(lo..hi),
                         "log_uniform" if 0.0 < lo && lo < hi => (rng.gen_range(lo.ln()..hi.ln())).exp(),
-                        _ => return Err(bad(format!(
+                        _ => {
+                            return Err(bad(format!(
                             "{key} = {spec}: expected a list, {{ uniform = [lo, hi] }} or {{ log_uniform = [lo, hi] }} with 0 < lo < hi"
-                        ))),
+                        )))
+                        }
                     };
                     Value::Float(x)
                 }

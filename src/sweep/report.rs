@@ -119,14 +119,17 @@ pub fn report(dir: &Path, csv: bool) -> Result<String> {
             );
         }
     } else {
-        out += "| point | overrides | train ppl | val ppl | tokens/s | wall | sample |\n|---|---|---:|---:|---:|---:|---|\n";
+        // The validation column only where some point validates.
+        let any_val = rows.iter().any(|r| r.val_ppl.is_some());
+        let (val_head, val_rule) = if any_val { (" val ppl |", "---:|") } else { ("", "") };
+        out += &format!("| point | overrides | train ppl |{val_head} tokens/s | wall | sample |\n|---|---|---:|{val_rule}---:|---:|---|\n");
         for r in &rows {
+            let v = if any_val { format!(" {} |", val(r)) } else { String::new() };
             out += &format!(
-                "| {} | {} | {:.3} | {} | {:.0} | {:.0} s | {} |\n",
+                "| {} | {} | {:.3} |{v} {:.0} | {:.0} s | {} |\n",
                 r.name,
                 r.overrides.replace('|', "\\|"),
                 r.train_ppl,
-                val(r),
                 r.tokens_per_s,
                 r.wall_s,
                 r.sample.replace('|', "\\|")
@@ -181,6 +184,7 @@ fn draw(rows: &[Row], path: &Path, title: &str) -> Result<()> {
         }
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
             .label_font(("sans-serif", 11))

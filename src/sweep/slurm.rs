@@ -11,9 +11,8 @@
 //! there). Preemption: `--requeue`, and SIGTERM 120 s before the time limit
 //! (`--signal=B:TERM@120`); the task `exec`s grulm, so grulm gets the signal,
 //! writes a checkpoint and exits, and the requeued task resumes from it.
-use super::local::{prepare, state, State, LOG};
+use super::local::{prepare, to_train, LOG};
 use super::{Point, Sweep};
-use crate::run::RunDir;
 use crate::usage;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -69,7 +68,10 @@ pub fn script(sweep: &Sweep, dir: &Path, points: &[&Point], o: &SlurmOptions) ->
     s += &format!("cd {}\n", quote(&cwd.display().to_string()));
     s += &format!("points=({})\n", points.iter().map(|p| quote(&p.name)).collect::<Vec<_>>().join(" "));
     // 1: the point leaves train.threads at 0 (one per core), so it gets the task's CPUs.
-    s += &format!("auto_threads=({})\n", points.iter().map(|p| if p.config.train.threads == 0 { "1" } else { "0" }).collect::<Vec<_>>().join(" "));
+    s += &format!(
+        "auto_threads=({})\n",
+        points.iter().map(|p| if p.config.train.threads == 0 { "1" } else { "0" }).collect::<Vec<_>>().join(" ")
+    );
     s += &format!("run={}/\"${{points[$SLURM_ARRAY_TASK_ID]}}\"\n", quote(&dir.display().to_string()));
     let device = o.device.clone().or((o.gpus > 0).then(|| "cuda".to_string()));
     let mut extra = String::from("--quiet");
@@ -87,25 +89,25 @@ pub fn script(sweep: &Sweep, dir: &Path, points: &[&Point], o: &SlurmOptions) ->
 /// `grulm sweep run --executor slurm`: writes and submits the job array.
 pub fn run(sweep: &Sweep, dir: &Path, o: &SlurmOptions) -> Result<()> {
     let mut manifest = prepare(sweep, dir, "slurm")?;
-    let mut todo = vec![];
-    let mut already = 0;
-    for p in &sweep.points {
-        match state(&RunDir::new(dir.join(&p.name)), &p.config) {
-            State::Done => already += 1,
-            State::Running => bail!("sweep: point {} in {} is being trained by another process; wait for it, then run again", p.name, dir.display()),
-            _ => todo.push(p),
-        }
-    }
+    let (todo, already) = to_train(sweep, dir)?;
+    let todo: Vec<&Point> = todo.into_iter().map(|i| &sweep.points[i]).collect();
     if todo.is_empty() {
-        println!("sweep {}: all {} point(s) in {} already done; grulm sweep report {}", sweep.file.display(), sweep.points.len(), dir.display(), dir.display());
+        println!(
+            "sweep {}: all {} point(s) in {} already done; grulm sweep report {}",
+            sweep.file.display(),
+            sweep.points.len(),
+            dir.display(),
+            dir.display()
+        );
         return Ok(());
     }
     std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("cannot create {}/logs", dir.display()))?;
     let path = dir.join("sweep.sbatch");
     crate::fsutil::write_atomic(&path, script(sweep, dir, &todo, o)?.as_bytes())?;
-    let out = Command::new("sbatch").arg("--parsable").arg(&path).output().map_err(|e| {
-        usage!("--executor slurm: cannot run sbatch ({e}); is Slurm installed here, and SLURM_CONF set if it needs one?")
-    })?;
+    let out =
+        Command::new("sbatch").arg("--parsable").arg(&path).output().map_err(|e| {
+            usage!("--executor slurm: cannot run sbatch ({e}); is Slurm installed here, and SLURM_CONF set if it needs one?")
+        })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         bail!("sbatch {} failed: {}", path.display(), err.lines().last().unwrap_or("").trim());

@@ -147,7 +147,9 @@ fn slurm_up() -> bool {
     let up = std::env::var_os("SLURM_CONF").is_some()
         && std::process::Command::new("sinfo").arg("-h").output().is_ok_and(|o| o.status.success());
     if !up {
-        crate::helpers::skip("no Slurm cluster: SLURM_CONF is unset or sinfo fails (scripts/slurm-local.sh start DIR starts one; .ci/run does)");
+        crate::helpers::skip(
+            "no Slurm cluster: SLURM_CONF is unset or sinfo fails (scripts/slurm-local.sh start DIR starts one; .ci/run does)",
+        );
     }
     up
 }
