@@ -10,7 +10,7 @@ use crate::model::{CellKind, ModelKind, ScratchPath};
 use crate::run::{self, RunDir};
 use crate::sample::{self, Decode};
 use crate::train::{self, TrainOptions};
-use crate::{bench, checkpoint, device, gates, parity, sweep, usage};
+use crate::{bench, device, gates, parity, sweep, usage};
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::Write;
@@ -646,68 +646,24 @@ fn gates_cmd(a: GatesArgs) -> Result<()> {
     if a.max_units == 0 || a.max_units > MAX_GATE_UNITS {
         return Err(usage!("--max-units {}: expected 1 to {MAX_GATE_UNITS}", a.max_units));
     }
-    let run_dir = RunDir::new(&a.run);
-    let cfg = run_dir.load_config()?;
-    if cfg.model.cell == CellKind::Rnn {
-        return Err(usage!(
-            "--run {}: the run's cell is an RNN (model.cell = \"rnn\"), which has no gates; grulm gates draws a GRU's or an LSTM's",
-            a.run.display()
-        ));
+    if a.units.as_ref().is_some_and(|u| u.is_empty() || u.len() > MAX_GATE_UNITS) {
+        return Err(usage!("--units: expected 1 to {MAX_GATE_UNITS} unit numbers, e.g. --units 0,5,17"));
     }
-    let vocab = run_dir.load_vocab().map_err(|e| usage!("{e:#}"))?;
-    let (flag, raw) = match (&a.text, &a.text_file) {
+    let (flag, text) = match (&a.text, &a.text_file) {
         (Some(t), _) => ("--text", t.clone()),
         (None, Some(p)) => ("--text-file", data::read_text(p)?),
         (None, None) => return Err(usage!("--text or --text-file: give the text to draw the gates over")),
     };
-    let chars = data::preprocess(&raw, cfg.data.preprocess);
-    if chars.is_empty() {
-        return Err(usage!(
-            "{flag}: nothing is left of the text after the run's preprocessing (data.preprocess = {:?})",
-            cfg.data.preprocess
-        ));
-    }
-    if chars.len() > gates::MAX_CHARS {
-        return Err(usage!("{flag}: {} characters; grulm gates draws at most {} (a column each)", chars.len(), gates::MAX_CHARS));
-    }
-    let unknown = vocab.unknown(chars.iter().copied());
-    if !unknown.is_empty() {
-        return Err(usage!(
-            "{flag}: characters outside the model's vocabulary: {unknown} (the vocabulary has {} tokens; see {})",
-            vocab.len(),
-            run_dir.file(run::VOCAB).display()
-        ));
-    }
-    let h = cfg.model.hidden_size;
-    if let Some(u) = a.units.as_ref().and_then(|u| u.iter().find(|&&u| u >= h)) {
-        return Err(usage!("--units {u}: the model has {h} hidden units, numbered 0 to {}", h - 1));
-    }
-    if a.units.as_ref().is_some_and(|u| u.is_empty() || u.len() > MAX_GATE_UNITS) {
-        return Err(usage!("--units: expected 1 to {MAX_GATE_UNITS} unit numbers, e.g. --units 0,5,17"));
-    }
-    let weights = run_dir.weights_file(a.checkpoint.into());
-    let file = checkpoint::load(&weights)?;
-    let tokens = tch::Tensor::from_slice(&vocab.encode(&chars)).view([1, -1]);
-    let values = crate::model::top_layer_gates(&cfg.model, &file.tensors, vocab.len() as i64, &tokens)
-        .map_err(|e| anyhow::anyhow!("{}: {e:#}", weights.display()))?
-        .into_iter()
-        .map(|(name, t)| Ok(gates::GateValues { name, values: Vec::<Vec<f32>>::try_from(t.to_kind(tch::Kind::Float))? }))
-        .collect::<Result<Vec<_>>>()?;
-    let (units, how) = gates::choose_units(&values[0], a.units.as_deref(), a.max_units);
-    let l = cfg.model.num_layers;
-    let described = cfg.model.init(vocab.len() as i64, tch::Device::Cpu, tch::Kind::Float).describe();
-    let file_name = weights.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
-    let title = format!("{described}: top layer ({l} of {l}), {file_name}");
-    let notes = [how, format!("{} characters from a zero state; colour: the activation, from 0 to 1", chars.len())];
-    let out = a.out.clone().unwrap_or_else(|| run_dir.file("gates.svg"));
-    gates::write(&out, &gates::svg(&chars, &values, &units, &title, &notes))?;
-    println!(
-        "wrote {}: {} of the top layer over {} characters, {} of {h} units",
-        out.display(),
-        values.iter().map(|g| gates::label(g.name)).collect::<Vec<_>>().join(", "),
-        chars.len(),
-        units.len()
-    );
+    let request = gates::Request {
+        run: &a.run,
+        flag,
+        text,
+        out: a.out.clone(),
+        units: a.units.as_deref(),
+        max_units: a.max_units,
+        weights: a.checkpoint.into(),
+    };
+    println!("{}", gates::draw(&request)?);
     Ok(())
 }
 

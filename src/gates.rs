@@ -15,10 +15,12 @@
 //! (or the test) can read back what is drawn: per gate (`<g class="gate"
 //! data-gate="z">`), a row per unit (`<g class="row" data-unit="17">`), a cell
 //! per character in order.
-use crate::fsutil;
+use crate::model::CellKind;
+use crate::run::{RunDir, Weights};
+use crate::{checkpoint, data, fsutil, usage};
 use anyhow::Result;
 use std::fmt::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Longest text drawn: one column of [`CELL_W`] pixels per character.
 pub const MAX_CHARS: usize = 400;
@@ -227,7 +229,74 @@ pub fn svg(chars: &[char], gates: &[GateValues], units: &[usize], title: &str, n
     s
 }
 
-/// Writes the picture to `path` atomically.
-pub fn write(path: &Path, svg: &str) -> Result<()> {
-    fsutil::write_atomic(path, svg.as_bytes())
+/// What `grulm gates` was asked for (flags already checked for form).
+pub struct Request<'a> {
+    pub run: &'a Path,
+    /// The flag the text came from (`--text`, `--text-file`), for errors.
+    pub flag: &'a str,
+    pub text: String,
+    /// Where the SVG goes [default: RUN/gates.svg].
+    pub out: Option<PathBuf>,
+    pub units: Option<&'a [usize]>,
+    pub max_units: usize,
+    pub weights: Weights,
+}
+
+/// Runs a run's model over the text and writes the picture atomically;
+/// returns the line saying what was drawn where.
+pub fn draw(r: &Request) -> Result<String> {
+    let (run_dir, flag) = (RunDir::new(r.run), r.flag);
+    let cfg = run_dir.load_config()?;
+    if cfg.model.cell == CellKind::Rnn {
+        return Err(usage!(
+            "--run {}: the run's cell is an RNN (model.cell = \"rnn\"), which has no gates; grulm gates draws a GRU's or an LSTM's",
+            r.run.display()
+        ));
+    }
+    let vocab = run_dir.load_vocab().map_err(|e| usage!("{e:#}"))?;
+    let chars = data::preprocess(&r.text, cfg.data.preprocess);
+    if chars.is_empty() {
+        return Err(usage!(
+            "{flag}: nothing is left of the text after the run's preprocessing (data.preprocess = {:?})",
+            cfg.data.preprocess
+        ));
+    }
+    if chars.len() > MAX_CHARS {
+        return Err(usage!("{flag}: {} characters; grulm gates draws at most {MAX_CHARS} (a column each)", chars.len()));
+    }
+    let unknown = vocab.unknown(chars.iter().copied());
+    if !unknown.is_empty() {
+        return Err(usage!(
+            "{flag}: characters outside the model's vocabulary: {unknown} (the vocabulary has {} tokens; see {})",
+            vocab.len(),
+            run_dir.file(crate::run::VOCAB).display()
+        ));
+    }
+    let h = cfg.model.hidden_size;
+    if let Some(u) = r.units.and_then(|u| u.iter().find(|&&u| u >= h)) {
+        return Err(usage!("--units {u}: the model has {h} hidden units, numbered 0 to {}", h - 1));
+    }
+    let weights = run_dir.weights_file(r.weights);
+    let file = checkpoint::load(&weights)?;
+    let tokens = tch::Tensor::from_slice(&vocab.encode(&chars)).view([1, -1]);
+    let values = crate::model::top_layer_gates(&cfg.model, &file.tensors, vocab.len() as i64, &tokens)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", weights.display()))?
+        .into_iter()
+        .map(|(name, t)| Ok(GateValues { name, values: Vec::<Vec<f32>>::try_from(t.to_kind(tch::Kind::Float))? }))
+        .collect::<Result<Vec<_>>>()?;
+    let (units, how) = choose_units(&values[0], r.units, r.max_units);
+    let l = cfg.model.num_layers;
+    let described = cfg.model.init(vocab.len() as i64, tch::Device::Cpu, tch::Kind::Float).describe();
+    let file_name = weights.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    let title = format!("{described}: top layer ({l} of {l}), {file_name}");
+    let notes = [how, format!("{} characters from a zero state; colour: the activation, from 0 to 1", chars.len())];
+    let out = r.out.clone().unwrap_or_else(|| run_dir.file("gates.svg"));
+    fsutil::write_atomic(&out, svg(&chars, &values, &units, &title, &notes).as_bytes())?;
+    Ok(format!(
+        "wrote {}: {} of the top layer over {} characters, {} of {h} units",
+        out.display(),
+        values.iter().map(|g| label(g.name)).collect::<Vec<_>>().join(", "),
+        chars.len(),
+        units.len()
+    ))
 }

@@ -125,7 +125,7 @@ pub fn train_epoch(
 /// `Int32`), and what cuts minibatches out of them.
 pub struct TokenData {
     ids: Tensor,
-    /// `0..T`, Int64: a row's offsets from its start.
+    /// `0..=T`, Int64: a row's offsets from its start, its target's last included.
     steps: Tensor,
 }
 
@@ -137,7 +137,7 @@ impl TokenData {
             Ids::I16(v) => Tensor::from_slice(v),
             Ids::I32(v) => Tensor::from_slice(v),
         };
-        TokenData { ids: ids.to_device(device), steps: Tensor::arange(t as i64, (Kind::Int64, device)) }
+        TokenData { ids: ids.to_device(device), steps: Tensor::arange(t as i64 + 1, (Kind::Int64, device)) }
     }
 
     /// An epoch's row starts `[n, B]` on the device (one copy).
@@ -146,12 +146,12 @@ impl TokenData {
     }
 
     /// Minibatch `k` of `starts`: inputs and targets `[B, T]`, Int64, cut out of
-    /// the ids on the device (no host round trip).
+    /// the ids on the device (no host round trip): one gather of `T + 1` ids
+    /// per row, of which the inputs are the first T and the targets the last T.
     pub fn minibatch(&self, starts: &Tensor, k: i64) -> (Tensor, Tensor) {
-        let pos = starts.get(k).unsqueeze(1) + &self.steps; // [B, T]
-        let x = self.ids.take(&pos).to_kind(Kind::Int64);
-        let y = self.ids.take(&(pos + 1)).to_kind(Kind::Int64);
-        (x, y)
+        let rows = self.ids.take(&(starts.get(k).unsqueeze(1) + &self.steps)).to_kind(Kind::Int64); // [B, T+1]
+        let t = rows.size()[1] - 1;
+        (rows.narrow(1, 0, t), rows.narrow(1, 1, t))
     }
 }
 

@@ -154,6 +154,15 @@ pub fn metrics_without_timing(run: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Waits until `path` exists, at most `secs` seconds.
+pub fn wait_for(path: &Path, secs: u64) {
+    let t = std::time::Instant::now();
+    while !path.exists() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(secs), "{} never appeared", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Runs `body` alone in a child process of this test binary, the test `name`
 /// (its full path, `models::...`) and nothing else. libtorch has one random
 /// generator per process and the tests run in threads: a test that seeds it

@@ -1,6 +1,8 @@
 //! Bad input, numerical faults, crash safety: each case runs the real binary and
 //! expects one clear line, the right exit code, no panic, nothing half-written.
-use crate::helpers::{assert_fails, cfg_on, grulm, grulm_cmd, metrics_without_timing, small_config, stdout, timemachine, TempDir};
+use crate::helpers::{
+    assert_fails, cfg_on, grulm, grulm_cmd, metrics_without_timing, small_config, stdout, timemachine, wait_for, TempDir,
+};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -350,14 +352,6 @@ fn diverging_training_stops_and_keeps_the_last_good_checkpoint() {
 }
 
 /// Waits until `path` exists (or panics after `secs`).
-fn wait_for(path: &Path, secs: u64) {
-    let t = Instant::now();
-    while !path.exists() {
-        assert!(t.elapsed() < Duration::from_secs(secs), "{} never appeared", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn sigkill_mid_run_leaves_a_loadable_checkpoint_and_resume_matches() {
     let Some(corpus) = timemachine() else { return };

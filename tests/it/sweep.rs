@@ -1,6 +1,6 @@
 //! `grulm sweep` through the real binary: expansion, the local executor,
 //! idempotence, failures, interruption, status and report.
-use crate::helpers::{assert_fails, grulm, grulm_cmd, metrics_without_timing, stdout, TempDir};
+use crate::helpers::{assert_fails, grulm, grulm_cmd, metrics_without_timing, stdout, wait_for, TempDir};
 use std::time::{Duration, Instant};
 
 /// A tiny corpus and base config in `dir`, and the sweep file `s.toml` with `body`.
@@ -112,12 +112,7 @@ fn an_interrupted_sweep_resumes_to_the_same_numbers() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let ck = dir.join("out/002-lr=2/checkpoint.safetensors");
-    let t = Instant::now();
-    while !ck.exists() {
-        assert!(t.elapsed() < Duration::from_secs(120), "no checkpoint");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(&dir.join("out/002-lr=2/checkpoint.safetensors"), 120);
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: signals our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -154,6 +149,13 @@ fn slurm_up() -> bool {
     up
 }
 
+/// `grulm sweep run s.toml --out OUT --executor slurm`, which must succeed; its stdout.
+fn submit(dir: &TempDir, out: &str) -> String {
+    let o = grulm(dir.path(), &["sweep", "run", "s.toml", "--out", out, "--executor", "slurm"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    stdout(&o)
+}
+
 /// Polls `grulm sweep status DIR` until no point is pending, queued, running or
 /// interrupted; returns the last status.
 fn wait_settled(dir: &TempDir, sweep: &str, secs: u64) -> String {
@@ -176,9 +178,8 @@ fn a_slurm_job_array_trains_what_the_local_executor_trains() {
     }
     let dir = TempDir::new("sweep-slurm");
     setup(&dir, "[set]\ntrain.epochs = 3\n[grid]\nmodel.hidden_size = [8, 16]\ntrain.lr = [0.5, 2]\n");
-    let o = grulm(dir.path(), &["sweep", "run", "s.toml", "--out", "out", "--executor", "slurm"]);
-    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
-    assert!(stdout(&o).contains("submitted Slurm job array"), "{}", stdout(&o));
+    let out = submit(&dir, "out");
+    assert!(out.contains("submitted Slurm job array"), "{out}");
     let script = std::fs::read_to_string(dir.join("out/sweep.sbatch")).unwrap();
     for line in ["#SBATCH --array=0-3", "#SBATCH --requeue", "#SBATCH --signal=B:TERM@120", "#SBATCH --cpus-per-task=1"] {
         assert!(script.contains(line), "{line}\n{script}");
@@ -194,12 +195,11 @@ fn a_slurm_job_array_trains_what_the_local_executor_trains() {
         assert_eq!(metrics_without_timing(&dir.join("out").join(name)), metrics_without_timing(&dir.join("local").join(name)), "{name}");
     }
     // Submitted again: nothing left to do, nothing submitted.
-    let o = grulm(dir.path(), &["sweep", "run", "s.toml", "--out", "out", "--executor", "slurm"]);
-    assert!(stdout(&o).contains("all 4 point(s) in out already done"), "{}", stdout(&o));
+    let out = submit(&dir, "out");
+    assert!(out.contains("all 4 point(s) in out already done"), "{out}");
     // A point failing at run time shows as failed with its error; the other finishes.
     setup(&dir, "[set]\ntrain.epochs = 2\n[[runs]]\ndata.corpus = \"missing.txt\"\n[[runs]]\ntrain.lr = 2\n");
-    let o = grulm(dir.path(), &["sweep", "run", "s.toml", "--out", "bad", "--executor", "slurm"]);
-    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    submit(&dir, "bad");
     let s = wait_settled(&dir, "bad", 300);
     assert!(s.contains("1 done, 1 failed") && s.contains("corpus missing.txt: no such file"), "{s}");
 }
@@ -211,15 +211,9 @@ fn a_requeued_slurm_task_resumes_from_its_checkpoint() {
     }
     let dir = TempDir::new("sweep-requeue");
     setup(&dir, "[set]\ntrain.epochs = 120\ntrain.checkpoint_every = 1\ntrain.val_every = 40\n[grid]\ntrain.lr = [2]\n");
-    let o = grulm(dir.path(), &["sweep", "run", "s.toml", "--out", "out", "--executor", "slurm"]);
-    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    submit(&dir, "out");
     let job = manifest(&dir)["slurm_job"].as_str().unwrap().to_string();
-    let ck = dir.join("out/001-lr=2/checkpoint.safetensors");
-    let t = Instant::now();
-    while !ck.exists() {
-        assert!(t.elapsed() < Duration::from_secs(120), "the task never wrote a checkpoint");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for(&dir.join("out/001-lr=2/checkpoint.safetensors"), 120);
     // Preempted in the middle of its run: Slurm sends SIGTERM and queues it again.
     let o = std::process::Command::new("scontrol").args(["requeue", &format!("{job}_0")]).output().unwrap();
     assert!(o.status.success(), "scontrol requeue: {}", String::from_utf8_lossy(&o.stderr));
