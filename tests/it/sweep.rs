@@ -149,9 +149,9 @@ fn slurm_up() -> bool {
     up
 }
 
-/// `grulm sweep run s.toml --out OUT --executor slurm`, which must succeed; its stdout.
-fn submit(dir: &TempDir, out: &str) -> String {
-    let o = grulm(dir.path(), &["sweep", "run", "s.toml", "--out", out, "--executor", "slurm"]);
+/// `grulm sweep run s.toml --out OUT --executor slurm EXTRA...`, which must succeed; its stdout.
+fn submit(dir: &TempDir, out: &str, extra: &[&str]) -> String {
+    let o = grulm(dir.path(), &[&["sweep", "run", "s.toml", "--out", out, "--executor", "slurm"][..], extra].concat());
     assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
     stdout(&o)
 }
@@ -178,7 +178,7 @@ fn a_slurm_job_array_trains_what_the_local_executor_trains() {
     }
     let dir = TempDir::new("sweep-slurm");
     setup(&dir, "[set]\ntrain.epochs = 3\n[grid]\nmodel.hidden_size = [8, 16]\ntrain.lr = [0.5, 2]\n");
-    let out = submit(&dir, "out");
+    let out = submit(&dir, "out", &[]);
     assert!(out.contains("submitted Slurm job array"), "{out}");
     let script = std::fs::read_to_string(dir.join("out/sweep.sbatch")).unwrap();
     for line in ["#SBATCH --array=0-3", "#SBATCH --requeue", "#SBATCH --signal=B:TERM@120", "#SBATCH --cpus-per-task=1"] {
@@ -195,11 +195,16 @@ fn a_slurm_job_array_trains_what_the_local_executor_trains() {
         assert_eq!(metrics_without_timing(&dir.join("out").join(name)), metrics_without_timing(&dir.join("local").join(name)), "{name}");
     }
     // Submitted again: nothing left to do, nothing submitted.
-    let out = submit(&dir, "out");
+    let out = submit(&dir, "out", &[]);
     assert!(out.contains("all 4 point(s) in out already done"), "{out}");
     // A point failing at run time shows as failed with its error; the other finishes.
     setup(&dir, "[set]\ntrain.epochs = 2\n[[runs]]\ndata.corpus = \"missing.txt\"\n[[runs]]\ntrain.lr = 2\n");
-    submit(&dir, "bad");
+    // With the resource flags, which go into the script as sbatch options.
+    submit(&dir, "bad", &["--max-concurrent", "1", "--mem", "500M", "--time", "10:00", "--partition", "debug"]);
+    let script = std::fs::read_to_string(dir.join("bad/sweep.sbatch")).unwrap();
+    for line in ["#SBATCH --array=0-1%1", "#SBATCH --mem=500M", "#SBATCH --time=10:00", "#SBATCH --partition=debug"] {
+        assert!(script.contains(line), "{line}\n{script}");
+    }
     let s = wait_settled(&dir, "bad", 300);
     assert!(s.contains("1 done, 1 failed") && s.contains("corpus missing.txt: no such file"), "{s}");
 }
@@ -211,7 +216,7 @@ fn a_requeued_slurm_task_resumes_from_its_checkpoint() {
     }
     let dir = TempDir::new("sweep-requeue");
     setup(&dir, "[set]\ntrain.epochs = 120\ntrain.checkpoint_every = 1\ntrain.val_every = 40\n[grid]\ntrain.lr = [2]\n");
-    submit(&dir, "out");
+    submit(&dir, "out", &[]);
     let job = manifest(&dir)["slurm_job"].as_str().unwrap().to_string();
     wait_for(&dir.join("out/001-lr=2/checkpoint.safetensors"), 120);
     // Preempted in the middle of its run: Slurm sends SIGTERM and queues it again.
