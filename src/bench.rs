@@ -26,7 +26,7 @@ pub struct BenchArgs {
     #[arg(long = "shape", default_values_t = ["d2l".to_string(), "large".to_string()])]
     pub shapes: Vec<String>,
     /// Models: scratch (the trainer's path: fused forward, hand-written BPTT; a CUDA graph on CUDA), scratch-after (the
-    /// same, reset-after), scratch-autograd (fused forward, autograd), scratch-ref (the readable reference), builtin;
+    /// same, reset-after), scratch-ops (the same step in libtorch operations, as CUDA runs it), scratch-autograd (fused forward, autograd), scratch-ref (the readable reference), builtin;
     /// scratch-eager and builtin-eager are scratch and builtin without the CUDA graph; those are GRUs. lstm, rnn:
     /// the scratch LSTM and RNN; lstm-builtin, rnn-builtin: libtorch's.
     #[arg(long, value_delimiter = ',', default_values_t = ["scratch".to_string(), "builtin".to_string()])]
@@ -135,6 +135,47 @@ pub fn step_flops(b: i64, t: i64, h: i64, v: i64, gates: i64) -> f64 {
     3.0 * per_step * t as f64
 }
 
+/// The matrix products of one training step (those [`step_flops`] counts), as
+/// `(times per step, m, k, n)` for `[m, k] × [k, n]`.
+fn step_products(b: i64, t: i64, h: i64, v: i64, gates: i64) -> [(i64, i64, i64, i64); 6] {
+    let g = gates * h;
+    [
+        (t, b, h, g),     // forward, each step: H_{t-1} [W_h ...]
+        (t, b, g, h),     // backward, each step: dA [W_h ...]ᵀ
+        (1, h, t * b, g), // hidden weights' gradient over all T·B rows: H_prevᵀ dA
+        (1, t * b, h, v), // logits
+        (1, h, t * b, v), // output weights' gradient
+        (1, t * b, v, h), // gradient into the top layer's outputs
+    ]
+}
+
+/// What a plain libtorch sgemm reaches at exactly the step's own products
+/// ([`step_products`]): their FLOPs over the sum of their times, each product
+/// timed alone (into a preallocated output, median of 7 runs of at least 2 ms).
+fn sgemm_at_step_gflops(dev: Device, (b, t, h, v): (i64, i64, i64, i64), gates: i64) -> Result<f64> {
+    let (mut flops, mut seconds) = (0.0, 0.0);
+    for (count, m, k, n) in step_products(b, t, h, v, gates) {
+        let (x, y) = (Tensor::randn([m, k], (Kind::Float, dev)), Tensor::randn([k, n], (Kind::Float, dev)));
+        let out = Tensor::empty([m, n], (Kind::Float, dev));
+        let f = 2.0 * (m * k * n) as f64;
+        let reps = (2e-3 * 50e9 / f).ceil().max(1.0) as usize; // ~2 ms at 50 GFLOP/s
+        let mut times = vec![];
+        for i in 0..8 {
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                let _ = x.mm_out(&out, &y);
+            }
+            let _ = f64::try_from(out.get(0).get(0))?;
+            if i > 0 {
+                times.push(t0.elapsed().as_secs_f64() / reps as f64);
+            }
+        }
+        flops += count as f64 * f;
+        seconds += count as f64 * median(&times);
+    }
+    Ok(flops / seconds / 1e9)
+}
+
 /// The gates of a bench model's cell.
 fn gates_of(name: &str) -> i64 {
     match name.split('-').next() {
@@ -154,6 +195,7 @@ fn model_for(name: &str, h: i64) -> Result<(ModelConfig, BuildOptions, bool)> {
     Ok(match name {
         "scratch" | "scratch-eager" => (gru(ModelKind::Scratch, ResetGate::Before), plain, name == "scratch"),
         "scratch-after" => (gru(ModelKind::Scratch, ResetGate::After), plain, true),
+        "scratch-ops" => (gru(ModelKind::Scratch, ResetGate::Before), path(ScratchPath::BpttOps), true),
         "scratch-autograd" => (gru(ModelKind::Scratch, ResetGate::Before), path(ScratchPath::Fused), true),
         "scratch-ref" => (gru(ModelKind::Scratch, ResetGate::Before), path(ScratchPath::Reference), true),
         "builtin" | "builtin-eager" => (gru(ModelKind::Builtin, ResetGate::After), plain, name == "builtin"),
@@ -172,6 +214,7 @@ const MODELS: &[&str] = &[
     "scratch",
     "scratch-eager",
     "scratch-after",
+    "scratch-ops",
     "scratch-autograd",
     "scratch-ref",
     "builtin",
@@ -448,16 +491,30 @@ pub fn run(a: BenchArgs) -> Result<()> {
     println!("FP32 GEMM (2048x2048 matmul) reaches {gemm:.1} GFLOP/s here");
     for &(b, t, h, v, steps) in &shapes {
         println!("\nshape B={b} T={t} H={h} V={v}, {steps} steps per repeat");
+        // sgemm at this shape's step products, per cell (gates) benchmarked.
+        let mut gate_counts: Vec<i64> = a.models.iter().map(|m| gates_of(m)).collect();
+        gate_counts.sort();
+        gate_counts.dedup();
+        let sgemm: Vec<(i64, f64)> =
+            gate_counts.iter().map(|&g| Ok((g, sgemm_at_step_gflops(dev, (b, t, h, v), g)?))).collect::<Result<_>>()?;
+        let cell_name = |g: i64| match g {
+            1 => "RNN",
+            4 => "LSTM",
+            _ => "GRU",
+        };
+        let rates: Vec<String> = sgemm.iter().map(|(g, r)| format!("{} {r:.1}", cell_name(*g))).collect();
+        println!("libtorch sgemm at this shape's step products (GFLOP/s): {}", rates.join(", "));
         println!(
-            "{:<16} {:>12} {:>12} {:>8} {:>10} {:>10} {:>10} {:>8} {:>11}  steps",
-            "model", "grulm tok/s", "python tok/s", "ratio", "grulm MiB", "python MiB", "est. MiB", "used/est", "GFLOP/s"
+            "{:<16} {:>12} {:>12} {:>8} {:>10} {:>10} {:>10} {:>8} {:>11} {:>8}  steps",
+            "model", "grulm tok/s", "python tok/s", "ratio", "grulm MiB", "python MiB", "est. MiB", "used/est", "GFLOP/s", "/sgemm"
         );
         let same = |r: &&BenchResult| (r.b, r.t, r.h, r.v) == (b, t, h, v);
         for r in results.iter().filter(same) {
             let p = python.iter().filter(same).find(|p| Some(p.model.as_str()) == python_model(&r.model));
             let gflops = step_flops(b, t, h, v, gates_of(&r.model)) * steps as f64 / r.seconds_median / 1e9;
+            let of_sgemm = sgemm.iter().find(|(g, _)| *g == gates_of(&r.model)).map_or(f64::NAN, |(_, s)| gflops / s);
             println!(
-                "{:<16} {:>12.0} {:>12} {:>8} {:>10.0} {:>10} {:>10.0} {:>8} {:>11.1}  {}",
+                "{:<16} {:>12.0} {:>12} {:>8} {:>10.0} {:>10} {:>10.0} {:>8} {:>11.1} {:>7.0}%  {}",
                 r.model,
                 r.tokens_per_s,
                 p.map(|p| format!("{:.0}", p.tokens_per_s)).unwrap_or_else(|| "-".into()),
@@ -467,6 +524,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 r.estimate_mib.unwrap_or(f64::NAN),
                 r.used_over_estimate().map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
                 gflops,
+                of_sgemm * 100.0,
                 match r.graph_nodes {
                     Some(n) => format!("CUDA graph of {n} launches, {:.2} us each", r.seconds_median / steps as f64 / n as f64 * 1e6),
                     None => r.step.clone().unwrap_or_default(),

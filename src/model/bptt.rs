@@ -101,7 +101,10 @@ impl<C: Cell> ScratchLm<C> {
             let w_xs: Vec<Tensor> = self.layers.iter().map(Layer::w_x).collect();
             for (l, p) in self.layers.iter().enumerate() {
                 let xa = self.project(ups.last(), &ids, &w_xs[l], &p.b()).view([t, b, -1]);
-                let tape = self.cell.forward_tape(p, xa, &s0[l]);
+                let tape = match self.on_cpu_engine(&xa) {
+                    true => self.cell.forward_tape_cpu(p, xa, &s0[l]),
+                    false => self.cell.forward_tape(p, xa, &s0[l]),
+                };
                 let out = tape.out();
                 ups.push(masks.get(l).map_or(out.shallow_clone(), |m| &out * m).view([t * b, hd]));
                 tapes.push(tape);
@@ -123,7 +126,10 @@ impl<C: Cell> ScratchLm<C> {
             let mut d_out = unmask(dlogits.mm(&self.w_hq.tr()).view([t, b, hd]), self.layers.len() - 1);
             for (l, p) in self.layers.iter().enumerate().rev() {
                 let below = l.checked_sub(1).map(|k| &ups[k]);
-                let back = self.cell.backward_tape(p, &tapes[l], &d_out);
+                let back = match self.on_cpu_engine(&d_out) {
+                    true => self.cell.backward_tape_cpu(p, &tapes[l], &d_out),
+                    false => self.cell.backward_tape(p, &tapes[l], &d_out),
+                };
                 if let Some(d) = self.weight_grads(p, &w_xs[l], &back, below, &ids) {
                     d_out = unmask(d.view([t, b, hd]), l - 1);
                 }

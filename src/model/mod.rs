@@ -13,6 +13,7 @@
 mod bptt;
 mod builtin;
 pub mod cell;
+pub mod cpu;
 pub mod layout;
 mod scratch;
 

@@ -46,8 +46,12 @@ pub enum ScratchPath {
     /// autograd backward.
     Fused,
     /// The fused forward, and a training step with hand-written backpropagation
-    /// through time (`bptt.rs`): what the trainer uses.
+    /// through time (`bptt.rs`): what the trainer uses. On the CPU its time loop
+    /// runs on the CPU engine (`model::cpu`), elsewhere as [`ScratchPath::BpttOps`].
     Bptt,
+    /// [`ScratchPath::Bptt`] with its time loop in libtorch operations on every
+    /// device (what CUDA runs; on the CPU, for tests and `grulm bench`).
+    BpttOps,
 }
 
 pub struct ScratchLm<C: Cell> {
@@ -113,6 +117,12 @@ impl<C: Cell> ScratchLm<C> {
             return vec![];
         }
         super::dropout_masks(self.layers.len(), [t, b, self.hidden], self.dropout, &self.w_hq)
+    }
+
+    /// Whether the training step's time loop runs on the CPU engine for
+    /// buffers like `x` (see [`ScratchPath::Bptt`]).
+    pub(super) fn on_cpu_engine(&self, x: &Tensor) -> bool {
+        self.path == ScratchPath::Bptt && super::cpu::supports(x)
     }
 
     pub(super) fn hidden_size(&self) -> i64 {
@@ -233,13 +243,13 @@ impl<C: Cell> RecurrentLm for ScratchLm<C> {
         debug_assert_eq!(tokens.kind(), Kind::Int64);
         match self.path {
             ScratchPath::Reference => self.forward_reference(tokens, state, train),
-            ScratchPath::Fused | ScratchPath::Bptt => self.forward_fused(tokens, state, train),
+            ScratchPath::Fused | ScratchPath::Bptt | ScratchPath::BpttOps => self.forward_fused(tokens, state, train),
         }
     }
 
     fn train_step(&self, tokens: &Tensor, targets: &Tensor, state: &State) -> (Tensor, State) {
         match self.path {
-            ScratchPath::Bptt => self.train_step_bptt(tokens, targets, state),
+            ScratchPath::Bptt | ScratchPath::BpttOps => self.train_step_bptt(tokens, targets, state),
             ScratchPath::Reference | ScratchPath::Fused => super::autograd_step(self, tokens, targets, state),
         }
     }

@@ -596,7 +596,7 @@ fn every_scratch_cell_matches_the_independent_reference() {
     for cell in CELLS {
         for layers in [1, 2] {
             let c = tiny_case(cell, layers, 5);
-            for path in [ScratchPath::Reference, ScratchPath::Fused, ScratchPath::Bptt] {
+            for path in [ScratchPath::Reference, ScratchPath::Fused, ScratchPath::Bptt, ScratchPath::BpttOps] {
                 for (what, d) in worst_against_reference(&c, path, None) {
                     assert!(d <= TOL, "{cell:?} layers {layers} {path:?}: {what} differs by {d:e}");
                 }
@@ -632,7 +632,7 @@ fn dropout_reference_body() {
             let units: Vec<f64> = c.lm.masks.iter().flatten().flatten().flatten().copied().collect();
             assert!(units.iter().all(|&u| u == 0.0 || (u - 1.0 / 0.6).abs() < 1e-15), "inverted dropout: 0 or 1/(1-p)");
             assert!(units.contains(&0.0) && units.iter().any(|&u| u > 0.0), "some units dropped, some kept");
-            for path in [ScratchPath::Reference, ScratchPath::Fused, ScratchPath::Bptt] {
+            for path in [ScratchPath::Reference, ScratchPath::Fused, ScratchPath::Bptt, ScratchPath::BpttOps] {
                 for (what, d) in worst_against_reference(&c, path, Some((p, 21))) {
                     assert!(d <= TOL, "{cell:?} layers {layers} {path:?} dropout {p}: {what} differs by {d:e}");
                 }
@@ -657,7 +657,7 @@ fn dropout_masks_are_libtorchs_own() {
 fn dropout_libtorch_body() {
     for cell in [CellKind::Gru, CellKind::Lstm, CellKind::Rnn] {
         for layers in [1, 2, 3] {
-            for path in [ScratchPath::Reference, ScratchPath::Bptt] {
+            for path in [ScratchPath::Reference, ScratchPath::Bptt, ScratchPath::BpttOps] {
                 let r = parity::compare(Device::Cpu, Kind::Double, cell, layers, path, 5, 0.3).unwrap();
                 assert!(r.passed(), "{cell:?} {path:?}\n{}", r.table());
                 assert!(r.table().contains("dropout 0.3"));
@@ -673,7 +673,7 @@ fn every_scratch_cell_matches_libtorch() {
     for cell in [CellKind::Gru, CellKind::Lstm, CellKind::Rnn] {
         for kind in [Kind::Double, Kind::Float] {
             for layers in [1, 2] {
-                for path in [ScratchPath::Reference, ScratchPath::Fused, ScratchPath::Bptt] {
+                for path in [ScratchPath::Reference, ScratchPath::Fused, ScratchPath::Bptt, ScratchPath::BpttOps] {
                     let r = parity::compare(Device::Cpu, kind, cell, layers, path, 3, 0.0).unwrap();
                     let states = if cell == CellKind::Lstm { 2 } else { 1 };
                     assert_eq!(r.rows.len(), 2 + states + 4 * layers + 2, "every parameter's gradient is compared");
@@ -814,4 +814,64 @@ fn initialisation_follows_d2l_and_pytorch() {
             assert!(max <= 0.0625 && max > 0.05, "{cell:?} {name}: U(-1/16, 1/16) expected, max |w| {max}");
         }
     }
+}
+
+/// The CPU engine's training step against the same step in libtorch
+/// operations (`ScratchPath::BpttOps`, itself held to the independent
+/// reference above), with `threads` libtorch threads: the loss, every state
+/// tensor and every gradient, as (name, max abs difference).
+fn engine_against_ops(cell: RefCell, kind: Kind, threads: i32, dropout: f64) -> Vec<(String, f64)> {
+    tch::set_num_threads(threads);
+    // B=13 rows split unevenly over the threads and over the micro-kernel's
+    // row blocks; H=37 leaves a partial column panel; two layers.
+    let (b, t, h, v, layers) = (13, 6, 37, 11, 2);
+    let cfg = ModelConfig { dropout, init_sigma: Some(0.5), ..cell.config(layers, h) };
+    let build = |path| {
+        tch::manual_seed(7);
+        let m = cfg.build(v, Device::Cpu, kind, BuildOptions { path: Some(path), ..BuildOptions::default() });
+        parity::randomize(m.as_ref(), 0.5);
+        m
+    };
+    let (engine, ops) = (build(ScratchPath::Bptt), build(ScratchPath::BpttOps));
+    tch::manual_seed(11);
+    let tokens = Tensor::randint(v, [b, t], (Kind::Int64, Device::Cpu));
+    let targets = Tensor::randint(v, [b, t], (Kind::Int64, Device::Cpu));
+    let s0: Vec<Tensor> = (0..if cell == RefCell::Lstm { 2 } else { 1 })
+        .map(|_| Tensor::randn([layers as i64, b, h as i64], (kind, Device::Cpu)) * 0.5)
+        .collect();
+    let step = |m: &dyn RecurrentLm| {
+        tch::manual_seed(5); // the same dropout masks
+        m.train_step(&tokens, &targets, &State::new(s0.iter().map(Tensor::shallow_clone).collect()))
+    };
+    let ((l1, s1), (l2, s2)) = (step(engine.as_ref()), step(ops.as_ref()));
+    let diff = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max().to_kind(Kind::Double)).unwrap();
+    let mut rows = vec![("loss".to_string(), diff(&l1, &l2))];
+    for (k, (a, b)) in s1.tensors().iter().zip(s2.tensors()).enumerate() {
+        rows.push((format!("state {k}"), diff(a, b)));
+    }
+    for ((name, p), (_, q)) in engine.named_parameters().iter().zip(ops.named_parameters()) {
+        assert!(f64::try_from(p.grad().abs().sum(Kind::Double)).unwrap() > 0.0, "{name} has a gradient");
+        rows.push((format!("grad {name}"), diff(&p.grad(), &q.grad())));
+    }
+    rows
+}
+
+#[test]
+fn cpu_engine_matches_the_libtorch_step() {
+    // Every cell, f64 within 1e-10 and f32 within 1e-5 (the CPU tolerances),
+    // on 1 thread and on 3 (rows split over an OpenMP team), with and without
+    // dropout.
+    alone("models::cpu_engine_matches_the_libtorch_step", || {
+        for cell in CELLS {
+            for (kind, tol) in [(Kind::Double, 1e-10), (Kind::Float, 1e-5)] {
+                for threads in [1, 3] {
+                    for dropout in [0.0, 0.3] {
+                        for (what, d) in engine_against_ops(cell, kind, threads, dropout) {
+                            assert!(d <= tol, "{cell:?} {kind:?} {threads} thread(s) dropout {dropout}: {what} differs by {d:e}");
+                        }
+                    }
+                }
+            }
+        }
+    });
 }

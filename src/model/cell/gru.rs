@@ -27,14 +27,15 @@
 //! dA_z = dZ ⊙ Z(1 − Z)      dA_r = dR ⊙ R(1 − R)
 //! ```
 use super::{block, Backward, Cell, GateDef, Layer, Tape};
+use crate::model::cpu::cells;
 use crate::model::{GruGates, ResetGate};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gru {
     reset: ResetGate,
-    has_z: bool,
-    has_r: bool,
+    pub(crate) has_z: bool,
+    pub(crate) has_r: bool,
 }
 
 impl Gru {
@@ -49,12 +50,12 @@ impl Gru {
         Gru { reset: if has_r { reset } else { ResetGate::Before }, has_z, has_r }
     }
 
-    fn after(&self) -> bool {
+    pub(crate) fn after(&self) -> bool {
         self.reset == ResetGate::After
     }
 
     /// Number of sigmoid gates (z and/or r), which come first in the columns.
-    fn sig(&self) -> usize {
+    pub(crate) fn sig(&self) -> usize {
         self.has_z as usize + self.has_r as usize
     }
 
@@ -63,7 +64,7 @@ impl Gru {
         0
     }
 
-    fn r_col(&self) -> i64 {
+    pub(crate) fn r_col(&self) -> i64 {
         self.has_z as i64
     }
 }
@@ -195,6 +196,20 @@ impl Cell for Gru {
         let d = if self.has_z { &h_prev - block(&xa, sig, 1, hd) } else { Tensor::empty([0], opts) };
         tape.saved = vec![xa, u, d];
         tape
+    }
+
+    fn forward_tape_cpu(&self, p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape {
+        match xa.kind() {
+            Kind::Float => cells::gru_forward::<f32>(self, p, xa, state0),
+            _ => cells::gru_forward::<f64>(self, p, xa, state0),
+        }
+    }
+
+    fn backward_tape_cpu(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
+        match d_out.kind() {
+            Kind::Float => cells::gru_backward::<f32>(self, p, tape, d_out),
+            _ => cells::gru_backward::<f64>(self, p, tape, d_out),
+        }
     }
 
     fn backward_tape(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {

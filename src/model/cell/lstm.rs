@@ -21,7 +21,8 @@
 //! dA = [dI, dF, dO] ⊙ σ' ,  dC~ ⊙ (1 − C~²)      dH_{t-1} = dA W_hᵀ
 //! ```
 use super::{block, Backward, Cell, GateDef, Layer, Tape};
-use tch::Tensor;
+use crate::model::cpu::cells;
+use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Lstm;
@@ -104,6 +105,20 @@ impl Cell for Lstm {
         tape.final_extra = vec![cs.get(t)];
         tape.saved = vec![xa, cs, tanh_c];
         tape
+    }
+
+    fn forward_tape_cpu(&self, p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape {
+        match xa.kind() {
+            Kind::Float => cells::lstm_forward::<f32>(p, xa, state0),
+            _ => cells::lstm_forward::<f64>(p, xa, state0),
+        }
+    }
+
+    fn backward_tape_cpu(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
+        match d_out.kind() {
+            Kind::Float => cells::lstm_backward::<f32>(p, tape, d_out),
+            _ => cells::lstm_backward::<f64>(p, tape, d_out),
+        }
     }
 
     fn backward_tape(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {

@@ -31,7 +31,7 @@ use tch::Tensor;
 
 /// Gates `k..k+n` of a tensor whose last dimension is the fused columns
 /// (`[B, G·H]` or `[T, B, G·H]`): a view, no copy.
-fn block(t: &Tensor, k: i64, n: i64, h: i64) -> Tensor {
+pub(crate) fn block(t: &Tensor, k: i64, n: i64, h: i64) -> Tensor {
     let dim = t.dim() as i64 - 1;
     t.narrow(dim, k * h, n * h)
 }
@@ -200,4 +200,11 @@ pub trait Cell {
     /// the layer's outputs from above; the cell may overwrite it. The state the
     /// sequence started from is detached (truncated BPTT): no gradient for it.
     fn backward_tape(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward;
+
+    /// [`Cell::forward_tape`] on the CPU engine (`model::cpu`): the same tape and
+    /// numbers, for CPU tensors of f32 or f64 ([`crate::model::cpu::supports`]).
+    fn forward_tape_cpu(&self, p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape;
+
+    /// [`Cell::backward_tape`] on the CPU engine.
+    fn backward_tape_cpu(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward;
 }

@@ -6,7 +6,8 @@
 //!
 //! Backward, per step: `dA = dH ⊙ (1 − H_t²)`, `dH_{t-1} = dA W_hhᵀ`.
 use super::{Backward, Cell, GateDef, Layer, Tape};
-use tch::Tensor;
+use crate::model::cpu::cells;
+use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Rnn;
@@ -44,6 +45,20 @@ impl Cell for Rnn {
             h = o;
         }
         tape
+    }
+
+    fn forward_tape_cpu(&self, p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape {
+        match xa.kind() {
+            Kind::Float => cells::rnn_forward::<f32>(p, xa, state0),
+            _ => cells::rnn_forward::<f64>(p, xa, state0),
+        }
+    }
+
+    fn backward_tape_cpu(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
+        match d_out.kind() {
+            Kind::Float => cells::rnn_backward::<f32>(p, tape, d_out),
+            _ => cells::rnn_backward::<f64>(p, tape, d_out),
+        }
     }
 
     fn backward_tape(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
