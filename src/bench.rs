@@ -26,7 +26,8 @@ pub struct BenchArgs {
     #[arg(long = "shape", default_values_t = ["d2l".to_string(), "large".to_string()])]
     pub shapes: Vec<String>,
     /// Models: scratch (the trainer's path: fused forward, hand-written BPTT; a CUDA graph on CUDA), scratch-after (the
-    /// same, reset-after), scratch-ops (the same step in libtorch operations, as CUDA runs it), scratch-autograd (fused forward, autograd), scratch-ref (the readable reference), builtin;
+    /// same, reset-after), scratch-ops (the same step in libtorch operations, as CUDA runs it), scratch-autograd (fused forward, autograd), scratch-ref (the readable reference), builtin (its
+    /// training step on the CPU engine on the CPU), builtin-autograd (libtorch's own op and autograd everywhere);
     /// scratch-eager and builtin-eager are scratch and builtin without the CUDA graph; those are GRUs. lstm, rnn:
     /// the scratch LSTM and RNN; lstm-builtin, rnn-builtin: libtorch's.
     #[arg(long, value_delimiter = ',', default_values_t = ["scratch".to_string(), "builtin".to_string()])]
@@ -199,6 +200,7 @@ fn model_for(name: &str, h: i64) -> Result<(ModelConfig, BuildOptions, bool)> {
         "scratch-autograd" => (gru(ModelKind::Scratch, ResetGate::Before), path(ScratchPath::Fused), true),
         "scratch-ref" => (gru(ModelKind::Scratch, ResetGate::Before), path(ScratchPath::Reference), true),
         "builtin" | "builtin-eager" => (gru(ModelKind::Builtin, ResetGate::After), plain, name == "builtin"),
+        "builtin-autograd" => (gru(ModelKind::Builtin, ResetGate::After), BuildOptions { libtorch_step: true, ..plain }, true),
         "lstm" => (cfg(ModelKind::Scratch, CellKind::Lstm, None), plain, true),
         "lstm-builtin" => (cfg(ModelKind::Builtin, CellKind::Lstm, None), plain, true),
         "rnn" => (cfg(ModelKind::Scratch, CellKind::Rnn, None), plain, true),
@@ -219,6 +221,7 @@ const MODELS: &[&str] = &[
     "scratch-ref",
     "builtin",
     "builtin-eager",
+    "builtin-autograd",
     "lstm",
     "lstm-builtin",
     "rnn",
@@ -229,7 +232,7 @@ const MODELS: &[&str] = &[
 fn python_model(name: &str) -> Option<&'static str> {
     match name {
         "scratch" | "scratch-eager" => Some("scratch"),
-        "builtin" | "builtin-eager" => Some("builtin"),
+        "builtin" | "builtin-eager" | "builtin-autograd" => Some("builtin"),
         _ => None,
     }
 }

@@ -127,7 +127,8 @@ pub fn compare(
         dropout,
         ..ModelConfig::default()
     };
-    let builtin = cfg(ModelKind::Builtin).init(VOCAB, device, kind);
+    // libtorch's own step (its RNN op and autograd), not the CPU engine's.
+    let builtin = cfg(ModelKind::Builtin).build(VOCAB, device, kind, BuildOptions { libtorch_step: true, ..BuildOptions::default() });
     randomize(builtin.as_ref(), SCALE);
     let scratch = cfg(ModelKind::Scratch).build(VOCAB, device, kind, BuildOptions { path: Some(path), ..BuildOptions::default() });
     let builtin_params: HashMap<String, Tensor> = builtin.named_parameters().into_iter().collect();

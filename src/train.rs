@@ -252,7 +252,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
     // Before the first allocation of the run's size: stop now if it cannot fit.
     Estimate::new(cfg, v as u64, corpus.train.len() as u64).check(cfg, device)?;
     tch::manual_seed(cfg.train.seed as i64);
-    let build = BuildOptions { deterministic: cfg.train.deterministic, path: None };
+    let build = BuildOptions { deterministic: cfg.train.deterministic, ..BuildOptions::default() };
     let mut model = libtorch(|| "allocating the model".into(), || cfg.model.build(v, device, Kind::Float, build))?;
     let mut opt = libtorch(
         || "allocating the optimizer state".into(),

@@ -25,14 +25,14 @@ use super::scratch::ScratchLm;
 use super::{RecurrentLm, State};
 use tch::Tensor;
 
-fn add_grad(p: &Tensor, g: &Tensor) {
+pub(super) fn add_grad(p: &Tensor, g: &Tensor) {
     let mut grad = p.grad();
     let _ = grad.g_add_(g);
 }
 
 /// Makes every parameter's `.grad` exist (zeros), so gradients can be added in
 /// place; autograd creates them on a first backward, which this step has not.
-fn ensure_grads(params: &[Tensor]) {
+pub(super) fn ensure_grads(params: &[Tensor]) {
     if params.iter().any(|p| !p.grad().defined()) {
         let zero = tch::with_grad(|| {
             params.iter().map(|p| p.sum(p.kind()) * 0.0).fold(Tensor::zeros([], (params[0].kind(), params[0].device())), |a, b| a + b)
@@ -83,6 +83,21 @@ impl<C: Cell> ScratchLm<C> {
         d_input
     }
 
+    /// The output layer for the top layer's outputs `top [N, H]` (time-major
+    /// rows) and their targets `y [N]`: d2l's loss (mean cross-entropy per
+    /// token), `dY = (softmax − onehot) / N` and `dH = dY W_hqᵀ`.
+    fn output_step(&self, top: &Tensor, y: &Tensor) -> (Tensor, Tensor, Tensor) {
+        if self.on_cpu_engine(top) {
+            return super::cpu::output::step(top, &self.w_hq, &self.b_q, y);
+        }
+        let logp = self.b_q.addmm(top, &self.w_hq).log_softmax(-1, top.kind());
+        let (y, n) = (y.view([-1, 1]), top.size()[0]);
+        let loss = -logp.gather(1, &y, false).sum(top.kind()) / n as f64;
+        let dlogits = logp.exp().scatter_add(1, &y, &Tensor::full([n, 1], -1.0, (top.kind(), top.device()))) / n as f64;
+        let d_top = dlogits.mm(&self.w_hq.tr());
+        (loss, dlogits, d_top)
+    }
+
     /// One training step: forward with a tape, d2l's loss, hand-written backward.
     /// Adds every parameter's gradient into `.grad`; returns the loss and the new
     /// state, both detached.
@@ -110,12 +125,7 @@ impl<C: Cell> ScratchLm<C> {
                 tapes.push(tape);
             }
             let top = ups.last().expect("at least one layer");
-            // d2l's loss: mean cross-entropy per token; dlogits = (softmax − onehot)/N.
-            let logp = self.b_q.addmm(top, &self.w_hq).log_softmax(-1, top.kind());
-            let y = targets.tr().reshape([-1, 1]);
-            let n = (t * b) as f64;
-            let loss = -logp.gather(1, &y, false).sum(top.kind()) / n;
-            let dlogits = logp.exp().scatter_add(1, &y, &Tensor::full([t * b, 1], -1.0, (top.kind(), top.device()))) / n;
+            let (loss, dlogits, d_top) = self.output_step(top, &targets.tr().reshape([-1]));
             add_grad(&self.w_hq, &top.tr().mm(&dlogits));
             add_grad(&self.b_q, &dlogits.sum_dim_intlist(0, false, dlogits.kind()));
             // The gradient reaching layer l's output: through its mask, if any.
@@ -123,7 +133,7 @@ impl<C: Cell> ScratchLm<C> {
                 Some(m) => d * m,
                 None => d,
             };
-            let mut d_out = unmask(dlogits.mm(&self.w_hq.tr()).view([t, b, hd]), self.layers.len() - 1);
+            let mut d_out = unmask(d_top.view([t, b, hd]), self.layers.len() - 1);
             for (l, p) in self.layers.iter().enumerate().rev() {
                 let below = l.checked_sub(1).map(|k| &ups[k]);
                 let back = match self.on_cpu_engine(&d_out) {

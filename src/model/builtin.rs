@@ -24,7 +24,18 @@
 //! Dropout (`model.dropout`, training only) as PyTorch's `nn.GRU(dropout=p)`
 //! between the layers (ATen's argument), and on the top layer's output before
 //! the linear layer, as char-rnn and d2l's scratch masks do.
+//!
+//! On the CPU (f32, f64) the training step runs on grulm's CPU engine
+//! (`model::cpu`): the scratch cell that computes the same function (the GRU
+//! reset-after, the LSTM, the RNN) takes this model's weights through the
+//! layout table, runs its step, and hands the gradients back in PyTorch's
+//! layout. Its dropout masks are drawn as libtorch draws them, so the step is
+//! libtorch's in every number (the tests hold the two together); evaluation
+//! and sampling call libtorch's op. `BuildOptions::libtorch_step` keeps
+//! libtorch's own step.
+use super::layout::{self, BiasHh};
 use super::{CellKind, RecurrentLm, State};
+use std::collections::HashMap;
 use tch::nn::{self, Init, Module, VarStore};
 use tch::Tensor;
 
@@ -38,6 +49,8 @@ pub struct BuiltinLm {
     hidden: i64,
     layers: i64,
     dropout: f64,
+    /// The scratch cell whose CPU engine runs the training step (see the module doc).
+    engine: Option<Box<dyn RecurrentLm>>,
 }
 
 /// Gate rows per cell, and cuDNN's mode number (`rnn.cpp`: RNN_TANH 1, LSTM 2, GRU 3).
@@ -70,7 +83,37 @@ impl BuiltinLm {
             let _ = Tensor::internal_cudnn_rnn_flatten_weight(&weights, 4, vocab, mode, hidden, 0, layers, false, false);
         }
         let linear = nn::linear(&root / "linear", hidden, vocab, nn::LinearConfig { ws_init: u, bs_init: Some(u), bias: true });
-        BuiltinLm { vs, cell, weights, linear, vocab, hidden, layers, dropout }
+        BuiltinLm { vs, cell, weights, linear, vocab, hidden, layers, dropout, engine: None }
+    }
+
+    /// Trains through `same`, a scratch model of the same function (see the module doc).
+    pub(super) fn train_on_engine(&mut self, same: Box<dyn RecurrentLm>) {
+        self.engine = Some(same);
+    }
+
+    /// The training step on the scratch model `same`: this model's weights in,
+    /// its gradients out, each through the layout table.
+    fn train_step_on(&self, same: &dyn RecurrentLm, tokens: &Tensor, targets: &Tensor, state: &State) -> (Tensor, State) {
+        let params: HashMap<String, Tensor> = self.named_parameters().into_iter().collect();
+        let (cell, layers) = (self.cell, self.layers as usize);
+        let mapped = layout::pytorch_to_scratch(&params, cell, layers).expect("a built-in model maps to its scratch cell");
+        let theirs = same.named_parameters();
+        tch::no_grad(|| {
+            crate::checkpoint::assign(&theirs, &mapped, "the built-in weights").expect("the scratch cell has the same shapes");
+            for (_, p) in &theirs {
+                let _ = p.grad().f_zero_(); // undefined before the first step: nothing to clear
+            }
+        });
+        let (loss, state) = same.train_step(tokens, targets, state);
+        let grads: HashMap<String, Tensor> = theirs.iter().map(|(n, p)| (n.clone(), p.grad())).collect();
+        let grads = layout::scratch_to_pytorch(&grads, cell, layers, BiasHh::Gradient).expect("the scratch cell maps back");
+        super::bptt::ensure_grads(&self.vs.trainable_variables());
+        tch::no_grad(|| {
+            for (name, g) in grads {
+                super::bptt::add_grad(&params[&name], &g);
+            }
+        });
+        (loss, state)
     }
 }
 
@@ -104,6 +147,13 @@ impl RecurrentLm for BuiltinLm {
         };
         let outputs = if train && p > 0.0 { outputs.dropout(p, true) } else { outputs };
         (self.linear.forward(&outputs), State(state))
+    }
+
+    fn train_step(&self, tokens: &Tensor, targets: &Tensor, state: &State) -> (Tensor, State) {
+        match &self.engine {
+            Some(same) => self.train_step_on(same.as_ref(), tokens, targets, state),
+            None => super::autograd_step(self, tokens, targets, state),
+        }
     }
 
     fn var_store(&self) -> &VarStore {

@@ -271,6 +271,10 @@ pub struct BuildOptions {
     /// The scratch model's path (default: [`ScratchPath::Bptt`]); ignored by the
     /// built-in model.
     pub path: Option<ScratchPath>,
+    /// The built-in model's training step through libtorch's own RNN op and
+    /// autograd even on the CPU, where it otherwise runs on the CPU engine
+    /// (what parity checks hold the engine to); ignored by the scratch model.
+    pub libtorch_step: bool,
 }
 
 impl ModelConfig {
@@ -302,7 +306,23 @@ impl ModelConfig {
             }
             (ModelKind::Scratch, CellKind::Lstm) => scratch(ScratchLm::new(vs, cell::Lstm, vocab_size, h, l, sigma), opts, p),
             (ModelKind::Scratch, CellKind::Rnn) => scratch(ScratchLm::new(vs, cell::Rnn, vocab_size, h, l, sigma), opts, p),
-            (ModelKind::Builtin, c) => Box::new(BuiltinLm::new(vs, c, vocab_size, h, l, p)),
+            (ModelKind::Builtin, c) => {
+                let mut m = BuiltinLm::new(vs, c, vocab_size, h, l, p);
+                if !opts.libtorch_step && device == Device::Cpu && matches!(kind, Kind::Float | Kind::Double) {
+                    // The scratch cell that computes the same function, weights
+                    // zero (no draw) until each step assigns them.
+                    let reset_gate = (c == CellKind::Gru).then_some(ResetGate::After);
+                    let same = ModelConfig {
+                        kind: ModelKind::Scratch,
+                        reset_gate,
+                        gru_gates: GruGates::Both,
+                        init_sigma: Some(0.0),
+                        ..self.clone()
+                    };
+                    m.train_on_engine(same.build(vocab_size, device, kind, opts));
+                }
+                Box::new(m)
+            }
         }
     }
 }

@@ -71,13 +71,20 @@ pub struct ScratchLm<C: Cell> {
 }
 
 impl<C: Cell> ScratchLm<C> {
-    /// A model of `num_layers` layers of `cell`, weights N(0, sigma²), biases zero.
+    /// A model of `num_layers` layers of `cell`, weights N(0, sigma²) (zeros,
+    /// with no draw, for sigma 0), biases zero.
     pub fn new(vs: VarStore, cell: C, vocab: i64, hidden: i64, num_layers: i64, sigma: f64) -> ScratchLm<C> {
         let root = vs.root();
+        // sigma 0: zeros, drawing nothing from the generator (a model whose
+        // weights are assigned afterwards, as BuiltinLm's CPU engine).
+        let weight = |name: &str, rows: i64, cols: i64| match sigma {
+            0.0 => root.zeros(name, &[rows, cols]),
+            _ => root.randn(name, &[rows, cols], 0.0, sigma),
+        };
         let layers = (0..num_layers)
             .map(|l| {
                 let input = if l == 0 { vocab } else { hidden };
-                let w = |name: String, rows: i64| root.randn(&format!("{name}_l{l}"), &[rows, hidden], 0.0, sigma);
+                let w = |name: String, rows: i64| weight(&format!("{name}_l{l}"), rows, hidden);
                 let b = |name: &str| root.zeros(&format!("{name}_l{l}"), &[hidden]);
                 let gates = cell
                     .gates()
@@ -93,7 +100,7 @@ impl<C: Cell> ScratchLm<C> {
                 Layer { gates }
             })
             .collect();
-        let w_hq = root.randn("W_hq", &[hidden, vocab], 0.0, sigma);
+        let w_hq = weight("W_hq", hidden, vocab);
         let b_q = root.zeros("b_q", &[vocab]);
         ScratchLm { vs, cell, layers, w_hq, b_q, vocab, hidden, path: ScratchPath::Bptt, deterministic: false, dropout: 0.0 }
     }

@@ -15,7 +15,7 @@ fn empty(dims: &[usize], like: &Tensor) -> Tensor {
 }
 
 /// A `[n]` tensor's values.
-fn values<T: Real>(t: &Tensor) -> Vec<T> {
+pub(super) fn values<T: Real>(t: &Tensor) -> Vec<T> {
     let t = t.contiguous();
     // SAFETY: a contiguous CPU tensor of kind T (checked by View::of's caller).
     unsafe { std::slice::from_raw_parts(t.data_ptr() as *const T, t.numel()) }.to_vec()

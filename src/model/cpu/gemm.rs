@@ -42,10 +42,23 @@ impl<T: Real> Packed<T> {
         assert!(row0 + rows <= self.k && col0 + cols <= self.n && w.kind() == T::KIND && w.device() == tch::Device::Cpu);
         // SAFETY: the tensor holds every element its sizes and strides address.
         let src = unsafe { std::slice::from_raw_parts(w.data_ptr() as *const T, (rows - 1) * rs + (cols - 1) * cs + 1) };
-        for kk in 0..rows {
+        let k = self.k;
+        let at = |col: usize, kk: usize| ((col / NR) * k + row0 + kk) * NR + col % NR;
+        if cs == 1 {
+            // Source rows contiguous (W as it is): row by row.
+            for kk in 0..rows {
+                for (j, v) in src[kk * rs..kk * rs + cols].iter().enumerate() {
+                    self.data[at(col0 + j, kk)] = *v;
+                }
+            }
+        } else {
+            // Source columns contiguous (Wᵀ of a row-major W): column by column,
+            // each a run of one panel lane.
             for j in 0..cols {
-                let col = col0 + j;
-                self.data[((col / NR) * self.k + row0 + kk) * NR + col % NR] = src[kk * rs + j * cs];
+                let base = at(col0 + j, 0);
+                for kk in 0..rows {
+                    self.data[base + kk * NR] = src[kk * rs + j * cs];
+                }
             }
         }
     }
@@ -53,9 +66,9 @@ impl<T: Real> Packed<T> {
     /// The tensors side by side (`[w_0 w_1 ...]`, each `[k, n_i]`), or, with
     /// `transpose`, their transposes stacked (`[w_0ᵀ ; w_1ᵀ ; ...]`).
     pub fn of(ws: &[&Tensor], transpose: bool) -> Packed<T> {
-        let (d0, d1) = if transpose { (1, 0) } else { (0, 1) };
-        let total: usize = ws.iter().map(|w| w.size()[d1] as usize).sum();
-        let k = ws[0].size()[d0] as usize;
+        // Side by side: [k, Σ n_i]; transposed and stacked: [Σ n_i, k].
+        let total: usize = ws.iter().map(|w| w.size()[1] as usize).sum();
+        let k = ws[0].size()[0] as usize;
         let mut p = match transpose {
             false => Packed::zeros(k, total),
             true => Packed::zeros(total, k),
@@ -66,7 +79,7 @@ impl<T: Real> Packed<T> {
                 false => p.put(w, 0, at, false),
                 true => p.put(w, at, 0, true),
             }
-            at += w.size()[d1] as usize;
+            at += w.size()[1] as usize;
         }
         p
     }

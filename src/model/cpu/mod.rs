@@ -21,8 +21,9 @@
 //! The weight gradients (one product over all T·B rows) stay libtorch's.
 pub mod cells;
 pub mod gemm;
+pub mod output;
 
-use std::ops::{Add, Mul, Neg, Sub};
+use std::ops::{Add, Div, Mul, Neg, Sub};
 use tch::{Device, Kind, Tensor};
 
 /// Whether the engine can run a tape over `t`: a CPU tensor of f32 or f64.
@@ -32,7 +33,16 @@ pub fn supports(t: &Tensor) -> bool {
 
 /// The element types the engine computes in (f32, f64).
 pub trait Real:
-    Copy + Send + Sync + PartialOrd + 'static + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Neg<Output = Self>
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
 {
     const KIND: Kind;
     const ZERO: Self;
@@ -43,6 +53,9 @@ pub trait Real:
     fn fma(self, b: Self, c: Self) -> Self;
     fn sigmoid(self) -> Self;
     fn tanh(self) -> Self;
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn from_usize(n: usize) -> Self;
 }
 
 impl Real for f64 {
@@ -62,6 +75,16 @@ impl Real for f64 {
     fn tanh(self) -> f64 {
         f64::tanh(self)
     }
+    #[inline(always)]
+    fn exp(self) -> f64 {
+        f64::exp(self)
+    }
+    fn ln(self) -> f64 {
+        f64::ln(self)
+    }
+    fn from_usize(n: usize) -> f64 {
+        n as f64
+    }
 }
 
 impl Real for f32 {
@@ -80,6 +103,16 @@ impl Real for f32 {
     #[inline(always)]
     fn tanh(self) -> f32 {
         tanh_f32(self)
+    }
+    #[inline(always)]
+    fn exp(self) -> f32 {
+        exp_f32(self)
+    }
+    fn ln(self) -> f32 {
+        f32::ln(self)
+    }
+    fn from_usize(n: usize) -> f32 {
+        n as f32
     }
 }
 
