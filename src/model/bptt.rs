@@ -85,17 +85,16 @@ impl<C: Cell> ScratchLm<C> {
 
     /// The output layer for the top layer's outputs `top [N, H]` (time-major
     /// rows) and their targets `y [N]`: d2l's loss (mean cross-entropy per
-    /// token), `dY = (softmax − onehot) / N` and `dH = dY W_hqᵀ`.
-    fn output_step(&self, top: &Tensor, y: &Tensor) -> (Tensor, Tensor, Tensor) {
+    /// token) with `dY = (softmax − onehot) / N`, and `(loss, dH, dW_hq, db_q)`.
+    fn output_step(&self, top: &Tensor, y: &Tensor) -> (Tensor, Tensor, Tensor, Tensor) {
         if self.on_cpu_engine(top) {
             return super::cpu::output::step(top, &self.w_hq, &self.b_q, y);
         }
         let logp = self.b_q.addmm(top, &self.w_hq).log_softmax(-1, top.kind());
         let (y, n) = (y.view([-1, 1]), top.size()[0]);
         let loss = -logp.gather(1, &y, false).sum(top.kind()) / n as f64;
-        let dlogits = logp.exp().scatter_add(1, &y, &Tensor::full([n, 1], -1.0, (top.kind(), top.device()))) / n as f64;
-        let d_top = dlogits.mm(&self.w_hq.tr());
-        (loss, dlogits, d_top)
+        let d_y = logp.exp().scatter_add(1, &y, &Tensor::full([n, 1], -1.0, (top.kind(), top.device()))) / n as f64;
+        (loss, d_y.mm(&self.w_hq.tr()), top.tr().mm(&d_y), d_y.sum_dim_intlist(0, false, d_y.kind()))
     }
 
     /// One training step: forward with a tape, d2l's loss, hand-written backward.
@@ -125,9 +124,9 @@ impl<C: Cell> ScratchLm<C> {
                 tapes.push(tape);
             }
             let top = ups.last().expect("at least one layer");
-            let (loss, dlogits, d_top) = self.output_step(top, &targets.tr().reshape([-1]));
-            add_grad(&self.w_hq, &top.tr().mm(&dlogits));
-            add_grad(&self.b_q, &dlogits.sum_dim_intlist(0, false, dlogits.kind()));
+            let (loss, d_top, g_w, g_b) = self.output_step(top, &targets.tr().reshape([-1]));
+            add_grad(&self.w_hq, &g_w);
+            add_grad(&self.b_q, &g_b);
             // The gradient reaching layer l's output: through its mask, if any.
             let unmask = |d: Tensor, l: usize| match masks.get(l) {
                 Some(m) => d * m,
