@@ -14,11 +14,17 @@
 //! * **Gate math fused**: each step's sigmoids, tanh, products and state update
 //!   (and their backward) are one pass over a row, in registers, instead of one
 //!   libtorch kernel (with its dispatch and its pass over memory) each.
+//! * **The output layer fused** (`output.rs`): logits, softmax, loss and their
+//!   gradients in one pass per row.
+//!
+//! The built-in model's training step runs here too, through the scratch cell
+//! that computes the same function (`builtin.rs`).
 //!
 //! Precision: f64 uses the standard library's `exp` and `tanh` (the reference
 //! parity holds to 1e-10); f32 uses vectorisable Cephes-style `exp` and `tanh`
 //! (relative error a few ulp, so libtorch parity holds to 1e-5, see the tests).
-//! The weight gradients (one product over all T·B rows) stay libtorch's.
+//! The hidden and input weights' gradients (one product over all T·B rows)
+//! stay libtorch's: MKL is faster at those shapes than this kernel.
 pub mod cells;
 pub mod gemm;
 pub mod output;
