@@ -130,6 +130,19 @@ fn bench_runs_each_step_variant_and_names_them() {
     for m in ["lstm ", "lstm-builtin ", "rnn ", "rnn-builtin "] {
         assert!(table.lines().any(|l| l.starts_with(m)), "{m}: {table}");
     }
+    // The libtorch-ops scratch step and libtorch's own built-in step, beside the
+    // engine's, with the sgemm rate at the step's own products.
+    let o = grulm(
+        dir.path(),
+        &["bench", "--shape", "2,3,4,5", "--models", "scratch,scratch-ops,builtin,builtin-autograd", "--repeats", "1", "--rounds", "1"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = crate::helpers::stdout(&o);
+    assert!(table.contains("libtorch sgemm at this shape's step products (GFLOP/s): GRU "), "{table}");
+    assert!(table.contains("/sgemm"), "{table}");
+    for m in ["scratch ", "scratch-ops ", "builtin ", "builtin-autograd "] {
+        assert!(table.lines().any(|l| l.starts_with(m) && l.contains('%')), "{m}: {table}");
+    }
     let o = grulm(dir.path(), &["bench", "--shape", "2,3,4,5", "--models", "scratch,transformer"]);
     assert_fails(&o, 2, &["--models \"transformer\"", "scratch-eager", "lstm-builtin"]);
     let o = grulm(dir.path(), &["bench", "--shape", "gpus"]);
