@@ -114,7 +114,12 @@ impl<C: Cell> ScratchLm<C> {
             let mut ups: Vec<Tensor> = Vec::with_capacity(self.layers.len());
             let w_xs: Vec<Tensor> = self.layers.iter().map(Layer::w_x).collect();
             for (l, p) in self.layers.iter().enumerate() {
-                let xa = self.project(ups.last(), &ids, &w_xs[l], &p.b()).view([t, b, -1]);
+                let xa = match ups.last() {
+                    // Tokens: the rows of W_x they pick, plus b, in one pass.
+                    None if self.on_cpu_engine(&w_xs[l]) => super::cpu::embed(&w_xs[l], &p.b(), &ids),
+                    below => self.project(below, &ids, &w_xs[l], &p.b()),
+                };
+                let xa = xa.view([t, b, -1]);
                 let tape = match self.on_cpu_engine(&xa) {
                     true => self.cell.forward_tape_cpu(p, xa, &s0[l]),
                     false => self.cell.forward_tape(p, xa, &s0[l]),

@@ -5,14 +5,16 @@
 //! MKL packs B again on every call and, with two threads, forks and joins
 //! OpenMP for a product of `[32, 256] × [256, 768]` (about 100 µs). Here each
 //! thread multiplies its own rows of the batch by the shared packed B: no
-//! packing and no barrier inside the time loop.
+//! packing and no barrier inside the time loop. The packing itself is split
+//! over the team by panels ([`Packed::of`]).
 //!
 //! Packed layout: column panels of [`NR`] columns, each `[k, NR]` row-major
 //! (zero-padded past n), so the micro-kernel reads B sequentially. The
 //! micro-kernel keeps an `MR × NR` block of C in registers (MR = 6 for f32:
 //! 12 AVX2 accumulators; 3 for f64) and is plain Rust that the compiler
-//! vectorises under [`super::dispatch`]'s `avx2,fma`.
-use super::Real;
+//! vectorises under `avx2,fma` (see [`super::RowJob`]).
+use super::{Real, RowJob};
+use std::ops::Range;
 use tch::Tensor;
 
 /// Columns per packed panel.
@@ -26,45 +28,14 @@ pub struct Packed<T> {
 }
 
 impl<T: Real> Packed<T> {
-    /// A zero `[k, n]` B, to be filled with [`Packed::put`].
+    /// A zero `[k, n]` B.
     pub fn zeros(k: usize, n: usize) -> Packed<T> {
         Packed { k, n, data: vec![T::ZERO; n.div_ceil(NR) * k * NR] }
     }
 
-    /// Places a 2-D tensor (any strides, on the CPU, of kind `T`) at rows
-    /// `row0..`, columns `col0..` of B; transposed (`wᵀ`) if `transpose`.
-    pub fn put(&mut self, w: &Tensor, row0: usize, col0: usize, transpose: bool) {
-        let (size, stride) = (w.size(), w.stride());
-        let (rows, cols, rs, cs) = match transpose {
-            false => (size[0] as usize, size[1] as usize, stride[0] as usize, stride[1] as usize),
-            true => (size[1] as usize, size[0] as usize, stride[1] as usize, stride[0] as usize),
-        };
-        assert!(row0 + rows <= self.k && col0 + cols <= self.n && w.kind() == T::KIND && w.device() == tch::Device::Cpu);
-        // SAFETY: the tensor holds every element its sizes and strides address.
-        let src = unsafe { std::slice::from_raw_parts(w.data_ptr() as *const T, (rows - 1) * rs + (cols - 1) * cs + 1) };
-        let k = self.k;
-        let at = |col: usize, kk: usize| ((col / NR) * k + row0 + kk) * NR + col % NR;
-        if cs == 1 {
-            // Source rows contiguous (W as it is): row by row.
-            for kk in 0..rows {
-                for (j, v) in src[kk * rs..kk * rs + cols].iter().enumerate() {
-                    self.data[at(col0 + j, kk)] = *v;
-                }
-            }
-        } else {
-            // Source columns contiguous (Wᵀ of a row-major W): column by column,
-            // each a run of one panel lane.
-            for j in 0..cols {
-                let base = at(col0 + j, 0);
-                for kk in 0..rows {
-                    self.data[base + kk * NR] = src[kk * rs + j * cs];
-                }
-            }
-        }
-    }
-
     /// The tensors side by side (`[w_0 w_1 ...]`, each `[k, n_i]`), or, with
-    /// `transpose`, their transposes stacked (`[w_0ᵀ ; w_1ᵀ ; ...]`).
+    /// `transpose`, their transposes stacked (`[w_0ᵀ ; w_1ᵀ ; ...]`); the
+    /// threads of the team pack a range of panels each.
     pub fn of(ws: &[&Tensor], transpose: bool) -> Packed<T> {
         // Side by side: [k, Σ n_i]; transposed and stacked: [Σ n_i, k].
         let total: usize = ws.iter().map(|w| w.size()[1] as usize).sum();
@@ -74,13 +45,27 @@ impl<T: Real> Packed<T> {
             true => Packed::zeros(total, k),
         };
         let mut at = 0;
+        let mut srcs = Vec::with_capacity(ws.len());
         for w in ws {
-            match transpose {
-                false => p.put(w, 0, at, false),
-                true => p.put(w, at, 0, true),
-            }
+            srcs.push(match transpose {
+                false => Source::of(w, 0, at, false, &p),
+                true => Source::of(w, at, 0, true, &p),
+            });
             at += w.size()[1] as usize;
         }
+        let job = Fill { srcs, data: p.data.as_mut_ptr(), k: p.k, n: p.n };
+        super::par_rows(p.n.div_ceil(NR), &job);
+        p
+    }
+
+    /// `rows` rows of a row-major `[·, n]` buffer at `ptr` (row stride `ld`).
+    ///
+    /// # Safety
+    /// `ptr` addresses those rows.
+    pub unsafe fn from_rows(ptr: *const T, rows: usize, n: usize, ld: usize) -> Packed<T> {
+        let mut p = Packed::zeros(rows, n);
+        let src = Source { ptr, rows, cols: n, rs: ld, cs: 1, row0: 0, col0: 0 };
+        src.fill(p.data.as_mut_ptr(), rows, 0..n);
         p
     }
 
@@ -90,6 +75,85 @@ impl<T: Real> Packed<T> {
 
     pub fn n(&self) -> usize {
         self.n
+    }
+}
+
+/// A 2-D tensor's place in a [`Packed`] B: its memory as `rows × cols` at
+/// strides `rs`, `cs` (the transpose's, if transposed) from row `row0`, column
+/// `col0` of B.
+struct Source<T> {
+    ptr: *const T,
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+    row0: usize,
+    col0: usize,
+}
+
+impl<T: Real> Source<T> {
+    fn of(w: &Tensor, row0: usize, col0: usize, transpose: bool, b: &Packed<T>) -> Source<T> {
+        let (size, stride) = (w.size(), w.stride());
+        let (rows, cols, rs, cs) = match transpose {
+            false => (size[0] as usize, size[1] as usize, stride[0] as usize, stride[1] as usize),
+            true => (size[1] as usize, size[0] as usize, stride[1] as usize, stride[0] as usize),
+        };
+        assert!(row0 + rows <= b.k && col0 + cols <= b.n && w.kind() == T::KIND && w.device() == tch::Device::Cpu);
+        Source { ptr: w.data_ptr() as *const T, rows, cols, rs, cs, row0, col0 }
+    }
+
+    /// Copies the part of the source within B's columns `range` into `data`
+    /// (a packed B with `k` rows).
+    ///
+    /// # Safety
+    /// `data` is that B, the tensor is alive, and nobody else writes the
+    /// panels of `range` meanwhile.
+    unsafe fn fill(&self, data: *mut T, k: usize, range: Range<usize>) {
+        let (j0, j1) = (range.start.max(self.col0), range.end.min(self.col0 + self.cols));
+        if j0 >= j1 || self.rows == 0 {
+            return;
+        }
+        let at = |col: usize, kk: usize| ((col / NR) * k + self.row0 + kk) * NR + col % NR;
+        let src = |kk: usize, j: usize| *self.ptr.add(kk * self.rs + (j - self.col0) * self.cs);
+        if self.cs == 1 {
+            // Source rows contiguous (W as it is): row by row.
+            for kk in 0..self.rows {
+                for j in j0..j1 {
+                    *data.add(at(j, kk)) = src(kk, j);
+                }
+            }
+        } else {
+            // Source columns contiguous (Wᵀ of a row-major W): column by column,
+            // each a run of one panel lane.
+            for j in j0..j1 {
+                let base = data.add(at(j, 0));
+                for kk in 0..self.rows {
+                    *base.add(kk * NR) = src(kk, j);
+                }
+            }
+        }
+    }
+}
+
+/// [`Packed::of`]'s copies, a range of B's panels per thread.
+struct Fill<T> {
+    srcs: Vec<Source<T>>,
+    data: *mut T,
+    k: usize,
+    n: usize,
+}
+
+// SAFETY: the sources are read only; each thread writes its own panels.
+unsafe impl<T> Sync for Fill<T> {}
+
+impl<T: Real> RowJob for Fill<T> {
+    #[inline(always)]
+    fn run(&self, panels: Range<usize>) {
+        let cols = panels.start * NR..(panels.end * NR).min(self.n);
+        for s in &self.srcs {
+            // SAFETY: Packed::of's B, alive, and this thread's panels only.
+            unsafe { s.fill(self.data, self.k, cols.clone()) };
+        }
     }
 }
 
@@ -121,15 +185,60 @@ pub unsafe fn gemm_acc<T: Real>(m: usize, a: *const T, lda: usize, b: &Packed<T>
     }
 }
 
-/// One `MR × NR` block of C: `MR` rows of A times one panel of B, added into C
-/// (its first `cols` columns).
+/// `C += Aᵀ · B` for `m` rows of C: A's element `(i, kk)` (row kk of the
+/// stored A) at `a[kk·lda + i]`, e.g. `Hᵀ dY` over a thread's rows of H.
+///
+/// # Safety
+/// `a` must address `b.k()` rows of `m` elements at stride `lda`, `c` `m`
+/// rows of `b.n()`, and no other thread may write C's rows meanwhile.
+#[inline(always)]
+pub unsafe fn gemm_tn_acc<T: Real>(m: usize, a: *const T, lda: usize, b: &Packed<T>, c: *mut T, ldc: usize) {
+    let k = b.k;
+    for panel in 0..b.n.div_ceil(NR) {
+        let bp = b.data.as_ptr().add(panel * k * NR);
+        let cols = (b.n - panel * NR).min(NR);
+        let mut i = 0;
+        while i < m {
+            let (aa, cc) = (a.add(i), c.add(i * ldc + panel * NR));
+            let rows = (m - i).min(T::MR);
+            match rows {
+                6 => kernel_strided::<T, 6>(k, aa, 1, lda, bp, cc, ldc, cols),
+                5 => kernel_strided::<T, 5>(k, aa, 1, lda, bp, cc, ldc, cols),
+                4 => kernel_strided::<T, 4>(k, aa, 1, lda, bp, cc, ldc, cols),
+                3 => kernel_strided::<T, 3>(k, aa, 1, lda, bp, cc, ldc, cols),
+                2 => kernel_strided::<T, 2>(k, aa, 1, lda, bp, cc, ldc, cols),
+                _ => kernel_strided::<T, 1>(k, aa, 1, lda, bp, cc, ldc, cols),
+            }
+            i += rows;
+        }
+    }
+}
+
+/// One `MR × NR` block of C: `MR` rows of A (row-major at stride `lda`) times
+/// one panel of B, added into C (its first `cols` columns).
 #[inline(always)]
 unsafe fn kernel<T: Real, const MR: usize>(k: usize, a: *const T, lda: usize, b: *const T, c: *mut T, ldc: usize, cols: usize) {
+    kernel_strided::<T, MR>(k, a, lda, 1, b, c, ldc, cols)
+}
+
+/// [`kernel`] with A's element `(i, kk)` at `a[i·ars + kk·aks]`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_strided<T: Real, const MR: usize>(
+    k: usize,
+    a: *const T,
+    ars: usize,
+    aks: usize,
+    b: *const T,
+    c: *mut T,
+    ldc: usize,
+    cols: usize,
+) {
     let mut acc = [[T::ZERO; NR]; MR];
     for kk in 0..k {
         let bv: [T; NR] = std::ptr::read(b.add(kk * NR) as *const [T; NR]);
         for (i, row) in acc.iter_mut().enumerate() {
-            let av = *a.add(i * lda + kk);
+            let av = *a.add(i * ars + kk * aks);
             for j in 0..NR {
                 row[j] = av.fma(bv[j], row[j]);
             }

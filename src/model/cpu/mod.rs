@@ -16,6 +16,8 @@
 //!   libtorch kernel (with its dispatch and its pass over memory) each.
 //! * **The output layer fused** (`output.rs`): logits, softmax, loss and their
 //!   gradients in one pass per row.
+//! * **Token inputs picked** ([`embed`]): a first layer's `X W_x + b` is the
+//!   rows of `W_x` its tokens pick plus `b`, written once by the team.
 //!
 //! The built-in model's training step runs here too, through the scratch cell
 //! that computes the same function (`builtin.rs`).
@@ -35,6 +37,57 @@ use tch::{Device, Kind, Tensor};
 /// Whether the engine can run a tape over `t`: a CPU tensor of f32 or f64.
 pub fn supports(t: &Tensor) -> bool {
     t.device() == Device::Cpu && matches!(t.kind(), Kind::Float | Kind::Double)
+}
+
+/// A first layer's input projection for token ids `[N]` (Int64, each a row of
+/// `w [V, G·H]`): `X W_x + b = W_x[id] + b`, `[N, G·H]`, each thread writing its
+/// rows in one pass (libtorch's `embedding` then `+ b` is two passes and a
+/// temporary, and its add runs on one thread at this size).
+pub fn embed(w: &Tensor, b: &Tensor, ids: &Tensor) -> Tensor {
+    match w.kind() {
+        Kind::Float => embed_as::<f32>(w, b, ids),
+        _ => embed_as::<f64>(w, b, ids),
+    }
+}
+
+fn embed_as<T: Real>(w: &Tensor, b: &Tensor, ids: &Tensor) -> Tensor {
+    let (w, ids) = (w.contiguous(), ids.contiguous());
+    let (v, width, n) = (w.size()[0], w.size()[1] as usize, ids.numel());
+    assert!(
+        ids.kind() == Kind::Int64 && (n == 0 || (ids.min().int64_value(&[]) >= 0 && ids.max().int64_value(&[]) < v)),
+        "token ids index W_x's rows"
+    );
+    let out = Tensor::empty([n as i64, width as i64], (w.kind(), w.device()));
+    let job = Embed {
+        // SAFETY: contiguous tensors of these kinds and sizes, alive for the job.
+        ids: unsafe { std::slice::from_raw_parts(ids.data_ptr() as *const i64, n) },
+        w: View::<T>::of(&w),
+        b: cells::values(b),
+        out: View::of(&out),
+    };
+    par_rows(n, &job);
+    out
+}
+
+struct Embed<'a, T> {
+    ids: &'a [i64],
+    w: View<T>,
+    b: Vec<T>,
+    out: View<T>,
+}
+
+impl<T: Real> RowJob for Embed<'_, T> {
+    #[inline(always)]
+    fn run(&self, rows: std::ops::Range<usize>) {
+        let width = self.b.len();
+        for r in rows {
+            // SAFETY: ids are rows of w (checked); r is this thread's row of out.
+            let (src, dst) = unsafe { (&self.w.seg(0, self.ids[r] as usize, 0, width)[..], self.out.seg(0, r, 0, width)) };
+            for ((d, x), b) in dst.iter_mut().zip(src).zip(&self.b) {
+                *d = *x + *b;
+            }
+        }
+    }
 }
 
 /// The element types the engine computes in (f32, f64).

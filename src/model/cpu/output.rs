@@ -10,10 +10,11 @@
 //!
 //! libtorch does this in about a dozen calls (the products with a width of V
 //! run far below MKL's rate); here each thread takes its rows through both
-//! products, the softmax and its share of `dW_hq` and `db_q` in one pass.
+//! products and the softmax, and computes its share of `dW_hq` (a product
+//! over its rows, [`gemm_tn_acc`]) and `db_q`, in one parallel region.
 //! The threads' shares are added in the order of their rows, so the sums do
 //! not depend on which thread finishes first.
-use super::gemm::{gemm_acc, Packed};
+use super::gemm::{gemm_acc, gemm_tn_acc, Packed};
 use super::{par_rows, Real, RowJob, View};
 use std::sync::Mutex;
 use tch::{Kind, Tensor};
@@ -33,7 +34,7 @@ fn step_as<T: Real>(top: &Tensor, w_hq: &Tensor, b_q: &Tensor, y: &Tensor) -> (T
     let (n, h, v) = (top.size()[0] as usize, top.size()[1] as usize, w_hq.size()[1] as usize);
     let opts = (top.kind(), top.device());
     let (d_y, d_top, losses) =
-        (Tensor::empty([n as i64, v as i64], opts), Tensor::zeros([n as i64, h as i64], opts), Tensor::empty([n as i64, 1], opts));
+        (Tensor::empty([n as i64, v as i64], opts), Tensor::empty([n as i64, h as i64], opts), Tensor::empty([n as i64, 1], opts));
     let (wq, wq_t) = (Packed::<T>::of(&[w_hq], false), Packed::<T>::of(&[w_hq], true));
     let b_q: Vec<T> = super::cells::values(b_q);
     let job = Output {
@@ -51,18 +52,18 @@ fn step_as<T: Real>(top: &Tensor, w_hq: &Tensor, b_q: &Tensor, y: &Tensor) -> (T
         shares: Mutex::new(vec![]),
     };
     par_rows(n, &job);
-    // [dW_hqᵀ | db_q] per thread, [V, H + 1], added in the order of the rows.
+    // [dW_hq ; db_q] per thread, [H + 1, V], added in the order of the rows.
     let mut shares = job.shares.into_inner().expect("no thread panicked");
     shares.sort_by_key(|s| s.0);
-    let sum = Tensor::zeros([v as i64, h as i64 + 1], opts);
-    // SAFETY: a fresh contiguous [V, H + 1] tensor of kind T.
-    let acc = unsafe { std::slice::from_raw_parts_mut(sum.data_ptr() as *mut T, v * (h + 1)) };
+    let sum = Tensor::zeros([h as i64 + 1, v as i64], opts);
+    // SAFETY: a fresh contiguous [H + 1, V] tensor of kind T.
+    let acc = unsafe { std::slice::from_raw_parts_mut(sum.data_ptr() as *mut T, (h + 1) * v) };
     for (_, share) in &shares {
         for (a, b) in acc.iter_mut().zip(share) {
             *a = *a + *b;
         }
     }
-    let (g_w, g_b) = (sum.narrow(1, 0, h as i64).tr().contiguous(), sum.select(1, h as i64));
+    let (g_w, g_b) = (sum.narrow(0, 0, h as i64), sum.select(0, h as i64));
     (losses.sum(top.kind()) / n as f64, d_top, g_w, g_b)
 }
 
@@ -78,7 +79,7 @@ struct Output<'a, T> {
     d_y: View<T>,
     d_top: View<T>,
     losses: View<T>,
-    /// Each thread's first row and its `[dW_hqᵀ | db_q]` share, `[V, H + 1]`.
+    /// Each thread's first row and its `[dW_hq ; db_q]` share, `[H + 1, V]`.
     shares: Mutex<Vec<(usize, Vec<T>)>>,
 }
 
@@ -97,8 +98,9 @@ impl<T: Real> RowJob for Output<'_, T> {
                 d_y.seg(0, r, 0, v).copy_from_slice(b_q);
             }
             gemm_acc(m, top.row(0, r0), h, wq, d_y.row(0, r0), v); // Y = H W_hq + b_q
-            let mut share = vec![T::ZERO; v * (h + 1)];
-            for r in rows {
+            let mut share = vec![T::ZERO; (h + 1) * v];
+            let (dw, db) = share.split_at_mut(h * v);
+            for r in rows.clone() {
                 let row = d_y.seg(0, r, 0, v);
                 let max = row.iter().fold(row[0], |a, &x| if x > a { x } else { a });
                 let target = *y.add(r) as usize;
@@ -115,15 +117,15 @@ impl<T: Real> RowJob for Output<'_, T> {
                     *x = *x * scale;
                 }
                 row[target] = row[target] - inv_n;
-                // dW_hqᵀ += dY[r]ᵀ H[r] (one row of H per class), db_q += dY[r].
-                let hr = &top.seg(0, r, 0, h)[..];
-                for (c, &g) in row.iter().enumerate() {
-                    let acc = &mut share[c * (h + 1)..(c + 1) * (h + 1)];
-                    for (a, &x) in acc[..h].iter_mut().zip(hr) {
-                        *a = g.fma(x, *a);
-                    }
-                    acc[h] = acc[h] + g;
+                for (a, &g) in db.iter_mut().zip(row.iter()) {
+                    *a = *a + g; // db_q += dY[r]
                 }
+            }
+            // dW_hq += H[rows]ᵀ dY[rows]: a product over this thread's rows.
+            let d_y_rows = Packed::from_rows(d_y.row(0, r0), m, v, v);
+            gemm_tn_acc(h, top.row(0, r0), h, &d_y_rows, dw.as_mut_ptr(), v);
+            for r in rows {
+                d_top.seg(0, r, 0, h).fill(T::ZERO);
             }
             self.shares.lock().expect("no thread panicked").push((r0, share));
             gemm_acc(m, d_y.row(0, r0), v, wq_t, d_top.row(0, r0), h); // dH = dY W_hqᵀ
