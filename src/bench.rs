@@ -153,6 +153,7 @@ fn step_products(b: i64, t: i64, h: i64, v: i64, gates: i64) -> [(i64, i64, i64,
 /// What a plain libtorch sgemm reaches at exactly the step's own products
 /// ([`step_products`]): their FLOPs over the sum of their times, each product
 /// timed alone (into a preallocated output, median of 7 runs of at least 2 ms).
+/// The bench measures it once per round, after that round's grulm models.
 fn sgemm_at_step_gflops(dev: Device, (b, t, h, v): (i64, i64, i64, i64), gates: i64) -> Result<f64> {
     let (mut flops, mut seconds) = (0.0, 0.0);
     for (count, m, k, n) in step_products(b, t, h, v, gates) {
@@ -453,13 +454,26 @@ pub fn run(a: BenchArgs) -> Result<()> {
     };
     let mut results = vec![];
     let mut python = vec![];
+    // The cells (by gate count) benchmarked, for the sgemm line.
+    let mut gate_counts: Vec<i64> = a.models.iter().map(|m| gates_of(m)).collect();
+    gate_counts.sort();
+    gate_counts.dedup();
+    // Per shape, libtorch's sgemm at the step's products per gate count: the
+    // median over rounds, each measured right after that round's grulm models
+    // (like Python's side, so a fast or slow spell of the machine hits both).
+    let mut sgemms: Vec<Vec<(i64, f64)>> = vec![];
     for &shape in &shapes {
         // The Python reference has the chapter's two models; each runs once per round.
         let mut py_models: Vec<&str> = a.models.iter().filter_map(|m| python_model(m)).collect();
         py_models.dedup();
         let (mut ours, mut theirs): (Vec<Vec<BenchResult>>, Vec<Vec<BenchResult>>) = (vec![], vec![]);
+        let mut sgemm_rounds: Vec<Vec<f64>> = vec![];
         for _ in 0..a.rounds {
             ours.push(a.models.iter().map(|m| bench_one(m, shape, a.repeats, a.warmup, dev)).collect::<Result<_>>()?);
+            if !a.json {
+                let (b, t, h, v, _) = shape;
+                sgemm_rounds.push(gate_counts.iter().map(|&g| sgemm_at_step_gflops(dev, (b, t, h, v), g)).collect::<Result<_>>()?);
+            }
             if let (Some(py), false) = (&a.compare_python, py_models.is_empty()) {
                 theirs.push(run_python(py, &a, shape, &py_models, threads)?);
             }
@@ -469,6 +483,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             emit(&r)?;
             results.push(r);
         }
+        sgemms.push(
+            gate_counts.iter().enumerate().map(|(i, &g)| (g, median(&sgemm_rounds.iter().map(|r| r[i]).collect::<Vec<_>>()))).collect(),
+        );
         for m in &py_models {
             let rounds: Vec<BenchResult> = theirs.iter().filter_map(|round| round.iter().find(|r| r.model == *m).cloned()).collect();
             if !rounds.is_empty() {
@@ -492,14 +509,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.warmup
     );
     println!("FP32 GEMM (2048x2048 matmul) reaches {gemm:.1} GFLOP/s here");
-    for &(b, t, h, v, steps) in &shapes {
+    for (&(b, t, h, v, steps), sgemm) in shapes.iter().zip(&sgemms) {
         println!("\nshape B={b} T={t} H={h} V={v}, {steps} steps per repeat");
-        // sgemm at this shape's step products, per cell (gates) benchmarked.
-        let mut gate_counts: Vec<i64> = a.models.iter().map(|m| gates_of(m)).collect();
-        gate_counts.sort();
-        gate_counts.dedup();
-        let sgemm: Vec<(i64, f64)> =
-            gate_counts.iter().map(|&g| Ok((g, sgemm_at_step_gflops(dev, (b, t, h, v), g)?))).collect::<Result<_>>()?;
         let cell_name = |g: i64| match g {
             1 => "RNN",
             4 => "LSTM",
