@@ -57,6 +57,7 @@ fn embed_as<T: Real>(w: &Tensor, b: &Tensor, ids: &Tensor) -> Tensor {
         ids.kind() == Kind::Int64 && (n == 0 || (ids.min().int64_value(&[]) >= 0 && ids.max().int64_value(&[]) < v)),
         "token ids index W_x's rows"
     );
+    assert_eq!(b.numel(), width, "one bias per column of W_x");
     let out = Tensor::empty([n as i64, width as i64], (w.kind(), w.device()));
     let job = Embed {
         // SAFETY: contiguous tensors of these kinds and sizes, alive for the job.
