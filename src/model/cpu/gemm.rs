@@ -164,25 +164,7 @@ impl<T: Real> RowJob for Fill<T> {
 /// no other thread may write C's rows meanwhile.
 #[inline(always)]
 pub unsafe fn gemm_acc<T: Real>(m: usize, a: *const T, lda: usize, b: &Packed<T>, c: *mut T, ldc: usize) {
-    let k = b.k;
-    for panel in 0..b.n.div_ceil(NR) {
-        let bp = b.data.as_ptr().add(panel * k * NR);
-        let cols = (b.n - panel * NR).min(NR);
-        let mut i = 0;
-        while i < m {
-            let (aa, cc) = (a.add(i * lda), c.add(i * ldc + panel * NR));
-            let rows = (m - i).min(T::MR);
-            match rows {
-                6 => kernel::<T, 6>(k, aa, lda, bp, cc, ldc, cols),
-                5 => kernel::<T, 5>(k, aa, lda, bp, cc, ldc, cols),
-                4 => kernel::<T, 4>(k, aa, lda, bp, cc, ldc, cols),
-                3 => kernel::<T, 3>(k, aa, lda, bp, cc, ldc, cols),
-                2 => kernel::<T, 2>(k, aa, lda, bp, cc, ldc, cols),
-                _ => kernel::<T, 1>(k, aa, lda, bp, cc, ldc, cols),
-            }
-            i += rows;
-        }
-    }
+    gemm_strided(m, a, lda, 1, b, c, ldc)
 }
 
 /// `C += Aᵀ · B` for `m` rows of C: A's element `(i, kk)` (row kk of the
@@ -193,47 +175,40 @@ pub unsafe fn gemm_acc<T: Real>(m: usize, a: *const T, lda: usize, b: &Packed<T>
 /// rows of `b.n()`, and no other thread may write C's rows meanwhile.
 #[inline(always)]
 pub unsafe fn gemm_tn_acc<T: Real>(m: usize, a: *const T, lda: usize, b: &Packed<T>, c: *mut T, ldc: usize) {
+    gemm_strided(m, a, 1, lda, b, c, ldc)
+}
+
+/// `C += A · B` with A's element `(i, kk)` at `a[i·ars + kk·aks]`: per panel
+/// of B, every block of `MR` rows.
+#[inline(always)]
+unsafe fn gemm_strided<T: Real>(m: usize, a: *const T, ars: usize, aks: usize, b: &Packed<T>, c: *mut T, ldc: usize) {
     let k = b.k;
     for panel in 0..b.n.div_ceil(NR) {
         let bp = b.data.as_ptr().add(panel * k * NR);
         let cols = (b.n - panel * NR).min(NR);
         let mut i = 0;
         while i < m {
-            let (aa, cc) = (a.add(i), c.add(i * ldc + panel * NR));
+            let (aa, cc) = (a.add(i * ars), c.add(i * ldc + panel * NR));
             let rows = (m - i).min(T::MR);
             match rows {
-                6 => kernel_strided::<T, 6>(k, aa, 1, lda, bp, cc, ldc, cols),
-                5 => kernel_strided::<T, 5>(k, aa, 1, lda, bp, cc, ldc, cols),
-                4 => kernel_strided::<T, 4>(k, aa, 1, lda, bp, cc, ldc, cols),
-                3 => kernel_strided::<T, 3>(k, aa, 1, lda, bp, cc, ldc, cols),
-                2 => kernel_strided::<T, 2>(k, aa, 1, lda, bp, cc, ldc, cols),
-                _ => kernel_strided::<T, 1>(k, aa, 1, lda, bp, cc, ldc, cols),
+                6 => kernel::<T, 6>(k, aa, ars, aks, bp, cc, ldc, cols),
+                5 => kernel::<T, 5>(k, aa, ars, aks, bp, cc, ldc, cols),
+                4 => kernel::<T, 4>(k, aa, ars, aks, bp, cc, ldc, cols),
+                3 => kernel::<T, 3>(k, aa, ars, aks, bp, cc, ldc, cols),
+                2 => kernel::<T, 2>(k, aa, ars, aks, bp, cc, ldc, cols),
+                _ => kernel::<T, 1>(k, aa, ars, aks, bp, cc, ldc, cols),
             }
             i += rows;
         }
     }
 }
 
-/// One `MR × NR` block of C: `MR` rows of A (row-major at stride `lda`) times
-/// one panel of B, added into C (its first `cols` columns).
-#[inline(always)]
-unsafe fn kernel<T: Real, const MR: usize>(k: usize, a: *const T, lda: usize, b: *const T, c: *mut T, ldc: usize, cols: usize) {
-    kernel_strided::<T, MR>(k, a, lda, 1, b, c, ldc, cols)
-}
-
-/// [`kernel`] with A's element `(i, kk)` at `a[i·ars + kk·aks]`.
+/// One `MR × NR` block of C: `MR` rows of A (element `(i, kk)` at
+/// `a[i·ars + kk·aks]`) times one panel of B, added into C (its first `cols`
+/// columns).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel_strided<T: Real, const MR: usize>(
-    k: usize,
-    a: *const T,
-    ars: usize,
-    aks: usize,
-    b: *const T,
-    c: *mut T,
-    ldc: usize,
-    cols: usize,
-) {
+unsafe fn kernel<T: Real, const MR: usize>(k: usize, a: *const T, ars: usize, aks: usize, b: *const T, c: *mut T, ldc: usize, cols: usize) {
     let mut acc = [[T::ZERO; NR]; MR];
     for kk in 0..k {
         let bv: [T; NR] = std::ptr::read(b.add(kk * NR) as *const [T; NR]);
