@@ -98,9 +98,9 @@ pub struct SampleArgs {
     /// Run directory of a trained model.
     #[arg(long)]
     pub run: PathBuf,
-    /// Which weights: best (the lowest validation perplexity, where the run validates) or last [default: best].
-    #[arg(long, value_enum, default_value = "best")]
-    pub checkpoint: CheckpointArg,
+    /// Which weights: best (the lowest validation perplexity; the run must validate) or last [default: best where the run has it, else last].
+    #[arg(long, value_enum)]
+    pub checkpoint: Option<CheckpointArg>,
     /// Text to start from [default: the run's first sample.prefixes].
     #[arg(long, conflicts_with_all = ["prefix_file", "interactive"])]
     pub prefix: Option<String>,
@@ -143,9 +143,9 @@ pub struct EvalArgs {
     /// Run directory of a trained model.
     #[arg(long)]
     pub run: PathBuf,
-    /// Which weights: best (the lowest validation perplexity, where the run validates) or last [default: best].
-    #[arg(long, value_enum, default_value = "best")]
-    pub checkpoint: CheckpointArg,
+    /// Which weights: best (the lowest validation perplexity; the run must validate) or last [default: best where the run has it, else last].
+    #[arg(long, value_enum)]
+    pub checkpoint: Option<CheckpointArg>,
     /// `timemachine` or a path to a text [default: the run's data.corpus]. The whole text is read.
     #[arg(long, conflicts_with = "split")]
     pub corpus: Option<String>,
@@ -179,9 +179,9 @@ pub struct GatesArgs {
     /// Draw at most this many units when --units is not given.
     #[arg(long, default_value_t = 32)]
     pub max_units: usize,
-    /// Which weights: best (where the run validates) or last [default: best].
-    #[arg(long, value_enum, default_value = "best")]
-    pub checkpoint: CheckpointArg,
+    /// Which weights: best (the run must validate) or last [default: best where the run has it, else last].
+    #[arg(long, value_enum)]
+    pub checkpoint: Option<CheckpointArg>,
 }
 
 #[derive(Args, Debug)]
@@ -264,11 +264,12 @@ pub enum CheckpointArg {
     Last,
 }
 
-impl From<CheckpointArg> for run::Weights {
-    fn from(c: CheckpointArg) -> run::Weights {
+impl From<Option<CheckpointArg>> for run::Weights {
+    fn from(c: Option<CheckpointArg>) -> run::Weights {
         match c {
-            CheckpointArg::Best => run::Weights::Best,
-            CheckpointArg::Last => run::Weights::Last,
+            Some(CheckpointArg::Best) => run::Weights::Best,
+            Some(CheckpointArg::Last) => run::Weights::Last,
+            None => run::Weights::BestElseLast,
         }
     }
 }
@@ -317,9 +318,9 @@ pub struct ExportArgs {
     /// Output file [default: RUN/pytorch.safetensors].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Which weights: best (the lowest validation perplexity, where the run validates) or last [default: best].
-    #[arg(long, value_enum, default_value = "best")]
-    pub checkpoint: CheckpointArg,
+    /// Which weights: best (the lowest validation perplexity; the run must validate) or last [default: best where the run has it, else last].
+    #[arg(long, value_enum)]
+    pub checkpoint: Option<CheckpointArg>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -431,6 +432,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     if a.dry_run {
         return dry_run(&cfg, dev);
     }
+    crate::test_pause::check()?;
     // Ctrl-C or SIGTERM: stop after the current minibatch with a checkpoint.
     crate::interrupt::install();
     let console = Console::new(cfg.train.epochs, 0, a.quiet);
@@ -503,12 +505,14 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     }
     let dev = device::resolve(&a.device)?;
     let run_dir = RunDir::new(&a.run);
-    let (cfg, vocab, mut model) = run_dir.load_model(dev, a.checkpoint.into())?;
+    let run::Trained { cfg, vocab, mut model, weights } = run_dir.load_model(dev, a.checkpoint.into())?;
     let decode = decode_for(&a, &cfg);
+    decode.check(vocab.len())?;
     let len = a.len.unwrap_or(cfg.sample.len);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if a.interactive {
+        weights.say_fallback();
         // A prefix per line; a mistake in one line is said on stderr and the next is read.
         for line in std::io::stdin().lines() {
             let line = line.context("reading stdin")?;
@@ -531,6 +535,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
         (None, None) => cfg.sample.prefixes[0].clone(),
     };
     let ids = sample::encode_prefix(&vocab, &prefix)?;
+    weights.say_fallback();
     write_samples(model.as_mut(), &vocab, &prefix, &ids, len, &a, decode, dev, &mut out)
 }
 
@@ -670,7 +675,7 @@ fn gates_cmd(a: GatesArgs) -> Result<()> {
 fn eval_cmd(a: EvalArgs) -> Result<()> {
     let dev = device::resolve(&a.device)?;
     let run_dir = RunDir::new(&a.run);
-    let (cfg, vocab, mut model) = run_dir.load_model(dev, a.checkpoint.into())?;
+    let run::Trained { cfg, vocab, mut model, weights } = run_dir.load_model(dev, a.checkpoint.into())?;
     let name = a.corpus.clone().unwrap_or_else(|| cfg.data.corpus.clone());
     let path = data::resolve_corpus(&name)?;
     let split = a.split.unwrap_or(Split::All);
@@ -702,6 +707,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
             }
         }
     };
+    weights.say_fallback();
     let ppl = train::perplexity(model.as_mut(), &ids, cfg.data.batch_size, cfg.data.num_steps, dev)
         .with_context(|| format!("corpus {}", path.display()))?;
     let split_name = format!("{split:?}").to_lowercase();
@@ -733,7 +739,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
 fn export_cmd(a: ExportArgs) -> Result<()> {
     let ExportFormat::Pytorch = a.format;
     let run_dir = RunDir::new(&a.run);
-    let (cfg, _vocab, model) = run_dir.load_model(tch::Device::Cpu, a.checkpoint.into())?;
+    let run::Trained { cfg, model, weights, .. } = run_dir.load_model(tch::Device::Cpu, a.checkpoint.into())?;
     let tensors = match cfg.model.kind {
         ModelKind::Builtin => model.named_parameters(),
         ModelKind::Scratch => {
@@ -753,6 +759,7 @@ fn export_cmd(a: ExportArgs) -> Result<()> {
             scratch_to_pytorch(&params, cfg.model.cell, cfg.model.num_layers, BiasHh::Zero)?
         }
     };
+    weights.say_fallback();
     let out = a.out.unwrap_or_else(|| run_dir.file("pytorch.safetensors"));
     let meta = std::collections::HashMap::from([("grulm.model".to_string(), model.describe())]);
     crate::checkpoint::save(&out, &tensors, &meta).with_context(|| format!("writing {}", out.display()))?;

@@ -276,7 +276,9 @@ pub fn draw(r: &Request) -> Result<String> {
     if let Some(u) = r.units.and_then(|u| u.iter().find(|&&u| u >= h)) {
         return Err(usage!("--units {u}: the model has {h} hidden units, numbered 0 to {}", h - 1));
     }
-    let weights = run_dir.weights_file(r.weights);
+    let chosen = run_dir.weights_file(r.weights)?;
+    chosen.say_fallback();
+    let weights = chosen.path;
     let file = checkpoint::load(&weights)?;
     let tokens = tch::Tensor::from_slice(&vocab.encode(&chars)).view([1, -1]);
     let values = crate::model::top_layer_gates(&cfg.model, &file.tensors, vocab.len() as i64, &tokens)

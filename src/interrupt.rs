@@ -4,12 +4,15 @@
 //! exits at once: every file grulm writes is replaced atomically, so an exit at
 //! any moment leaves the last checkpoint whole (a stray temporary file is
 //! removed by the next `--resume`).
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 /// The first signal received (0: none).
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Signals received so far (for [`crate::test_pause`]).
+static RECEIVED: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn on_signal(sig: libc::c_int) {
+    RECEIVED.fetch_add(1, Ordering::SeqCst);
     if let Err(first) = SIGNAL.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst) {
         // The second: only async-signal-safe calls here (write, _exit). The exit
         // code is the first signal's, which asked for the stop.
@@ -42,6 +45,11 @@ pub fn requested() -> Option<i32> {
         0 => None,
         s => Some(s),
     }
+}
+
+/// How many SIGINTs and SIGTERMs this process has received.
+pub fn received() -> usize {
+    RECEIVED.load(Ordering::SeqCst)
 }
 
 /// Training stopped on a signal, after writing its checkpoint. Its exit code

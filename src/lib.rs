@@ -22,4 +22,5 @@ pub mod sample;
 pub mod step;
 pub mod sweep;
 pub mod tensorboard;
+pub mod test_pause;
 pub mod train;

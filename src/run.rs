@@ -55,13 +55,15 @@ pub struct Partial {
     pub state: Option<Vec<tch::Tensor>>,
 }
 
-/// Which weights of a run `sample`, `eval` and `export` use.
+/// Which weights of a run `sample`, `eval`, `export` and `gates` use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Weights {
-    /// `best.safetensors` where the run has one (it validates), else the last.
+    /// `best.safetensors`, asked for: a run without one is an error saying why.
     Best,
     /// `model.safetensors`: the weights at the run's last epoch.
     Last,
+    /// The default: the best where the run has them, else the last, said on stderr.
+    BestElseLast,
 }
 
 /// The best validation so far: its epoch and perplexity.
@@ -366,35 +368,91 @@ impl RunDir {
         Ok((epoch, elapsed, partial))
     }
 
-    /// The file holding the run's `weights`: `best.safetensors` (where it exists)
-    /// or `model.safetensors`. A run stopped before its first model file (a full
+    /// The file holding the run's `weights`: `best.safetensors` or
+    /// `model.safetensors`. A run stopped before its first model file (a full
     /// disk, say) may still have a good checkpoint, written first: its parameters
     /// are the model's, and that is said on stderr.
-    pub fn weights_file(&self, weights: Weights) -> PathBuf {
-        let p = match weights {
-            Weights::Best if self.file(BEST).exists() => self.file(BEST),
-            _ => self.file(MODEL),
+    pub fn weights_file(&self, weights: Weights) -> Result<WeightsFile> {
+        let best = self.file(BEST);
+        let (p, fallback) = match weights {
+            Weights::Best | Weights::BestElseLast if best.exists() => (best, None),
+            Weights::Best => {
+                return Err(usage!(
+                    "--checkpoint best: run {} has no best checkpoint ({BEST}): {}; use --checkpoint last for its last weights",
+                    self.path.display(),
+                    self.why_no_best()
+                ))
+            }
+            Weights::BestElseLast => {
+                let note =
+                    format!("run {} has no best checkpoint: {}; using its last weights ({MODEL})", self.path.display(), self.why_no_best());
+                (self.file(MODEL), Some(note))
+            }
+            Weights::Last => (self.file(MODEL), None),
         };
         if !p.exists() && self.file(CHECKPOINT).exists() {
             eprintln!("grulm: {} is missing; using the weights in {}", p.display(), CHECKPOINT);
-            return self.file(CHECKPOINT);
+            return Ok(WeightsFile { path: self.file(CHECKPOINT), fallback });
         }
-        p
+        Ok(WeightsFile { path: p, fallback })
     }
 
-    /// A trained model for `sample` and `eval`: config, vocabulary and weights
-    /// (the last epoch's, or the best validation's).
-    pub fn load_model(&self, device: Device, weights: Weights) -> Result<(Config, Vocab, Box<dyn RecurrentLm>)> {
+    /// Why the run has no `best.safetensors`, from its config and metrics.
+    fn why_no_best(&self) -> String {
+        let Ok(cfg) = self.load_config() else { return format!("{BEST} is missing") };
+        if cfg.data.val_fraction == 0.0 {
+            return "it has no validation split (data.val_fraction = 0)".into();
+        }
+        let history = self.load_metrics().unwrap_or_default();
+        if history.iter().all(|m| m.val_ppl.is_none()) {
+            return format!(
+                "it has not validated yet ({} epoch(s) done, train.val_every = {})",
+                history.last().map_or(0, |m| m.epoch),
+                cfg.train.val_every
+            );
+        }
+        format!("{BEST} is missing")
+    }
+
+    /// A trained model for `sample`, `eval` and `export`: config, vocabulary and
+    /// weights (the last epoch's, or the best validation's).
+    pub fn load_model(&self, device: Device, weights: Weights) -> Result<Trained> {
         let cfg = self.load_config()?;
         let vocab = self.load_vocab().map_err(|e| usage!("{e:#}"))?;
         let model = cfg.model.init(vocab.len() as i64, device, Kind::Float);
-        let p = self.weights_file(weights);
-        let file = checkpoint::load(&p)?;
+        let weights = self.weights_file(weights)?;
+        let file = checkpoint::load(&weights.path)?;
         // The vocabulary sets V in the shapes: name it, after the tensor that disagrees.
-        checkpoint::assign(&model.named_parameters(), &file.tensors, &p.display().to_string())
+        checkpoint::assign(&model.named_parameters(), &file.tensors, &weights.path.display().to_string())
             .map_err(|e| anyhow::anyhow!("{e:#}; {} has {} tokens", self.file(VOCAB).display(), vocab.len()))?;
-        Ok((cfg, vocab, model))
+        Ok(Trained { cfg, vocab, model, weights })
     }
+}
+
+/// Which file a run's weights come from ([`RunDir::weights_file`]).
+pub struct WeightsFile {
+    pub path: PathBuf,
+    /// Where the default found no best weights and took the last: the line that
+    /// says so, for stderr once the command has checked its input (so that a
+    /// mistake is still one line).
+    pub fallback: Option<String>,
+}
+
+impl WeightsFile {
+    /// Says the fallback, if any, on stderr.
+    pub fn say_fallback(&self) {
+        if let Some(note) = &self.fallback {
+            eprintln!("grulm: {note}");
+        }
+    }
+}
+
+/// A run's model, loaded ([`RunDir::load_model`]).
+pub struct Trained {
+    pub cfg: Config,
+    pub vocab: Vocab,
+    pub model: Box<dyn RecurrentLm>,
+    pub weights: WeightsFile,
 }
 
 /// A held [`RunDir::lock`]; dropping it (or the process ending) releases it.

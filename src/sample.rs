@@ -28,6 +28,26 @@ impl Decode {
             (t, k, p) => Decode::Sample { temperature: t.unwrap_or(1.0), top_k: k, top_p: p, seed },
         }
     }
+
+    /// Its settings against a vocabulary of `v` tokens.
+    pub fn check(&self, v: usize) -> Result<()> {
+        if let Decode::Sample { temperature, top_k, top_p, .. } = *self {
+            if temperature.is_nan() || temperature <= 0.0 {
+                return Err(usage!("temperature {temperature}: expected a number > 0"));
+            }
+            if let Some(k) = top_k {
+                if k == 0 || k > v {
+                    return Err(usage!("top-k {k}: expected 1 to {v} (the vocabulary size)"));
+                }
+            }
+            if let Some(p) = top_p {
+                if !(p > 0.0 && p <= 1.0) {
+                    return Err(usage!("top-p {p}: expected a number in (0, 1]"));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Characters read back from the device at a time.
@@ -62,21 +82,8 @@ pub fn generate(
     sink: &mut dyn FnMut(&[i64], usize) -> Result<bool>,
 ) -> Result<()> {
     let result = tch::no_grad(|| -> Result<()> {
-        if let Decode::Sample { temperature, top_k, top_p, seed } = decode {
-            if temperature.is_nan() || temperature <= 0.0 {
-                return Err(usage!("temperature {temperature}: expected a number > 0"));
-            }
-            let v = model.vocab_size() as usize;
-            if let Some(k) = top_k {
-                if k == 0 || k > v {
-                    return Err(usage!("top-k {k}: expected 1 to {v} (the vocabulary size)"));
-                }
-            }
-            if let Some(p) = top_p {
-                if !(p > 0.0 && p <= 1.0) {
-                    return Err(usage!("top-p {p}: expected a number in (0, 1]"));
-                }
-            }
+        decode.check(model.vocab_size() as usize)?;
+        if let Decode::Sample { seed, .. } = decode {
             tch::manual_seed(seed as i64);
         }
         if len == 0 {

@@ -24,6 +24,7 @@ use crate::run::{BestVal, EpochMetrics, Partial, RunDir};
 use crate::sample::{self, Decode};
 use crate::step::Stepper;
 use crate::tensorboard::{self, EventWriter};
+use crate::test_pause::StepPause;
 use crate::{plot, usage};
 use anyhow::{bail, Context, Result};
 use std::time::Instant;
@@ -70,6 +71,8 @@ pub struct EpochPlan {
     /// depend on nothing else and a resumed run draws what the uninterrupted one
     /// drew.
     pub mask_seed: Option<(u64, usize)>,
+    /// A test's pause after one of the epoch's minibatches ([`StepPause`]).
+    pub pause: Option<StepPause>,
 }
 
 /// The generator seed of training step `step` of epoch `epoch` (SplitMix64's
@@ -113,6 +116,9 @@ pub fn train_epoch(
         )??;
         losses.push(out.loss);
         norms.push(out.norm);
+        if let Some(p) = plan.pause.as_ref().filter(|p| p.minibatch == k + 1) {
+            p.wait();
+        }
         if interrupt::requested().is_some() {
             done = k + 1;
             break;
@@ -213,7 +219,9 @@ fn init_source(src: &RunDir, cfg: &Config, corpus: &mut Corpus) -> Result<std::p
             missing.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(" ")
         )
     })?;
-    Ok(src.weights_file(crate::run::Weights::Best))
+    let weights = src.weights_file(crate::run::Weights::BestElseLast)?;
+    weights.say_fallback();
+    Ok(weights.path)
 }
 
 /// The error that ends a run stopped by a signal, once its checkpoint is written.
@@ -355,6 +363,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
             theta: cfg.train.grad_clip,
             from,
             mask_seed: (cfg.model.dropout > 0.0).then_some((cfg.train.seed, epoch)),
+            pause: StepPause::in_epoch(&run.path, number),
         };
         let out =
             train_epoch(model.as_ref(), &mut opt, &mut stepper, &train_data, &starts, &plan).with_context(|| format!("epoch {number}"))?;

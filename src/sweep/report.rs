@@ -80,7 +80,7 @@ pub fn report(dir: &Path, csv: bool) -> Result<String> {
         let run = RunDir::new(dir.join(&p.dir));
         let Ok(history) = run.load_metrics() else { continue };
         let Some(last) = history.last().cloned() else { continue };
-        let (cfg, vocab, mut model) = run.load_model(tch::Device::Cpu, Weights::Last)?;
+        let crate::run::Trained { cfg, vocab, mut model, .. } = run.load_model(tch::Device::Cpu, Weights::Last)?;
         let prefix = &cfg.sample.prefixes[0];
         let text = predict(model.as_mut(), &vocab, prefix, cfg.sample.len, Decode::Greedy, tch::Device::Cpu)?;
         let overrides: Vec<String> = p.overrides.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -435,6 +435,71 @@ fn best_checkpoint_and_early_stopping() {
 }
 
 #[test]
+fn an_explicit_best_checkpoint_needs_a_run_that_has_one() {
+    let dir = TempDir::new("nobest");
+    dir.write("x.txt", "the time traveller for so it will be convenient to speak of him ".repeat(20));
+    let c = cfg_on(&dir, "x.txt", "");
+    // No validation split, so no best.safetensors (reset after: export takes it).
+    let o = grulm(dir.path(), &["train", "--config", &c, "--out", "run", "--set", "model.reset_gate=\"after\""]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let why = "--checkpoint best: run run has no best checkpoint (best.safetensors): it has no validation split (data.val_fraction = 0); use --checkpoint last for its last weights";
+    let commands: [&[&str]; 4] = [
+        &["sample", "--run", "run", "--len", "5"],
+        &["eval", "--run", "run"],
+        &["export", "--run", "run", "--out", "w.safetensors"],
+        &["gates", "--run", "run", "--text", "the time", "--out", "g.svg"],
+    ];
+    for args in commands {
+        assert_fails(&grulm(dir.path(), &[args, &["--checkpoint", "best"]].concat()), 2, &[why]);
+        assert!(!dir.join("w.safetensors").exists() && !dir.join("g.svg").exists(), "{args:?}: nothing written");
+        // The default falls back to the last weights, and says so; --checkpoint last is quiet.
+        let fallback = grulm(dir.path(), args);
+        assert!(fallback.status.success(), "{args:?}: {}", crate::helpers::stderr(&fallback));
+        assert_eq!(
+            crate::helpers::stderr(&fallback),
+            "grulm: run run has no best checkpoint: it has no validation split (data.val_fraction = 0); using its last weights (model.safetensors)\n",
+            "{args:?}"
+        );
+        let last = grulm(dir.path(), &[args, &["--checkpoint", "last"]].concat());
+        assert!(last.status.success() && last.stderr.is_empty(), "{args:?}: {}", crate::helpers::stderr(&last));
+        assert_eq!(stdout(&fallback), stdout(&last), "{args:?}: the default is the last weights");
+        let _ = std::fs::remove_file(dir.join("w.safetensors"));
+        let _ = std::fs::remove_file(dir.join("g.svg"));
+    }
+    // A run that validates but was stopped before its first validation.
+    let child = crate::helpers::grulm_cmd(
+        dir.path(),
+        &[
+            "train",
+            "--config",
+            &c,
+            "--out",
+            "early",
+            "--set",
+            "data.val_fraction=0.2",
+            "--set",
+            "train.epochs=3",
+            "--set",
+            "train.val_every=2",
+        ],
+    )
+    .env("GRULM_TEST_PAUSE", "step:1:2")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    crate::helpers::wait_for(&dir.join("early").join(grulm::test_pause::MARKER), crate::helpers::WAIT_S);
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(child.wait_with_output().unwrap().status.code(), Some(130));
+    assert_fails(
+        &grulm(dir.path(), &["sample", "--run", "early", "--checkpoint", "best"]),
+        2,
+        &["run early has no best checkpoint (best.safetensors): it has not validated yet (0 epoch(s) done, train.val_every = 2)"],
+    );
+}
+
+#[test]
 fn init_from_fine_tunes_another_runs_weights() {
     let Some(corpus) = timemachine() else { return };
     let dir = TempDir::new("finetune");

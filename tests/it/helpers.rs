@@ -154,11 +154,16 @@ pub fn metrics_without_timing(run: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// How long a test waits for something a run will write (`wait_for`): long
+/// enough for a slow or busy machine, since it only bounds a hang; what a test
+/// asserts never depends on how fast the machine is.
+pub const WAIT_S: u64 = 600;
+
 /// Waits until `path` exists, at most `secs` seconds.
 pub fn wait_for(path: &Path, secs: u64) {
     let t = std::time::Instant::now();
     while !path.exists() {
-        assert!(t.elapsed() < std::time::Duration::from_secs(secs), "{} never appeared", path.display());
+        assert!(t.elapsed() < std::time::Duration::from_secs(secs), "{} never appeared in {secs} s", path.display());
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

@@ -194,7 +194,7 @@ proptest! {
         prop_assert!(last.train_ppl.is_finite());
         prop_assert_eq!(last.val_ppl.is_some(), cfg.data.val_fraction > 0.0);
         prop_assert_eq!(outcome.predictions.len(), 2);
-        let (saved, vocab, mut model) = opts.run.load_model(tch::Device::Cpu, grulm::run::Weights::Last).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
+        let grulm::run::Trained { cfg: saved, vocab, mut model, .. } = opts.run.load_model(tch::Device::Cpu, grulm::run::Weights::Last).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;
         prop_assert_eq!(&saved, &cfg);
         let decode = Decode::from_options(cfg.sample.temperature, cfg.sample.top_k, cfg.sample.top_p, cfg.sample.seed);
         let text = predict(model.as_mut(), &vocab, "t", 5, decode, tch::Device::Cpu).map_err(|e| TestCaseError::fail(format!("{e:#}")))?;

@@ -1,6 +1,6 @@
 //! `grulm sweep` through the real binary: expansion, the local executor,
 //! idempotence, failures, interruption, status and report.
-use crate::helpers::{assert_fails, grulm, grulm_cmd, metrics_without_timing, stdout, wait_for, TempDir};
+use crate::helpers::{assert_fails, grulm, grulm_cmd, metrics_without_timing, stdout, wait_for, TempDir, WAIT_S};
 use std::time::{Duration, Instant};
 
 /// A tiny corpus and base config in `dir`, and the sweep file `s.toml` with `body`.
@@ -107,13 +107,18 @@ fn sweep_mistakes_and_failures() {
 fn an_interrupted_sweep_resumes_to_the_same_numbers() {
     let dir = TempDir::new("sweep-int");
     setup(&dir, "[set]\ntrain.epochs = 80\ntrain.checkpoint_every = 1\ntrain.val_every = 20\n[grid]\ntrain.lr = [1, 2]\n");
+    // Both points hold still in epoch 3 (GRULM_TEST_PAUSE, which the sweep's
+    // trainers inherit) until the sweep passes the signal on: both are running
+    // when it comes, on any machine.
     let child = grulm_cmd(dir.path(), &["sweep", "run", "s.toml", "--out", "out", "--jobs", "2"])
+        .env("GRULM_TEST_PAUSE", "step:3:2")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for(&dir.join("out/002-lr=2/checkpoint.safetensors"), 120);
-    std::thread::sleep(Duration::from_millis(500));
+    for p in ["001-lr=1", "002-lr=2"] {
+        wait_for(&dir.join("out").join(p).join(grulm::test_pause::MARKER), WAIT_S);
+    }
     // SAFETY: signals our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let o = child.wait_with_output().unwrap();
@@ -121,6 +126,10 @@ fn an_interrupted_sweep_resumes_to_the_same_numbers() {
     assert!(crate::helpers::stderr(&o).contains("sweep stopped by SIGINT: 2 point(s) checkpointed"), "{}", crate::helpers::stderr(&o));
     let s = stdout(&grulm(dir.path(), &["sweep", "status", "out"]));
     assert!(s.contains("2 interrupted"), "{s}");
+    for p in ["001-lr=1", "002-lr=2"] {
+        let ck = grulm::checkpoint::load(&dir.join("out").join(p).join("checkpoint.safetensors")).unwrap();
+        assert_eq!((ck.metadata["grulm.epoch"].as_str(), ck.metadata["grulm.partial_steps"].as_str()), ("2", "2"), "{p}");
+    }
     let o = grulm(dir.path(), &["sweep", "run", "s.toml", "--out", "out"]);
     assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
     assert!(stdout(&o).contains("sweep: resume 001-lr=1"), "{}", stdout(&o));
@@ -185,7 +194,7 @@ fn a_slurm_job_array_trains_what_the_local_executor_trains() {
         assert!(script.contains(line), "{line}\n{script}");
     }
     assert!(manifest(&dir)["slurm_job"].as_str().is_some_and(|j| !j.is_empty()));
-    let s = wait_settled(&dir, "out", 300);
+    let s = wait_settled(&dir, "out", 900);
     assert!(s.contains("4 point(s): 4 done"), "{s}");
     // The same sweep here, one process at a time: the same numbers, bit for bit.
     let o = grulm(dir.path(), &["sweep", "run", "s.toml", "--out", "local", "--jobs", "1"]);
@@ -205,7 +214,7 @@ fn a_slurm_job_array_trains_what_the_local_executor_trains() {
     for line in ["#SBATCH --array=0-1%1", "#SBATCH --mem=500M", "#SBATCH --time=10:00", "#SBATCH --partition=debug"] {
         assert!(script.contains(line), "{line}\n{script}");
     }
-    let s = wait_settled(&dir, "bad", 300);
+    let s = wait_settled(&dir, "bad", 900);
     assert!(s.contains("1 done, 1 failed") && s.contains("corpus missing.txt: no such file"), "{s}");
 }
 
@@ -216,17 +225,27 @@ fn a_requeued_slurm_task_resumes_from_its_checkpoint() {
     }
     let dir = TempDir::new("sweep-requeue");
     setup(&dir, "[set]\ntrain.epochs = 120\ntrain.checkpoint_every = 1\ntrain.val_every = 40\n[grid]\ntrain.lr = [2]\n");
-    submit(&dir, "out", &[]);
+    // The task holds still in epoch 2 (GRULM_TEST_PAUSE: sbatch passes the
+    // environment on) until Slurm's signal comes; the requeued task, whose run
+    // directory holds the pause's marker, goes through.
+    let o = grulm_cmd(dir.path(), &["sweep", "run", "s.toml", "--out", "out", "--executor", "slurm"])
+        .env("GRULM_TEST_PAUSE", "step:2:3")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
     let job = manifest(&dir)["slurm_job"].as_str().unwrap().to_string();
-    wait_for(&dir.join("out/001-lr=2/checkpoint.safetensors"), 120);
+    wait_for(&dir.join("out/001-lr=2").join(grulm::test_pause::MARKER), WAIT_S);
     // Preempted in the middle of its run: Slurm sends SIGTERM and queues it again.
     let o = std::process::Command::new("scontrol").args(["requeue", &format!("{job}_0")]).output().unwrap();
     assert!(o.status.success(), "scontrol requeue: {}", String::from_utf8_lossy(&o.stderr));
     // Slurm 22.05 starts a requeued task again after about 3 minutes.
-    let s = wait_settled(&dir, "out", 420);
+    let s = wait_settled(&dir, "out", 1200);
     assert!(s.contains("1 point(s): 1 done"), "{s}");
     let log = std::fs::read_to_string(dir.join("out/001-lr=2/train.log")).unwrap();
-    assert!(log.contains("grulm: stopped by SIGTERM"), "the task was stopped and checkpointed:\n{log}");
+    assert!(
+        log.contains("grulm: stopped by SIGTERM at epoch 2, minibatch 3 of "),
+        "the task was stopped where it held still, and checkpointed:\n{log}"
+    );
     // And it ends where an uninterrupted run ends.
     let cfg = dir.join("out/001-lr=2/config.toml");
     assert!(grulm(dir.path(), &["train", "--config", cfg.to_str().unwrap(), "--out", "direct"]).status.success());
