@@ -81,7 +81,7 @@ pub fn generate(
     device: Device,
     sink: &mut dyn FnMut(&[i64], usize) -> Result<bool>,
 ) -> Result<()> {
-    let result = tch::no_grad(|| -> Result<()> {
+    tch::no_grad(|| -> Result<()> {
         decode.check(model.vocab_size() as usize)?;
         if let Decode::Sample { seed, .. } = decode {
             tch::manual_seed(seed as i64);
@@ -115,8 +115,7 @@ pub fn generate(
             }
         }
         Ok(())
-    });
-    result
+    })
 }
 
 /// logits `[rows, V]` -> the chosen tokens `[rows, 1]` (Int64), on the device.
