@@ -19,8 +19,8 @@
 //! |               | device (the host's go once uploaded), and an epoch's row     |
 //! |               | starts (Int64); each step cuts its own minibatch out         |
 //!
-//! `grulm bench` prints this estimate next to the measured peak; see the README
-//! ("Memory") for how close it comes.
+//! `grulm bench` prints this estimate next to the measured peak; see
+//! docs/memory.md for how close it comes.
 use crate::config::{Config, OptimizerKind};
 use crate::model::{CellKind, GruGates, ModelConfig, ModelKind, ResetGate};
 use crate::usage;

@@ -1,6 +1,6 @@
 //! The CUDA paths, where a CPU can check them: the GPU check script's own
 //! plumbing, the bench's step variants, the CUDA tolerance of the parity check.
-//! The GPU runs themselves are in README.md ("On a GPU box") and bench/results/.
+//! The GPU runs themselves are in docs/gpu.md and bench/results/.
 use crate::helpers::{assert_fails, grulm, stderr, timemachine, TempDir};
 use grulm::parity;
 use std::path::Path;

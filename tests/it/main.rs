@@ -4,6 +4,7 @@ mod helpers;
 mod cli;
 mod config;
 mod data;
+mod docs;
 mod gpu;
 mod models;
 mod props;
