@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod gates;
 pub mod interrupt;
 pub mod memory;
+pub mod metrics;
 pub mod model;
 pub mod optim;
 pub mod parity;

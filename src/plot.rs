@@ -1,6 +1,6 @@
 //! `perplexity.svg`: d2l's Animator curve (perplexity against epoch).
 use crate::fsutil;
-use crate::run::EpochMetrics;
+use crate::metrics::EpochMetrics;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use std::path::Path;

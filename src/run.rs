@@ -18,12 +18,12 @@ use crate::checkpoint;
 use crate::config::Config;
 use crate::data::Vocab;
 use crate::fsutil;
+use crate::metrics::{best_of, BestVal, EpochMetrics};
 use crate::model::RecurrentLm;
 use crate::optim::Optimizer;
 use crate::tensorboard;
 use crate::usage;
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
@@ -64,32 +64,6 @@ pub enum Weights {
     Last,
     /// The default: the best where the run has them, else the last, said on stderr.
     BestElseLast,
-}
-
-/// The best validation so far: its epoch and perplexity.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BestVal {
-    pub epoch: usize,
-    pub val_ppl: f64,
-}
-
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    /// 1-based.
-    pub epoch: usize,
-    /// exp of the token-weighted mean cross-entropy over the epoch (d2l's).
-    pub train_ppl: f64,
-    pub val_ppl: Option<f64>,
-    pub tokens_per_s: f64,
-    pub lr: f64,
-    /// Mean over the epoch's steps of the global gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Training wall time since the run began, resumed parts included.
-    pub elapsed_s: f64,
-    /// Peak resident memory of the process so far (host RAM), MiB.
-    #[serde(default)]
-    pub peak_rss_mib: f64,
 }
 
 pub struct RunDir {
@@ -458,22 +432,6 @@ pub struct Trained {
 /// A held [`RunDir::lock`]; dropping it (or the process ending) releases it.
 pub struct RunLock {
     _file: std::fs::File,
-}
-
-/// The lowest validation perplexity in `history` (the first, on ties).
-pub fn best_of(history: &[EpochMetrics]) -> Option<BestVal> {
-    history.iter().filter_map(|m| m.val_ppl.map(|v| BestVal { epoch: m.epoch, val_ppl: v })).fold(None, |best: Option<BestVal>, m| {
-        match best {
-            Some(b) if b.val_ppl <= m.val_ppl => Some(b),
-            _ => Some(m),
-        }
-    })
-}
-
-/// Validations in `history` after the best one (for `train.patience`).
-pub fn validations_since_best(history: &[EpochMetrics]) -> usize {
-    let best = best_of(history).map_or(0, |b| b.epoch);
-    history.iter().filter(|m| m.val_ppl.is_some() && m.epoch > best).count()
 }
 
 /// The default run directory for a config file: `runs/<file stem>`.

@@ -28,7 +28,7 @@
 //! `SessionLog.START` event, is honoured by some of its readers and not others:
 //! the legacy `EventAccumulator` purges scalars but not text.)
 use crate::fsutil;
-use crate::run::EpochMetrics;
+use crate::metrics::EpochMetrics;
 use anyhow::{Context, Result};
 use protobuf::{Message, RepeatedField};
 use std::fs::File;

@@ -18,9 +18,10 @@ use crate::device::describe;
 use crate::error::libtorch;
 use crate::interrupt::{self, Interrupted};
 use crate::memory::Estimate;
+use crate::metrics::{patience_spent, BestVal, EpochMetrics};
 use crate::model::{BuildOptions, RecurrentLm, State};
 use crate::optim::Optimizer;
-use crate::run::{BestVal, EpochMetrics, Partial, RunDir};
+use crate::run::{Partial, RunDir};
 use crate::sample::{self, Decode};
 use crate::step::Stepper;
 use crate::tensorboard::{self, EventWriter};
@@ -337,14 +338,14 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
     let run_start = Instant::now();
     let mut last_checkpoint = (start > 0).then_some(start);
     // A run that stopped early stays stopped unless its patience is raised.
-    let patience_spent = cfg.train.patience > 0 && crate::run::validations_since_best(&history) >= cfg.train.patience;
-    if patience_spent && start < cfg.train.epochs {
+    let stopped_early = patience_spent(&history, cfg.train.patience);
+    if stopped_early && start < cfg.train.epochs {
         console.line(&format!(
             "the run stopped early at epoch {start} (train.patience = {}); raise it with --set train.patience=N to go on",
             cfg.train.patience
         ));
     }
-    let end = if patience_spent { start } else { cfg.train.epochs };
+    let end = if stopped_early { start } else { cfg.train.epochs };
     for epoch in start..end {
         let number = epoch + 1;
         let tc = &cfg.train;
@@ -434,7 +435,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
             }
         }
         // Early stopping: patience validations in a row without a new best.
-        let stop = cfg.train.patience > 0 && crate::run::validations_since_best(&history) >= cfg.train.patience;
+        let stop = patience_spent(&history, cfg.train.patience);
         console.epoch(number, train_ppl, metrics.tokens_per_s);
         if cfg.train.predict_every > 0 && number.is_multiple_of(cfg.train.predict_every) {
             let text = greedy(model.as_mut(), &cfg.sample.prefixes[0])?;

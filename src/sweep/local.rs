@@ -47,7 +47,7 @@ pub fn state(run: &RunDir, cfg: &Config) -> State {
     }
     let history = run.load_metrics().unwrap_or_default();
     let epochs = history.last().map_or(0, |m| m.epoch);
-    let stopped_early = cfg.train.patience > 0 && crate::run::validations_since_best(&history) >= cfg.train.patience;
+    let stopped_early = crate::metrics::patience_spent(&history, cfg.train.patience);
     if epochs >= cfg.train.epochs || (epochs > 0 && stopped_early) {
         return State::Done;
     }

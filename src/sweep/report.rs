@@ -2,7 +2,8 @@
 //! read from its manifest and its points' run directories.
 use super::local::{state, State};
 use super::Manifest;
-use crate::run::{EpochMetrics, RunDir, Weights};
+use crate::metrics::EpochMetrics;
+use crate::run::{RunDir, Weights};
 use crate::sample::{predict, Decode};
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
