@@ -261,7 +261,7 @@ fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, war
     let estimate = Estimate::training(&mcfg, OptimizerKind::Sgd, b as u64, t as u64, v as u64, (ids.bytes() + 8 * mb.starts.len()) as u64);
     let model = mcfg.build(v, dev, Kind::Float, build);
     let mut opt = Optimizer::new(OptimizerKind::Sgd, 1.0, model.named_parameters());
-    let corpus = train::TokenData::upload(&ids, t as usize, dev);
+    let corpus = crate::data::TokenData::upload(&ids, t as usize, dev);
     let starts = corpus.starts(&mb);
     let mut stepper = Stepper::new(dev, graph, &opt);
     let mut times = Vec::with_capacity(repeats);

@@ -708,7 +708,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         }
     };
     weights.say_fallback();
-    let ppl = train::perplexity(model.as_mut(), &ids, cfg.data.batch_size, cfg.data.num_steps, dev)
+    let ppl = crate::eval::perplexity(model.as_mut(), &ids, cfg.data.batch_size, cfg.data.num_steps, dev)
         .with_context(|| format!("corpus {}", path.display()))?;
     let split_name = format!("{split:?}").to_lowercase();
     if a.json {

@@ -22,6 +22,7 @@ use sha1::{Digest, Sha1};
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
 
 /// How text becomes characters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -625,4 +626,38 @@ pub fn random_minibatches(len: usize, b: usize, t: usize, offset: usize, rng: &m
 /// same text gives the same perplexity every time.
 pub fn eval_minibatches(len: usize, b: usize, t: usize) -> Minibatches {
     sequential_minibatches(len, b, t, 0)
+}
+
+/// Token ids on the device, in their compact kind (`Uint8`, `Int16` or
+/// `Int32`), and what cuts minibatches out of them.
+pub struct TokenData {
+    ids: Tensor,
+    /// `0..=T`, Int64: a row's offsets from its start, its target's last included.
+    steps: Tensor,
+}
+
+impl TokenData {
+    /// One copy of `ids` to `device`, for minibatches of `t` steps.
+    pub fn upload(ids: &Ids, t: usize, device: Device) -> TokenData {
+        let ids = match ids {
+            Ids::U8(v) => Tensor::from_slice(v),
+            Ids::I16(v) => Tensor::from_slice(v),
+            Ids::I32(v) => Tensor::from_slice(v),
+        };
+        TokenData { ids: ids.to_device(device), steps: Tensor::arange(t as i64 + 1, (Kind::Int64, device)) }
+    }
+
+    /// An epoch's row starts `[n, B]` on the device (one copy).
+    pub fn starts(&self, mb: &Minibatches) -> Tensor {
+        Tensor::from_slice(&mb.starts).view([mb.n as i64, mb.batch_size as i64]).to_device(self.ids.device())
+    }
+
+    /// Minibatch `k` of `starts`: inputs and targets `[B, T]`, Int64, cut out of
+    /// the ids on the device (no host round trip): one gather of `T + 1` ids
+    /// per row, of which the inputs are the first T and the targets the last T.
+    pub fn minibatch(&self, starts: &Tensor, k: i64) -> (Tensor, Tensor) {
+        let rows = self.ids.take(&(starts.get(k).unsqueeze(1) + &self.steps)).to_kind(Kind::Int64); // [B, T+1]
+        let t = rows.size()[1] - 1;
+        (rows.narrow(1, 0, t), rows.narrow(1, 1, t))
+    }
 }

@@ -9,6 +9,7 @@ pub mod cuda;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod fsutil;
 pub mod gates;
 pub mod interrupt;

@@ -13,9 +13,10 @@
 //! memory does not grow with the corpus beyond its ids.
 use crate::config::Config;
 use crate::console::Console;
-use crate::data::{self, Corpus, Ids, Minibatches, SeqPartition};
+use crate::data::{self, Corpus, Ids, SeqPartition, TokenData};
 use crate::device::describe;
 use crate::error::libtorch;
+use crate::eval::perplexity;
 use crate::interrupt::{self, Interrupted};
 use crate::memory::Estimate;
 use crate::metrics::{patience_spent, BestVal, EpochMetrics};
@@ -126,73 +127,6 @@ pub fn train_epoch(
         }
     }
     Ok(EpochTensors { losses: Tensor::stack(&losses, 0), norms: Tensor::stack(&norms, 0), done })
-}
-
-/// Token ids on the device, in their compact kind (`Uint8`, `Int16` or
-/// `Int32`), and what cuts minibatches out of them.
-pub struct TokenData {
-    ids: Tensor,
-    /// `0..=T`, Int64: a row's offsets from its start, its target's last included.
-    steps: Tensor,
-}
-
-impl TokenData {
-    /// One copy of `ids` to `device`, for minibatches of `t` steps.
-    pub fn upload(ids: &Ids, t: usize, device: Device) -> TokenData {
-        let ids = match ids {
-            Ids::U8(v) => Tensor::from_slice(v),
-            Ids::I16(v) => Tensor::from_slice(v),
-            Ids::I32(v) => Tensor::from_slice(v),
-        };
-        TokenData { ids: ids.to_device(device), steps: Tensor::arange(t as i64 + 1, (Kind::Int64, device)) }
-    }
-
-    /// An epoch's row starts `[n, B]` on the device (one copy).
-    pub fn starts(&self, mb: &Minibatches) -> Tensor {
-        Tensor::from_slice(&mb.starts).view([mb.n as i64, mb.batch_size as i64]).to_device(self.ids.device())
-    }
-
-    /// Minibatch `k` of `starts`: inputs and targets `[B, T]`, Int64, cut out of
-    /// the ids on the device (no host round trip): one gather of `T + 1` ids
-    /// per row, of which the inputs are the first T and the targets the last T.
-    pub fn minibatch(&self, starts: &Tensor, k: i64) -> (Tensor, Tensor) {
-        let rows = self.ids.take(&(starts.get(k).unsqueeze(1) + &self.steps)).to_kind(Kind::Int64); // [B, T+1]
-        let t = rows.size()[1] - 1;
-        (rows.narrow(1, 0, t), rows.narrow(1, 1, t))
-    }
-}
-
-/// Perplexity of `model` on `ids`: exp of the mean cross-entropy per token, the
-/// state carried across minibatches (sequential, offset 0), no gradients. A text
-/// shorter than one `B x T` minibatch is read with fewer rows or steps.
-pub fn perplexity(model: &mut dyn RecurrentLm, ids: &Ids, batch: usize, steps: usize, device: Device) -> Result<f64> {
-    if ids.len() < 2 {
-        return Err(usage!("the text has {} token(s); perplexity needs at least 2", ids.len()));
-    }
-    let t = steps.min(ids.len() - 1);
-    let b = batch.min((ids.len() - 1) / t).max(1);
-    let mb = data::eval_minibatches(ids.len(), b, t);
-    let data = TokenData::upload(ids, t, device);
-    let starts = data.starts(&mb);
-    let total = tch::no_grad(|| {
-        let mut sum = Tensor::zeros([], (Kind::Double, device));
-        let mut state = model.zero_state(b as i64);
-        for k in 0..mb.n as i64 {
-            let (x, y) = data.minibatch(&starts, k);
-            let (logits, s) = model.forward(&x, &state);
-            let v = logits.size()[2];
-            let ce = logits.view([-1, v]).to_kind(Kind::Double).log_softmax(-1, Kind::Double).nll_loss_nd::<Tensor>(
-                &y.tr().reshape([-1]),
-                None,
-                tch::Reduction::Sum,
-                -100,
-            );
-            sum += ce;
-            state = s;
-        }
-        f64::try_from(sum)
-    })?;
-    Ok((total / (mb.n * b * t) as f64).exp())
 }
 
 /// Checks `train.init_from`'s run against `cfg` (the same model; a vocabulary

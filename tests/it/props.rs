@@ -276,7 +276,7 @@ proptest! {
         let old = materialised::epoch_minibatches(&wide, b, t, partition, &mut epoch_rng(seed, epoch));
         let new = epoch_minibatches(len, b, t, partition, &mut epoch_rng(seed, epoch));
         prop_assert_eq!(new.n, old.n);
-        let data = grulm::train::TokenData::upload(&ids, t, tch::Device::Cpu);
+        let data = grulm::data::TokenData::upload(&ids, t, tch::Device::Cpu);
         let starts = data.starts(&new);
         for k in 0..new.n {
             let (x, y) = data.minibatch(&starts, k as i64);
