@@ -680,16 +680,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let path = data::resolve_corpus(&name)?;
     let split = a.split.unwrap_or(Split::All);
     let (ids, unknown) = match split {
-        Split::All => {
-            let text = data::read_text(&path)?;
-            let mut ids = data::Ids::with_capacity(vocab.len(), 0);
-            let mut unknown = 0;
-            for c in data::preprocessed(&text, cfg.data.preprocess) {
-                unknown += usize::from(!vocab.contains(c));
-                ids.push(vocab.index(c));
-            }
-            (ids, unknown)
-        }
+        Split::All => vocab.encode_text(&data::read_text(&path)?, cfg.data.preprocess),
         // The run's split, as training made it (data.max_tokens, data.val_fraction).
         Split::Train | Split::Val => {
             let corpus = data::Corpus::load(&cfg.data)?;

@@ -325,6 +325,18 @@ impl Vocab {
         unknown.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", ")
     }
 
+    /// A whole text in this vocabulary's compact ids, preprocessed as `mode`,
+    /// and how many of its characters the vocabulary lacks (they map to `<unk>`).
+    pub fn encode_text(&self, text: &str, mode: Preprocess) -> (Ids, usize) {
+        let mut ids = Ids::with_capacity(self.len(), 0);
+        let mut unknown = 0;
+        for c in preprocessed(text, mode) {
+            unknown += usize::from(!self.contains(c));
+            ids.push(self.index(c));
+        }
+        (ids, unknown)
+    }
+
     pub fn encode(&self, chars: &[char]) -> Vec<i64> {
         chars.iter().map(|&c| self.index(c)).collect()
     }

@@ -466,6 +466,15 @@ fn an_explicit_best_checkpoint_needs_a_run_that_has_one() {
         let _ = std::fs::remove_file(dir.join("w.safetensors"));
         let _ = std::fs::remove_file(dir.join("g.svg"));
     }
+    // eval on another text: its characters outside the vocabulary (this run's is the
+    // letters of x.txt) count as unknown. "Jazz, quiz!" preprocesses (d2l: runs of
+    // non-letters to one space, stripped, lower case) to "jazz quiz": 9 tokens, of
+    // which j, z, z, q, u, z are not in x.txt.
+    dir.write("q.txt", "Jazz, quiz!");
+    let o = grulm(dir.path(), &["eval", "--run", "run", "--checkpoint", "last", "--corpus", "q.txt", "--json"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!((j["tokens"].as_u64(), j["unknown"].as_u64()), (Some(9), Some(6)), "{j}");
     // A run that validates but was stopped before its first validation.
     let child = crate::helpers::grulm_cmd(
         dir.path(),
