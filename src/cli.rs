@@ -512,7 +512,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if a.interactive {
-        weights.say_fallback();
+        weights.say_notes();
         // A prefix per line; a mistake in one line is said on stderr and the next is read.
         for line in std::io::stdin().lines() {
             let line = line.context("reading stdin")?;
@@ -535,7 +535,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
         (None, None) => cfg.sample.prefixes[0].clone(),
     };
     let ids = sample::encode_prefix(&vocab, &prefix)?;
-    weights.say_fallback();
+    weights.say_notes();
     write_samples(model.as_mut(), &vocab, &prefix, &ids, len, &a, decode, dev, &mut out)
 }
 
@@ -698,7 +698,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
             }
         }
     };
-    weights.say_fallback();
+    weights.say_notes();
     let ppl = crate::eval::perplexity(model.as_mut(), &ids, cfg.data.batch_size, cfg.data.num_steps, dev)
         .with_context(|| format!("corpus {}", path.display()))?;
     let split_name = format!("{split:?}").to_lowercase();
@@ -750,7 +750,7 @@ fn export_cmd(a: ExportArgs) -> Result<()> {
             scratch_to_pytorch(&params, cfg.model.cell, cfg.model.num_layers, BiasHh::Zero)?
         }
     };
-    weights.say_fallback();
+    weights.say_notes();
     let out = a.out.unwrap_or_else(|| run_dir.file("pytorch.safetensors"));
     let meta = std::collections::HashMap::from([("grulm.model".to_string(), model.describe())]);
     crate::checkpoint::save(&out, &tensors, &meta).with_context(|| format!("writing {}", out.display()))?;

@@ -277,7 +277,7 @@ pub fn draw(r: &Request) -> Result<String> {
         return Err(usage!("--units {u}: the model has {h} hidden units, numbered 0 to {}", h - 1));
     }
     let chosen = run_dir.weights_file(r.weights)?;
-    chosen.say_fallback();
+    chosen.say_notes();
     let weights = chosen.path;
     let file = checkpoint::load(&weights)?;
     let tokens = tch::Tensor::from_slice(&vocab.encode(&chars)).view([1, -1]);

@@ -345,11 +345,12 @@ impl RunDir {
     /// The file holding the run's `weights`: `best.safetensors` or
     /// `model.safetensors`. A run stopped before its first model file (a full
     /// disk, say) may still have a good checkpoint, written first: its parameters
-    /// are the model's, and that is said on stderr.
+    /// are the model's. Each fallback is a note for stderr ([`WeightsFile::say_notes`]).
     pub fn weights_file(&self, weights: Weights) -> Result<WeightsFile> {
         let best = self.file(BEST);
-        let (p, fallback) = match weights {
-            Weights::Best | Weights::BestElseLast if best.exists() => (best, None),
+        let mut notes = vec![];
+        let p = match weights {
+            Weights::Best | Weights::BestElseLast if best.exists() => best,
             Weights::Best => {
                 return Err(usage!(
                     "--checkpoint best: run {} has no best checkpoint ({BEST}): {}; use --checkpoint last for its last weights",
@@ -358,17 +359,20 @@ impl RunDir {
                 ))
             }
             Weights::BestElseLast => {
-                let note =
-                    format!("run {} has no best checkpoint: {}; using its last weights ({MODEL})", self.path.display(), self.why_no_best());
-                (self.file(MODEL), Some(note))
+                notes.push(format!(
+                    "run {} has no best checkpoint: {}; using its last weights ({MODEL})",
+                    self.path.display(),
+                    self.why_no_best()
+                ));
+                self.file(MODEL)
             }
-            Weights::Last => (self.file(MODEL), None),
+            Weights::Last => self.file(MODEL),
         };
         if !p.exists() && self.file(CHECKPOINT).exists() {
-            eprintln!("grulm: {} is missing; using the weights in {}", p.display(), CHECKPOINT);
-            return Ok(WeightsFile { path: self.file(CHECKPOINT), fallback });
+            notes.push(format!("{} is missing; using the weights in {CHECKPOINT}", p.display()));
+            return Ok(WeightsFile { path: self.file(CHECKPOINT), notes });
         }
-        Ok(WeightsFile { path: p, fallback })
+        Ok(WeightsFile { path: p, notes })
     }
 
     /// Why the run has no `best.safetensors`, from its config and metrics.
@@ -406,16 +410,16 @@ impl RunDir {
 /// Which file a run's weights come from ([`RunDir::weights_file`]).
 pub struct WeightsFile {
     pub path: PathBuf,
-    /// Where the default found no best weights and took the last: the line that
-    /// says so, for stderr once the command has checked its input (so that a
-    /// mistake is still one line).
-    pub fallback: Option<String>,
+    /// Where another file than the one asked for was taken (the default found no
+    /// best weights, or the model file is missing): the lines that say so, for
+    /// stderr once the command has checked its input (so a mistake is still one line).
+    pub notes: Vec<String>,
 }
 
 impl WeightsFile {
-    /// Says the fallback, if any, on stderr.
-    pub fn say_fallback(&self) {
-        if let Some(note) = &self.fallback {
+    /// Says the notes, if any, on stderr.
+    pub fn say_notes(&self) {
+        for note in &self.notes {
             eprintln!("grulm: {note}");
         }
     }

@@ -82,23 +82,22 @@ pub fn check() -> Result<()> {
 pub struct StepPause {
     pub minibatch: i64,
     dir: PathBuf,
+    spec: &'static Spec,
 }
 
 impl StepPause {
     /// The pause in epoch `epoch` (1-based) of the run in `dir`, if one is due.
     pub fn in_epoch(dir: &Path, epoch: usize) -> Option<StepPause> {
         match spec() {
-            Some(Spec { at: Where::Step { epoch: e, minibatch }, .. }) if *e == epoch && !dir.join(MARKER).exists() => {
-                Some(StepPause { minibatch: *minibatch, dir: dir.to_path_buf() })
+            Some(spec @ Spec { at: Where::Step { epoch: e, minibatch }, .. }) if *e == epoch && !dir.join(MARKER).exists() => {
+                Some(StepPause { minibatch: *minibatch, dir: dir.to_path_buf(), spec })
             }
             _ => None,
         }
     }
 
     pub fn wait(&self) {
-        if let Some(s) = spec() {
-            pause(&self.dir, s);
-        }
+        pause(&self.dir, self.spec);
     }
 }
 

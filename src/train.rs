@@ -131,7 +131,7 @@ pub fn train_epoch(
 
 /// Checks `train.init_from`'s run against `cfg` (the same model; a vocabulary
 /// that covers the corpus, which is re-encoded in it) and returns its weights file.
-fn init_source(src: &RunDir, cfg: &Config, corpus: &mut Corpus) -> Result<std::path::PathBuf> {
+fn init_source(src: &RunDir, cfg: &Config, corpus: &mut Corpus) -> Result<crate::run::WeightsFile> {
     let shown = src.path.display();
     let src_cfg = src.load_config().map_err(|e| usage!("train.init_from: {e:#}"))?;
     let mut probe = cfg.clone();
@@ -154,9 +154,7 @@ fn init_source(src: &RunDir, cfg: &Config, corpus: &mut Corpus) -> Result<std::p
             missing.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(" ")
         )
     })?;
-    let weights = src.weights_file(crate::run::Weights::BestElseLast)?;
-    weights.say_fallback();
-    Ok(weights.path)
+    src.weights_file(crate::run::Weights::BestElseLast)
 }
 
 /// The error that ends a run stopped by a signal, once its checkpoint is written.
@@ -202,9 +200,11 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         || Optimizer::new(cfg.train.optimizer, cfg.train.lr, model.named_parameters()),
     )?;
     // Before the run directory is touched: a bad source file leaves nothing behind.
-    if let Some(path) = &init {
+    if let Some(weights) = &init {
+        let path = &weights.path;
         let file = crate::checkpoint::load(path)?;
         crate::checkpoint::assign(&model.named_parameters(), &file.tensors, &path.display().to_string())?;
+        weights.say_notes();
         console.line(&format!("initialised from {} (a fresh optimizer)", path.display()));
     }
 

@@ -497,7 +497,7 @@ fn an_explicit_best_checkpoint_needs_a_run_that_has_one() {
     .stderr(std::process::Stdio::null())
     .spawn()
     .unwrap();
-    crate::helpers::wait_for(&dir.join("early").join(grulm::test_pause::MARKER), crate::helpers::WAIT_S);
+    crate::helpers::wait_paused(&dir.join("early"));
     // SAFETY: signals our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert_eq!(child.wait_with_output().unwrap().status.code(), Some(130));

@@ -159,6 +159,12 @@ pub fn metrics_without_timing(run: &Path) -> Vec<serde_json::Value> {
 /// asserts never depends on how fast the machine is.
 pub const WAIT_S: u64 = 600;
 
+/// Waits until the run in `run` holds still where `GRULM_TEST_PAUSE` told it to
+/// (it has written its marker there).
+pub fn wait_paused(run: &Path) {
+    wait_for(&run.join(grulm::test_pause::MARKER), WAIT_S);
+}
+
 /// Waits until `path` exists, at most `secs` seconds.
 pub fn wait_for(path: &Path, secs: u64) {
     let t = std::time::Instant::now();

@@ -1,7 +1,7 @@
 //! Bad input, numerical faults, crash safety: each case runs the real binary and
 //! expects one clear line, the right exit code, no panic, nothing half-written.
 use crate::helpers::{
-    assert_fails, cfg_on, grulm, grulm_cmd, metrics_without_timing, small_config, stdout, timemachine, wait_for, TempDir, WAIT_S,
+    assert_fails, cfg_on, grulm, grulm_cmd, metrics_without_timing, small_config, stdout, timemachine, wait_paused, TempDir,
 };
 use std::path::Path;
 
@@ -377,7 +377,7 @@ fn sigkill_mid_run_leaves_a_loadable_checkpoint_and_resume_matches() {
             .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        wait_for(&dir.join(&out).join(grulm::test_pause::MARKER), WAIT_S);
+        wait_paused(&dir.join(&out));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let run = dir.join(&out);
@@ -573,7 +573,7 @@ fn sigint_and_sigterm_stop_with_a_checkpoint_that_resumes_exactly() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        wait_for(&dir.join(out).join(grulm::test_pause::MARKER), WAIT_S);
+        wait_paused(&dir.join(out));
         for &s in signals {
             // SAFETY: signals our own child.
             unsafe { libc::kill(child.id() as i32, s) };
@@ -701,7 +701,7 @@ fn one_process_per_run_directory() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-    wait_for(&dir.join("run").join(grulm::test_pause::MARKER), WAIT_S);
+    wait_paused(&dir.join("run"));
     let holder = format!("run directory run is in use by another grulm process (pid {})", child.id());
     // A resume, and a --force that would delete its files: both refused, nothing touched.
     let before = std::fs::read_to_string(dir.join("run/config.toml")).unwrap();

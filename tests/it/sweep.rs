@@ -1,6 +1,6 @@
 //! `grulm sweep` through the real binary: expansion, the local executor,
 //! idempotence, failures, interruption, status and report.
-use crate::helpers::{assert_fails, grulm, grulm_cmd, metrics_without_timing, stdout, wait_for, TempDir, WAIT_S};
+use crate::helpers::{assert_fails, grulm, grulm_cmd, metrics_without_timing, stdout, wait_paused, TempDir};
 use std::time::{Duration, Instant};
 
 /// A tiny corpus and base config in `dir`, and the sweep file `s.toml` with `body`.
@@ -117,7 +117,7 @@ fn an_interrupted_sweep_resumes_to_the_same_numbers() {
         .spawn()
         .unwrap();
     for p in ["001-lr=1", "002-lr=2"] {
-        wait_for(&dir.join("out").join(p).join(grulm::test_pause::MARKER), WAIT_S);
+        wait_paused(&dir.join("out").join(p));
     }
     // SAFETY: signals our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -234,7 +234,7 @@ fn a_requeued_slurm_task_resumes_from_its_checkpoint() {
         .unwrap();
     assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
     let job = manifest(&dir)["slurm_job"].as_str().unwrap().to_string();
-    wait_for(&dir.join("out/001-lr=2").join(grulm::test_pause::MARKER), WAIT_S);
+    wait_paused(&dir.join("out/001-lr=2"));
     // Preempted in the middle of its run: Slurm sends SIGTERM and queues it again.
     let o = std::process::Command::new("scontrol").args(["requeue", &format!("{job}_0")]).output().unwrap();
     assert!(o.status.success(), "scontrol requeue: {}", String::from_utf8_lossy(&o.stderr));
