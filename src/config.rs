@@ -7,7 +7,6 @@
 pub use crate::data::{DataConfig, Preprocess, SeqPartition};
 use crate::error::UsageError;
 pub use crate::model::{CellKind, GruGates, ModelConfig, ModelKind, ResetGate};
-pub use crate::optim::{LrSchedule, OptimizerKind};
 use serde::Serialize;
 use std::fmt;
 use toml::{Table, Value};
@@ -301,7 +300,7 @@ impl Reader<'_> {
         let (r, s) = (self, "train");
         let device = match r.string(&mut t, s, "device")? {
             Some(dev) => {
-                if parse_device_name(&dev).is_none() {
+                if crate::platform::device::parse_device_name(&dev).is_none() {
                     return Err(r.err(s, "device", &Value::String(dev), "\"auto\", \"cpu\", \"cuda\" or \"cuda:N\""));
                 }
                 dev
@@ -624,23 +623,6 @@ pub fn parse_set(set: &str) -> Result<(String, String, Value), UsageError> {
     Ok((section.to_string(), key.to_string(), value))
 }
 
-/// `auto`/`cpu`/`cuda`/`cuda:N` -> validated; `None` for anything else.
-pub fn parse_device_name(s: &str) -> Option<DeviceRequest> {
-    match s {
-        "auto" => Some(DeviceRequest::Auto),
-        "cpu" => Some(DeviceRequest::Cpu),
-        "cuda" => Some(DeviceRequest::Cuda(0)),
-        _ => s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()).map(DeviceRequest::Cuda),
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceRequest {
-    Auto,
-    Cpu,
-    Cuda(usize),
-}
-
 fn line_col(text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -661,5 +643,42 @@ mod tests {
     fn resolved_config_round_trips() {
         let c = Config::parse("[model]\nkind = \"builtin\"\n[sample]\ntemperature = 0.5\n", "x.toml", &[]).unwrap();
         assert_eq!(Config::parse(&c.to_toml(), "resolved", &[]).unwrap(), c);
+    }
+}
+
+/// `train.optimizer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Sgd,
+    Adam,
+}
+
+/// The learning rate per epoch (`train.lr_schedule`). d2l keeps it constant;
+/// char-rnn decays it by a factor every epoch (`step`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    Constant,
+    Step,
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The learning rate of epoch `e` (1-based) of `epochs`: a linear warm-up
+    /// over the first `warmup` epochs (lr·e/W), then, counting k = e − W from 1
+    /// and K = epochs − W:
+    /// constant lr; step lr·decay^⌊(k−1)/every⌋; cosine lr·(1 + cos(π(k−1)/K))/2.
+    /// A function of the epoch alone, so `--resume` continues it exactly.
+    pub fn lr_at(self, lr: f64, e: usize, epochs: usize, warmup: usize, decay: f64, every: usize) -> f64 {
+        if e <= warmup {
+            return lr * e as f64 / warmup as f64;
+        }
+        let (k, n) = ((e - warmup) as f64, epochs.saturating_sub(warmup).max(1) as f64);
+        match self {
+            LrSchedule::Constant => lr,
+            LrSchedule::Step => lr * decay.powi(((e - warmup - 1) / every.max(1)) as i32),
+            LrSchedule::Cosine => lr * 0.5 * (1.0 + (std::f64::consts::PI * (k - 1.0) / n).cos()),
+        }
     }
 }

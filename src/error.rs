@@ -42,7 +42,7 @@ macro_rules! usage {
 /// The exit code for an error: 2 for usage errors, 128 + the signal for a run
 /// a signal stopped, 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if let Some(i) = err.chain().find_map(|e| e.downcast_ref::<crate::interrupt::Interrupted>()) {
+    if let Some(i) = err.chain().find_map(|e| e.downcast_ref::<Interrupted>()) {
         i.exit_code()
     } else if err.chain().any(|e| e.downcast_ref::<UsageError>().is_some()) {
         EXIT_USAGE
@@ -153,3 +153,26 @@ fn torch_message(panic_text: &str) -> Option<String> {
     }
     Some(out)
 }
+
+/// Training stopped on a signal, after writing its checkpoint. Its exit code
+/// is 128 + the signal's number (130 for SIGINT, 143 for SIGTERM), as a shell
+/// reports a process the signal ended.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub signal: i32,
+    pub message: String,
+}
+
+impl Interrupted {
+    pub fn exit_code(&self) -> i32 {
+        128 + self.signal
+    }
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Interrupted {}

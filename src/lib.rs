@@ -1,28 +1,29 @@
 //! grulm: character-level GRU language models on libtorch, a port of d2l.ai's
-//! "Gated Recurrent Units" chapter (0.17). See README.md.
-pub mod bench;
-pub mod checkpoint;
+//! "Gated Recurrent Units" chapter (0.17). See README.md and docs/.
+//!
+//! The layers, bottom to top; each uses only those above it in this list:
+//!
+//! | layer       | what                                                                  |
+//! |-------------|-----------------------------------------------------------------------|
+//! | `error`     | one-line errors, exit codes, the libtorch guard                       |
+//! | `platform`  | the machine: devices, CUDA, signals, atomic files, tensor files       |
+//! | `data`      | the corpus, its vocabulary and its minibatches                        |
+//! | `model`     | the recurrent language models (scratch cells and libtorch's own)      |
+//! | `config`    | an experiment: the sections of the TOML file, validated               |
+//! | `run`       | a run directory: checkpoints, metrics, TensorBoard, plots             |
+//! | `infer`     | what a trained model does with text: sample, evaluate                 |
+//! | `train`     | the training session and its loop, optimisers, the memory estimate    |
+//! | `sweep`     | many runs: grids, a local pool, Slurm, the report                     |
+//! | `tools`     | bench, parity, gates                                                  |
+//! | `cli`       | the command line: clap types and each command's few lines             |
+pub mod error;
 pub mod cli;
 pub mod config;
-pub mod console;
-pub mod cuda;
 pub mod data;
-pub mod device;
-pub mod error;
-pub mod eval;
-pub mod fsutil;
-pub mod gates;
-pub mod interrupt;
-pub mod memory;
-pub mod metrics;
+pub mod infer;
 pub mod model;
-pub mod optim;
-pub mod parity;
-pub mod plot;
+pub mod platform;
 pub mod run;
-pub mod sample;
-pub mod step;
-pub mod sweep;
-pub mod tensorboard;
-pub mod test_pause;
+pub(crate) mod sweep;
+pub mod tools;
 pub mod train;

@@ -67,7 +67,7 @@ fn main() {
         // whose reader (head, grep -m) has all it wants.
         Ok(Err(err)) if is_broken_pipe(&err) => EXIT_OK,
         // Stopped by a signal, as asked: not an error.
-        Ok(Err(err)) if err.downcast_ref::<grulm::interrupt::Interrupted>().is_some() => {
+        Ok(Err(err)) if err.downcast_ref::<grulm::error::Interrupted>().is_some() => {
             eprintln!("grulm: {err}");
             exit_code(&err)
         }

@@ -99,7 +99,7 @@ impl BuiltinLm {
         let mapped = layout::pytorch_to_scratch(&params, cell, layers).expect("a built-in model maps to its scratch cell");
         let theirs = same.named_parameters();
         tch::no_grad(|| {
-            crate::checkpoint::assign(&theirs, &mapped, "the built-in weights").expect("the scratch cell has the same shapes");
+            crate::platform::tensorfile::assign(&theirs, &mapped, "the built-in weights").expect("the scratch cell has the same shapes");
             for (_, p) in &theirs {
                 let _ = p.grad().f_zero_(); // undefined before the first step: nothing to clear
             }

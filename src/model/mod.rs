@@ -12,9 +12,9 @@
 //! time-major `[T, B, V]`, the order of d2l's `Y.T.reshape(-1)` labels.
 mod bptt;
 mod builtin;
-pub mod cell;
-pub mod cpu;
-pub mod layout;
+pub(crate) mod cell;
+pub(crate) mod cpu;
+pub(crate) mod layout;
 mod scratch;
 
 pub use builtin::BuiltinLm;
@@ -248,7 +248,7 @@ pub fn top_layer_gates(
         }
     };
     fn trace<C: cell::Cell>(m: ScratchLm<C>, params: &[(String, Tensor)], tokens: &Tensor) -> anyhow::Result<Vec<(&'static str, Tensor)>> {
-        crate::checkpoint::assign(&m.named_parameters(), params, "the run's weights")?;
+        crate::platform::tensorfile::assign(&m.named_parameters(), params, "the run's weights")?;
         Ok(m.top_layer_gates(tokens))
     }
     let vs = || VarStore::new(Device::Cpu);

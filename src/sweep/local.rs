@@ -9,7 +9,8 @@
 //! twice): each writes a checkpoint and stops, and the next `sweep run` goes on.
 use super::{Manifest, Sweep};
 use crate::config::Config;
-use crate::interrupt::{self, Interrupted};
+use crate::error::Interrupted;
+use crate::platform::interrupt;
 use crate::run::RunDir;
 use crate::usage;
 use anyhow::{bail, Context, Result};
@@ -47,7 +48,7 @@ pub fn state(run: &RunDir, cfg: &Config) -> State {
     }
     let history = run.load_metrics().unwrap_or_default();
     let epochs = history.last().map_or(0, |m| m.epoch);
-    let stopped_early = crate::metrics::patience_spent(&history, cfg.train.patience);
+    let stopped_early = crate::run::metrics::patience_spent(&history, cfg.train.patience);
     if epochs >= cfg.train.epochs || (epochs > 0 && stopped_early) {
         return State::Done;
     }

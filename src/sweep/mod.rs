@@ -168,7 +168,7 @@ impl Manifest {
 
     pub fn save(&self, dir: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).expect("manifest serializes") + "\n";
-        crate::fsutil::write_atomic(&dir.join(MANIFEST), text.as_bytes())
+        crate::platform::fsutil::write_atomic(&dir.join(MANIFEST), text.as_bytes())
     }
 }
 

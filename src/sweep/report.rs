@@ -2,9 +2,9 @@
 //! read from its manifest and its points' run directories.
 use super::local::{state, State};
 use super::Manifest;
-use crate::metrics::EpochMetrics;
+use crate::run::metrics::EpochMetrics;
 use crate::run::{RunDir, Weights};
-use crate::sample::{predict, Decode};
+use crate::infer::sample::{predict, Decode};
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use std::path::Path;
@@ -193,5 +193,5 @@ fn draw(rows: &[Row], path: &Path, title: &str) -> Result<()> {
             .map_err(|e| err(e.to_string()))?;
         root.present().map_err(|e| err(e.to_string()))?;
     }
-    crate::fsutil::write_atomic(path, svg.as_bytes())
+    crate::platform::fsutil::write_atomic(path, svg.as_bytes())
 }

@@ -103,7 +103,7 @@ pub fn run(sweep: &Sweep, dir: &Path, o: &SlurmOptions) -> Result<()> {
     }
     std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("cannot create {}/logs", dir.display()))?;
     let path = dir.join("sweep.sbatch");
-    crate::fsutil::write_atomic(&path, script(sweep, dir, &todo, o)?.as_bytes())?;
+    crate::platform::fsutil::write_atomic(&path, script(sweep, dir, &todo, o)?.as_bytes())?;
     let out =
         Command::new("sbatch").arg("--parsable").arg(&path).output().map_err(|e| {
             usage!("--executor slurm: cannot run sbatch ({e}); is Slurm installed here, and SLURM_CONF set if it needs one?")

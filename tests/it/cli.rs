@@ -385,7 +385,7 @@ fn best_checkpoint_and_early_stopping() {
     assert_eq!(best_i, n - 4, "{vals:?}");
     assert!(stdout(&o)
         .contains(&format!("early stop after epoch {n}: 3 validations without a better perplexity than {best:.3} (epoch {})", best_i + 1)));
-    let ck = grulm::checkpoint::load(&dir.join("run/best.safetensors")).unwrap();
+    let ck = grulm::platform::tensorfile::load(&dir.join("run/best.safetensors")).unwrap();
     assert_eq!(ck.metadata["grulm.epoch"], (best_i + 1).to_string());
     // The weights in best.safetensors give that perplexity again; the last ones the last.
     let eval = |which: &str| -> f64 {
@@ -412,7 +412,7 @@ fn best_checkpoint_and_early_stopping() {
     // Compared tensor by tensor: the files' metadata order varies from run to run.
     let same = |a: &str, b: &str| {
         let (mut x, mut y) =
-            (grulm::checkpoint::load(&dir.join(a)).unwrap().tensors, grulm::checkpoint::load(&dir.join(b)).unwrap().tensors);
+            (grulm::platform::tensorfile::load(&dir.join(a)).unwrap().tensors, grulm::platform::tensorfile::load(&dir.join(b)).unwrap().tensors);
         x.sort_by(|p, q| p.0.cmp(&q.0));
         y.sort_by(|p, q| p.0.cmp(&q.0));
         x.len() == y.len() && x.iter().zip(&y).all(|(p, q)| p.0 == q.0 && p.1.equal(&q.1))
@@ -713,7 +713,7 @@ fn read_gates_svg(path: &std::path::Path) -> GatesSvg {
             let v: f64 = attr(line, "data-v").unwrap().parse().unwrap();
             // The colour drawn is the value's (to the rounding of data-v).
             let rgb = |hex: &str| (0..3).map(|k| i32::from_str_radix(&hex[1 + 2 * k..3 + 2 * k], 16).unwrap()).collect::<Vec<_>>();
-            let (drawn, of_v) = (rgb(attr(line, "fill").unwrap()), rgb(&grulm::gates::color(v)));
+            let (drawn, of_v) = (rgb(attr(line, "fill").unwrap()), rgb(&grulm::tools::gates::color(v)));
             assert!(drawn.iter().zip(&of_v).all(|(a, b)| (a - b).abs() <= 1), "{line}: colour of {v} is {of_v:?}");
             gates.last_mut().unwrap().1.last_mut().unwrap().1.push(v);
         } else if line.starts_with("<text class=\"char\"") {
@@ -727,7 +727,7 @@ fn read_gates_svg(path: &std::path::Path) -> GatesSvg {
 /// by the chapter's equations (scratch GRU, reset before: z, r) or PyTorch's
 /// (a built-in LSTM: i, f, o): per gate, `[T][H]`.
 fn gates_by_hand(run: &std::path::Path, text: &str, lstm: bool, layers: usize) -> Vec<Vec<Vec<f64>>> {
-    let w: std::collections::HashMap<String, tch::Tensor> = grulm::checkpoint::load(&run.join("model.safetensors"))
+    let w: std::collections::HashMap<String, tch::Tensor> = grulm::platform::tensorfile::load(&run.join("model.safetensors"))
         .unwrap()
         .tensors
         .into_iter()

@@ -2,7 +2,7 @@
 //! plumbing, the bench's step variants, the CUDA tolerance of the parity check.
 //! The GPU runs themselves are in docs/gpu.md and bench/results/.
 use crate::helpers::{assert_fails, grulm, stderr, timemachine, TempDir};
-use grulm::parity;
+use grulm::tools::parity;
 use std::path::Path;
 use std::process::Command;
 use tch::{Device, Kind};

@@ -162,7 +162,7 @@ pub const WAIT_S: u64 = 600;
 /// Waits until the run in `run` holds still where `GRULM_TEST_PAUSE` told it to
 /// (it has written its marker there).
 pub fn wait_paused(run: &Path) {
-    wait_for(&run.join(grulm::test_pause::MARKER), WAIT_S);
+    wait_for(&run.join(grulm::platform::test_pause::MARKER), WAIT_S);
 }
 
 /// Waits until `path` exists, at most `secs` seconds.

@@ -170,9 +170,9 @@ proptest! {
     /// (or error) fails the case.
     #[test]
     fn any_valid_small_config_trains_validates_and_samples(sets in valid_config()) {
-        use grulm::console::Console;
+        use grulm::platform::console::Console;
         use grulm::run::RunDir;
-        use grulm::sample::{predict, Decode};
+        use grulm::infer::sample::{predict, Decode};
         use grulm::train::{train, TrainOptions};
         use std::sync::atomic::{AtomicUsize, Ordering};
         static CASE: AtomicUsize = AtomicUsize::new(0);

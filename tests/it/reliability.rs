@@ -134,7 +134,7 @@ fn cuda_where_there_is_none_says_why() {
     }
     let dir = TempDir::new("cuda");
     let o = grulm(dir.path(), &["parity", "--device", "cuda"]);
-    let why = if grulm::device::libtorch_has_cuda() { "libtorch has CUDA, but no GPU was found" } else { "was built without CUDA" };
+    let why = if grulm::platform::device::libtorch_has_cuda() { "libtorch has CUDA, but no GPU was found" } else { "was built without CUDA" };
     assert_fails(&o, USAGE, &["device \"cuda\"", why, "--device cpu"]);
 }
 
@@ -389,10 +389,10 @@ fn sigkill_mid_run_leaves_a_loadable_checkpoint_and_resume_matches() {
                 .collect()
         };
         assert_eq!(!temporaries().is_empty(), tmp, "round {round}: {:?}", temporaries());
-        let ck = grulm::checkpoint::load(&run.join("checkpoint.safetensors")).expect("complete, loadable checkpoint");
+        let ck = grulm::platform::tensorfile::load(&run.join("checkpoint.safetensors")).expect("complete, loadable checkpoint");
         let epoch: usize = ck.metadata["grulm.epoch"].parse().unwrap();
         assert_eq!(epoch, ck_epoch, "round {round}: the checkpoint's epoch");
-        let model = grulm::checkpoint::load(&run.join("model.safetensors")).expect("complete, loadable model");
+        let model = grulm::platform::tensorfile::load(&run.join("model.safetensors")).expect("complete, loadable model");
         assert_eq!(model.metadata["grulm.epoch"], model_epoch.to_string(), "round {round}: the model file's epoch");
         let metrics = metrics_without_timing(&run);
         assert!(metrics.len() >= epoch, "metrics hold every epoch up to the checkpoint");
@@ -549,7 +549,7 @@ fn sigint_and_sigterm_stop_with_a_checkpoint_that_resumes_exactly() {
     let o = grulm(dir.path(), &["train", "--config", "exp.toml", "--out", "full"]);
     assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
     let weights = |run: &str| {
-        let mut t = grulm::checkpoint::load(&dir.join(run).join("model.safetensors")).unwrap().tensors;
+        let mut t = grulm::platform::tensorfile::load(&dir.join(run).join("model.safetensors")).unwrap().tensors;
         t.sort_by(|a, b| a.0.cmp(&b.0));
         t
     };
@@ -584,7 +584,7 @@ fn sigint_and_sigterm_stop_with_a_checkpoint_that_resumes_exactly() {
             0 => assert!(matches!(o.status.code(), Some(130 | 143)), "{out}: {:?} {err}", o.status),
             _ => assert_eq!(o.status.code(), Some(code), "{out}: {err}"),
         }
-        let ck = grulm::checkpoint::load(&dir.join(out).join("checkpoint.safetensors")).expect("a whole checkpoint");
+        let ck = grulm::platform::tensorfile::load(&dir.join(out).join("checkpoint.safetensors")).expect("a whole checkpoint");
         if signals.len() == 1 {
             let (epoch, minibatch, name) = if out == "int" { (1, 1000, "SIGINT") } else { (2, 2500, "SIGTERM") };
             assert_eq!(err.lines().count(), 1, "{err}");

@@ -127,7 +127,7 @@ fn an_interrupted_sweep_resumes_to_the_same_numbers() {
     let s = stdout(&grulm(dir.path(), &["sweep", "status", "out"]));
     assert!(s.contains("2 interrupted"), "{s}");
     for p in ["001-lr=1", "002-lr=2"] {
-        let ck = grulm::checkpoint::load(&dir.join("out").join(p).join("checkpoint.safetensors")).unwrap();
+        let ck = grulm::platform::tensorfile::load(&dir.join("out").join(p).join("checkpoint.safetensors")).unwrap();
         assert_eq!((ck.metadata["grulm.epoch"].as_str(), ck.metadata["grulm.partial_steps"].as_str()), ("2", "2"), "{p}");
     }
     let o = grulm(dir.path(), &["sweep", "run", "s.toml", "--out", "out"]);

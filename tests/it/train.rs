@@ -1,8 +1,8 @@
 //! The training loop end to end on small corpora (CPU).
 use crate::helpers::{alone, grulm, metrics_without_timing, small_config, stdout, timemachine, TempDir};
 use grulm::config::Config;
-use grulm::console::Console;
-use grulm::optim::clip_grad_norm;
+use grulm::platform::console::Console;
+use grulm::train::optim::clip_grad_norm;
 use grulm::run::RunDir;
 use grulm::train::{train, TrainOptions};
 use tch::{Device, Kind, Tensor};
@@ -92,7 +92,7 @@ fn resume_equals_an_uninterrupted_run() {
             let out_resumed = train_in(&dir, &full, &b, true);
             assert_eq!(metrics_without_timing(&dir.join(&a)), metrics_without_timing(&dir.join(&b)), "{opt}");
             assert_eq!(out_full.predictions, out_resumed.predictions);
-            let weights = |run: &str| grulm::checkpoint::load(&dir.join(run).join("checkpoint.safetensors")).unwrap().tensors;
+            let weights = |run: &str| grulm::platform::tensorfile::load(&dir.join(run).join("checkpoint.safetensors")).unwrap().tensors;
             let (wa, wb) = (weights(&a), weights(&b));
             assert_eq!(wa.len(), wb.len());
             for ((na, ta), (nb, tb)) in wa.iter().zip(&wb) {

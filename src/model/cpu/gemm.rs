@@ -68,14 +68,6 @@ impl<T: Real> Packed<T> {
         src.fill(p.data.as_mut_ptr(), rows, 0..n);
         p
     }
-
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
-    pub fn n(&self) -> usize {
-        self.n
-    }
 }
 
 /// A 2-D tensor's place in a [`Packed`] B: its memory as `rows × cols` at

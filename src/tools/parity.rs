@@ -7,7 +7,7 @@
 //! starts from one generator seed, so the scratch model's masks must be the
 //! ones libtorch's RNN and `dropout` draw, at the same places. On CUDA cuDNN
 //! draws its masks with its own generator, so there is nothing to compare.
-use crate::checkpoint;
+use crate::platform::tensorfile;
 use crate::model::layout::{pytorch_to_scratch, scratch_to_pytorch, BiasHh};
 use crate::model::{BuildOptions, CellKind, ModelConfig, ModelKind, RecurrentLm, ResetGate, ScratchPath, State};
 use anyhow::{anyhow, Result};
@@ -68,7 +68,7 @@ impl ParityReport {
         };
         let mut s = format!(
             "scratch {cell} vs built-in on {} in {:?}, {} layer(s), B={BATCH} T={STEPS} V={VOCAB} H={HIDDEN}{}\n",
-            crate::device::describe(self.device),
+            crate::platform::device::describe(self.device),
             self.kind,
             self.layers,
             if self.dropout > 0.0 { format!(", dropout {} in the training step", self.dropout) } else { String::new() }
@@ -132,7 +132,7 @@ pub fn compare(
     randomize(builtin.as_ref(), SCALE);
     let scratch = cfg(ModelKind::Scratch).build(VOCAB, device, kind, BuildOptions { path: Some(path), ..BuildOptions::default() });
     let builtin_params: HashMap<String, Tensor> = builtin.named_parameters().into_iter().collect();
-    checkpoint::assign(&scratch.named_parameters(), &pytorch_to_scratch(&builtin_params, cell, layers)?, "built-in weights")?;
+    tensorfile::assign(&scratch.named_parameters(), &pytorch_to_scratch(&builtin_params, cell, layers)?, "built-in weights")?;
 
     let tokens = Tensor::randint(VOCAB, [BATCH, STEPS], (Kind::Int64, device));
     let targets = Tensor::randint(VOCAB, [BATCH, STEPS], (Kind::Int64, device));

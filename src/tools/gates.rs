@@ -17,7 +17,8 @@
 //! per character in order.
 use crate::model::CellKind;
 use crate::run::{RunDir, Weights};
-use crate::{checkpoint, data, fsutil, usage};
+use crate::platform::{fsutil, tensorfile};
+use crate::{data, usage};
 use anyhow::Result;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
@@ -279,7 +280,7 @@ pub fn draw(r: &Request) -> Result<String> {
     let chosen = run_dir.weights_file(r.weights)?;
     chosen.say_notes();
     let weights = chosen.path;
-    let file = checkpoint::load(&weights)?;
+    let file = tensorfile::load(&weights)?;
     let tokens = tch::Tensor::from_slice(&vocab.encode(&chars)).view([1, -1]);
     let values = crate::model::top_layer_gates(&cfg.model, &file.tensors, vocab.len() as i64, &tokens)
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", weights.display()))?

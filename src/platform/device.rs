@@ -1,8 +1,24 @@
 //! Devices and the `grulm info` report.
-use crate::config::{parse_device_name, DeviceRequest};
 use crate::usage;
 use anyhow::Result;
 use tch::Device;
+
+/// `auto`/`cpu`/`cuda`/`cuda:N` -> validated; `None` for anything else.
+pub fn parse_device_name(s: &str) -> Option<DeviceRequest> {
+    match s {
+        "auto" => Some(DeviceRequest::Auto),
+        "cpu" => Some(DeviceRequest::Cpu),
+        "cuda" => Some(DeviceRequest::Cuda(0)),
+        _ => s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()).map(DeviceRequest::Cuda),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceRequest {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
 
 /// The libtorch grulm was built against (read by build.rs from libtorch's
 /// `build-version` or the PyPI wheel's `torch/version.py`).
@@ -101,16 +117,16 @@ pub fn info_report() -> String {
     s += &format!("cuDNN available  {}\n", yes_no(cuda && tch::Cuda::cudnn_is_available()));
     if cuda {
         for i in 0..tch::Cuda::device_count() as usize {
-            s += &format!("GPU {i}            {}\n", crate::cuda::gpu_description(i).unwrap_or_else(|| "unknown".into()));
+            s += &format!("GPU {i}            {}\n", crate::platform::cuda::gpu_description(i).unwrap_or_else(|| "unknown".into()));
         }
-        let (driver, runtime, cudnn) = crate::cuda::versions();
+        let (driver, runtime, cudnn) = crate::platform::cuda::versions();
         let v = |x: Option<String>| x.unwrap_or_else(|| "unknown".into());
         s += &format!("CUDA driver      {} (runtime {}), cuDNN {}\n", v(driver), v(runtime), v(cudnn));
-        if let Ok((cublas, cudnn)) = crate::cuda::tf32() {
+        if let Ok((cublas, cudnn)) = crate::platform::cuda::tf32() {
             s += &format!("TF32             cuBLAS {}, cuDNN {} (libtorch's defaults unless changed)\n", on_off(cublas), on_off(cudnn));
         }
     }
-    s += &format!("CUDA shim        {} (CUDA graphs, GPU memory statistics)\n", crate::cuda::shim_status());
+    s += &format!("CUDA shim        {} (CUDA graphs, GPU memory statistics)\n", crate::platform::cuda::shim_status());
     s += &format!("CPU threads      {}\n", tch::get_num_threads());
     s += &format!("default device   {}\n", describe(Device::cuda_if_available()));
     s

@@ -18,9 +18,9 @@
 //! training steps: capture changes no number, replay runs the same kernels.
 //! Adam is not captured (its bias correction is computed on the host per step),
 //! and if a capture fails grulm says why and goes on eagerly.
-use crate::cuda::{Graph, SideStream};
+use crate::platform::cuda::{Graph, SideStream};
 use crate::model::{RecurrentLm, State};
-use crate::optim::Optimizer;
+use crate::train::optim::Optimizer;
 use anyhow::Result;
 use tch::{Device, Tensor};
 
@@ -67,8 +67,8 @@ impl Stepper {
         if !(cuda_graph && device.is_cuda()) {
             return s;
         }
-        if !crate::cuda::shim_built() {
-            s.note = Some(format!("CUDA graphs off: grulm's CUDA shim was {}", crate::cuda::shim_status()));
+        if !crate::platform::cuda::shim_built() {
+            s.note = Some(format!("CUDA graphs off: grulm's CUDA shim was {}", crate::platform::cuda::shim_status()));
         } else if !opt.graph_safe() {
             s.note = Some("CUDA graphs off: Adam computes its bias correction on the host every step; steps run eagerly".into());
         } else {

@@ -1,6 +1,6 @@
 //! safetensors files: written atomically, read with one-line errors, assigned
 //! to a model with shape checks.
-use crate::fsutil;
+use crate::platform::fsutil;
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;

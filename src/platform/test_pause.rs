@@ -101,7 +101,7 @@ impl StepPause {
     }
 }
 
-/// In [`crate::fsutil::write_atomic`] of `path`, between the synced temporary
+/// In [`crate::platform::fsutil::write_atomic`] of `path`, between the synced temporary
 /// file and the rename.
 pub fn in_write(path: &Path) {
     static WRITES: AtomicUsize = AtomicUsize::new(0);
@@ -118,7 +118,7 @@ pub fn in_write(path: &Path) {
 fn pause(dir: &Path, s: &Spec) {
     let _ = std::fs::write(dir.join(MARKER), format!("{}\n", s.text));
     let t = Instant::now();
-    while crate::interrupt::received() < s.signals {
+    while crate::platform::interrupt::received() < s.signals {
         if t.elapsed() > MAX_WAIT {
             eprintln!("grulm: {VAR}={}: no signal in {} s; going on", s.text, MAX_WAIT.as_secs());
             return;

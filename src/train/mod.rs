@@ -11,23 +11,29 @@
 //! epoch uploads only where its minibatches start, and each step cuts its
 //! minibatch out of the corpus on the device (a gather of `B x T` ids), so
 //! memory does not grow with the corpus beyond its ids.
+pub(crate) mod memory;
+pub mod optim;
+pub(crate) mod step;
+
 use crate::config::Config;
-use crate::console::Console;
+use crate::platform::console::Console;
 use crate::data::{self, Corpus, Ids, SeqPartition, TokenData};
-use crate::device::describe;
+use crate::platform::device::describe;
 use crate::error::libtorch;
-use crate::eval::perplexity;
-use crate::interrupt::{self, Interrupted};
-use crate::memory::Estimate;
-use crate::metrics::{patience_spent, BestVal, EpochMetrics};
+use crate::infer::eval::perplexity;
+use crate::error::Interrupted;
+use crate::platform::interrupt;
+use crate::train::memory::Estimate;
+use crate::run::metrics::{patience_spent, BestVal, EpochMetrics};
 use crate::model::{BuildOptions, RecurrentLm, State};
-use crate::optim::Optimizer;
+use crate::train::optim::Optimizer;
 use crate::run::{Partial, RunDir};
-use crate::sample::{self, Decode};
-use crate::step::Stepper;
-use crate::tensorboard::{self, EventWriter};
-use crate::test_pause::StepPause;
-use crate::{plot, usage};
+use crate::infer::sample::{self, Decode};
+use crate::train::step::Stepper;
+use crate::run::tensorboard::{self, EventWriter};
+use crate::platform::test_pause::StepPause;
+use crate::run::plot;
+use crate::usage;
 use anyhow::{bail, Context, Result};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -202,8 +208,8 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
     // Before the run directory is touched: a bad source file leaves nothing behind.
     if let Some(weights) = &init {
         let path = &weights.path;
-        let file = crate::checkpoint::load(path)?;
-        crate::checkpoint::assign(&model.named_parameters(), &file.tensors, &path.display().to_string())?;
+        let file = crate::platform::tensorfile::load(path)?;
+        crate::platform::tensorfile::assign(&model.named_parameters(), &file.tensors, &path.display().to_string())?;
         weights.say_notes();
         console.line(&format!("initialised from {} (a fresh optimizer)", path.display()));
     }
@@ -222,7 +228,9 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
             ));
         }
         run.remove_stale_temporaries();
-        let (epoch, elapsed, partial) = run.load_checkpoint(model.as_ref(), &mut opt, device)?;
+        let restored = run.load_checkpoint(model.as_ref(), device)?;
+        opt.load_state(&restored.optimizer).with_context(|| run.file(crate::run::CHECKPOINT).display().to_string())?;
+        let (epoch, elapsed, partial) = (restored.epoch, restored.elapsed_s, restored.partial);
         let history = run.truncate_metrics(epoch)?;
         tensorboard::truncate(&run.file(tensorboard::DIR), epoch)?;
         run.save_config(cfg)?;
@@ -333,7 +341,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
                 SeqPartition::Random => None,
             };
             let p = Partial { steps: out.done as usize, losses, norms, seconds, state };
-            run.save_checkpoint(model.as_ref(), &opt, epoch, elapsed0 + run_start.elapsed().as_secs_f64(), Some(&p))?;
+            run.save_checkpoint(model.as_ref(), opt.state(), epoch, elapsed0 + run_start.elapsed().as_secs_f64(), Some(&p))?;
             return Err(interrupted(console, &format!("at epoch {number}, minibatch {} of {}", out.done, mb.n), run));
         }
         let tokens = (mb.n * b * t) as f64;
@@ -354,7 +362,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
             lr: opt.lr(),
             grad_norm: norms.iter().sum::<f64>() / norms.len() as f64,
             elapsed_s: elapsed0 + run_start.elapsed().as_secs_f64(),
-            peak_rss_mib: crate::device::peak_rss_mib(),
+            peak_rss_mib: crate::platform::device::peak_rss_mib(),
         };
         run.append_metrics(&metrics)?;
         if let Some(w) = &mut events {
@@ -378,13 +386,13 @@ pub fn train(cfg: &Config, opts: &TrainOptions, console: &Console) -> Result<Tra
         }
         let due = cfg.train.checkpoint_every > 0 && number.is_multiple_of(cfg.train.checkpoint_every);
         if due || last_epoch || stop {
-            run.save_checkpoint(model.as_ref(), &opt, number, metrics.elapsed_s, None)?;
+            run.save_checkpoint(model.as_ref(), opt.state(), number, metrics.elapsed_s, None)?;
             last_checkpoint = Some(number);
             plot::perplexity_svg(&history, &title, &run.file(crate::run::PLOT)).context("perplexity.svg")?;
         }
         if interrupt::requested().is_some() {
             if last_checkpoint != Some(number) {
-                run.save_checkpoint(model.as_ref(), &opt, number, metrics.elapsed_s, None)?;
+                run.save_checkpoint(model.as_ref(), opt.state(), number, metrics.elapsed_s, None)?;
             }
             return Err(interrupted(console, &format!("after epoch {number}"), run));
         }

@@ -1,6 +1,6 @@
 //! `perplexity.svg`: d2l's Animator curve (perplexity against epoch).
-use crate::fsutil;
-use crate::metrics::EpochMetrics;
+use crate::platform::fsutil;
+use crate::run::metrics::EpochMetrics;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use std::path::Path;

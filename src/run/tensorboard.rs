@@ -27,8 +27,8 @@
 //! trained the weights the run kept. (TensorBoard's own answer, a
 //! `SessionLog.START` event, is honoured by some of its readers and not others:
 //! the legacy `EventAccumulator` purges scalars but not text.)
-use crate::fsutil;
-use crate::metrics::EpochMetrics;
+use crate::platform::fsutil;
+use crate::run::metrics::EpochMetrics;
 use anyhow::{Context, Result};
 use protobuf::{Message, RepeatedField};
 use std::fs::File;

@@ -14,14 +14,16 @@
 //! Every file but `metrics.jsonl` is replaced atomically (temporary file, fsync,
 //! rename); metrics lines are appended whole. A kill at any moment leaves a
 //! loadable checkpoint and the metrics of every epoch up to it.
-use crate::checkpoint;
+pub mod metrics;
+pub(crate) mod plot;
+pub(crate) mod tensorboard;
+
+use crate::platform::tensorfile;
 use crate::config::Config;
 use crate::data::Vocab;
-use crate::fsutil;
-use crate::metrics::{best_of, BestVal, EpochMetrics};
+use crate::platform::fsutil;
+use metrics::{best_of, BestVal, EpochMetrics};
 use crate::model::RecurrentLm;
-use crate::optim::Optimizer;
-use crate::tensorboard;
 use crate::usage;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -53,6 +55,26 @@ pub struct Partial {
     pub seconds: f64,
     /// The state carried into the next minibatch (sequential partition).
     pub state: Option<Vec<tch::Tensor>>,
+}
+
+/// An optimiser's state as a checkpoint holds it: named tensors (Adam's moments)
+/// and the step count. The trainer's optimiser gives and takes it; the run
+/// directory only stores it.
+pub struct OptimizerState {
+    pub tensors: Vec<(String, tch::Tensor)>,
+    pub steps: u64,
+}
+
+/// A checkpoint, read back ([`RunDir::load_checkpoint`]).
+pub struct Restored {
+    /// Complete epochs.
+    pub epoch: usize,
+    /// Seconds of training they took.
+    pub elapsed_s: f64,
+    /// The part of the next epoch a signal interrupted.
+    pub partial: Option<Partial>,
+    /// Every tensor of the file; the optimiser takes its own by name.
+    pub optimizer: OptimizerState,
 }
 
 /// Which weights of a run `sample`, `eval`, `export` and `gates` use.
@@ -229,16 +251,16 @@ impl RunDir {
     pub fn save_checkpoint(
         &self,
         model: &dyn RecurrentLm,
-        opt: &Optimizer,
+        opt: OptimizerState,
         epoch: usize,
         elapsed_s: f64,
         partial: Option<&Partial>,
     ) -> Result<()> {
         let params = model.named_parameters();
-        if !checkpoint::all_finite(&params) {
+        if !tensorfile::all_finite(&params) {
             bail!("parameters are not finite after epoch {epoch}; the last good checkpoint is kept in {}", self.path.display());
         }
-        let (opt_state, steps) = opt.state();
+        let OptimizerState { tensors: opt_state, steps } = opt;
         let mut meta = HashMap::new();
         meta.insert("grulm.epoch".to_string(), epoch.to_string());
         meta.insert("grulm.elapsed_s".to_string(), format!("{elapsed_s}"));
@@ -255,11 +277,11 @@ impl RunDir {
                 all.push((format!("grulm.partial.state.{i}"), t.shallow_clone()));
             }
         }
-        checkpoint::save(&self.file(CHECKPOINT), &all, &meta)?;
+        tensorfile::save(&self.file(CHECKPOINT), &all, &meta)?;
         meta.remove("grulm.optimizer_steps");
         meta.remove(PARTIAL_STEPS);
         meta.remove("grulm.partial_seconds");
-        checkpoint::save(&self.file(MODEL), &params, &meta)
+        tensorfile::save(&self.file(MODEL), &params, &meta)
     }
 
     /// Writes `best.safetensors`: the parameters, with the epoch and validation
@@ -269,7 +291,7 @@ impl RunDir {
         meta.insert("grulm.epoch".to_string(), best.epoch.to_string());
         meta.insert("grulm.val_ppl".to_string(), format!("{}", best.val_ppl));
         meta.insert("grulm.model".to_string(), model.describe());
-        checkpoint::save(&self.file(BEST), &model.named_parameters(), &meta)
+        tensorfile::save(&self.file(BEST), &model.named_parameters(), &meta)
     }
 
     /// The best validation a resumed run goes on from. Its metrics up to `epoch`
@@ -280,7 +302,7 @@ impl RunDir {
     pub fn resume_best(&self, history: &[EpochMetrics], epoch: usize) -> Result<Option<BestVal>> {
         let p = self.file(BEST);
         if p.exists() {
-            let file = checkpoint::load(&p)?;
+            let file = tensorfile::load(&p)?;
             let saved: Option<usize> = file.metadata.get("grulm.epoch").and_then(|e| e.parse().ok());
             if saved.is_none_or(|e| e > epoch) {
                 std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
@@ -301,9 +323,9 @@ impl RunDir {
         }
     }
 
-    /// Restores parameters and optimiser state; returns (complete epochs, elapsed
-    /// seconds, the part of the next epoch a signal interrupted).
-    pub fn load_checkpoint(&self, model: &dyn RecurrentLm, opt: &mut Optimizer, device: Device) -> Result<(usize, f64, Option<Partial>)> {
+    /// Restores the parameters into `model`; returns the rest of the checkpoint
+    /// (progress, the optimiser's state, the part of an interrupted epoch).
+    pub fn load_checkpoint(&self, model: &dyn RecurrentLm, device: Device) -> Result<Restored> {
         let p = self.file(CHECKPOINT);
         if !p.exists() {
             return Err(usage!(
@@ -311,15 +333,14 @@ impl RunDir {
                 self.path.display()
             ));
         }
-        let file = checkpoint::load(&p)?;
+        let file = tensorfile::load(&p)?;
         let shown = p.display().to_string();
-        checkpoint::assign(&model.named_parameters(), &file.tensors, &shown)?;
+        tensorfile::assign(&model.named_parameters(), &file.tensors, &shown)?;
         let meta =
             |k: &str| -> Result<String> { file.metadata.get(k).cloned().with_context(|| format!("{shown}: metadata {k} is missing")) };
         let epoch: usize = meta("grulm.epoch")?.parse().with_context(|| format!("{shown}: bad grulm.epoch"))?;
         let elapsed: f64 = meta("grulm.elapsed_s")?.parse().with_context(|| format!("{shown}: bad grulm.elapsed_s"))?;
         let steps: u64 = meta("grulm.optimizer_steps")?.parse().with_context(|| format!("{shown}: bad grulm.optimizer_steps"))?;
-        opt.load_state(&file.tensors, steps).with_context(|| shown.clone())?;
         let partial = match file.metadata.get(PARTIAL_STEPS) {
             None => None,
             Some(n) => {
@@ -339,7 +360,7 @@ impl RunDir {
                 })
             }
         };
-        Ok((epoch, elapsed, partial))
+        Ok(Restored { epoch, elapsed_s: elapsed, partial, optimizer: OptimizerState { tensors: file.tensors, steps } })
     }
 
     /// The file holding the run's `weights`: `best.safetensors` or
@@ -399,9 +420,9 @@ impl RunDir {
         let vocab = self.load_vocab().map_err(|e| usage!("{e:#}"))?;
         let model = cfg.model.init(vocab.len() as i64, device, Kind::Float);
         let weights = self.weights_file(weights)?;
-        let file = checkpoint::load(&weights.path)?;
+        let file = tensorfile::load(&weights.path)?;
         // The vocabulary sets V in the shapes: name it, after the tensor that disagrees.
-        checkpoint::assign(&model.named_parameters(), &file.tensors, &weights.path.display().to_string())
+        tensorfile::assign(&model.named_parameters(), &file.tensors, &weights.path.display().to_string())
             .map_err(|e| anyhow::anyhow!("{e:#}; {} has {} tokens", self.file(VOCAB).display(), vocab.len()))?;
         Ok(Trained { cfg, vocab, model, weights })
     }

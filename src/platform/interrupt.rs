@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 /// The first signal received (0: none).
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
-/// Signals received so far (for [`crate::test_pause`]).
+/// Signals received so far (for [`crate::platform::test_pause`]).
 static RECEIVED: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn on_signal(sig: libc::c_int) {
@@ -51,29 +51,6 @@ pub fn requested() -> Option<i32> {
 pub fn received() -> usize {
     RECEIVED.load(Ordering::SeqCst)
 }
-
-/// Training stopped on a signal, after writing its checkpoint. Its exit code
-/// is 128 + the signal's number (130 for SIGINT, 143 for SIGTERM), as a shell
-/// reports a process the signal ended.
-#[derive(Debug)]
-pub struct Interrupted {
-    pub signal: i32,
-    pub message: String,
-}
-
-impl Interrupted {
-    pub fn exit_code(&self) -> i32 {
-        128 + self.signal
-    }
-}
-
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Interrupted {}
 
 pub fn signal_name(sig: i32) -> &'static str {
     match sig {

@@ -7,44 +7,9 @@
 //! Nothing here reads a value back to the host: the clipping coefficient and the
 //! gradient norm stay on the device, so a training step never synchronises.
 use anyhow::{bail, Result};
-use serde::Serialize;
+use crate::config::OptimizerKind;
+use crate::run::OptimizerState;
 use tch::{Kind, Tensor};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerKind {
-    Sgd,
-    Adam,
-}
-
-/// The learning rate per epoch (`train.lr_schedule`). d2l keeps it constant;
-/// char-rnn decays it by a factor every epoch (`step`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LrSchedule {
-    Constant,
-    Step,
-    Cosine,
-}
-
-impl LrSchedule {
-    /// The learning rate of epoch `e` (1-based) of `epochs`: a linear warm-up
-    /// over the first `warmup` epochs (lr·e/W), then, counting k = e − W from 1
-    /// and K = epochs − W:
-    /// constant lr; step lr·decay^⌊(k−1)/every⌋; cosine lr·(1 + cos(π(k−1)/K))/2.
-    /// A function of the epoch alone, so `--resume` continues it exactly.
-    pub fn lr_at(self, lr: f64, e: usize, epochs: usize, warmup: usize, decay: f64, every: usize) -> f64 {
-        if e <= warmup {
-            return lr * e as f64 / warmup as f64;
-        }
-        let (k, n) = ((e - warmup) as f64, epochs.saturating_sub(warmup).max(1) as f64);
-        match self {
-            LrSchedule::Constant => lr,
-            LrSchedule::Step => lr * decay.powi(((e - warmup - 1) / every.max(1)) as i32),
-            LrSchedule::Cosine => lr * 0.5 * (1.0 + (std::f64::consts::PI * (k - 1.0) / n).cos()),
-        }
-    }
-}
 
 /// d2l's `grad_clipping`: with ‖g‖ the L2 norm over all gradients together,
 /// g <- min(1, θ/‖g‖) g. Returns ‖g‖ before clipping, a 0-d tensor on the device.
@@ -162,7 +127,7 @@ impl Optimizer {
 
     /// The state to checkpoint: Adam's moments as `adam.m.<param>`, `adam.v.<param>`
     /// (nothing for SGD), and the step count.
-    pub fn state(&self) -> (Vec<(String, Tensor)>, u64) {
+    pub fn state(&self) -> OptimizerState {
         let mut out = Vec::new();
         for (i, name) in self.names.iter().enumerate() {
             if let (Some(m), Some(v)) = (self.m.get(i), self.v.get(i)) {
@@ -170,12 +135,13 @@ impl Optimizer {
                 out.push((format!("adam.v.{name}"), v.shallow_clone()));
             }
         }
-        (out, self.steps)
+        OptimizerState { tensors: out, steps: self.steps }
     }
 
     /// Restores what [`Optimizer::state`] gave.
-    pub fn load_state(&mut self, tensors: &[(String, Tensor)], steps: u64) -> Result<()> {
-        self.steps = steps;
+    pub fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
+        let tensors = &state.tensors;
+        self.steps = state.steps;
         if self.kind == OptimizerKind::Sgd {
             return Ok(());
         }

@@ -198,14 +198,12 @@ impl Drop for Graph {
 }
 
 /// The caching allocator's figures for a device, in bytes: what
-/// `torch.cuda.memory_allocated`, `max_memory_allocated`, `memory_reserved` and
-/// `max_memory_reserved` report.
+/// `torch.cuda.memory_allocated` and `max_memory_allocated` report. (The shim
+/// also reads `memory_reserved` and its peak; nothing uses them yet.)
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryStats {
     pub allocated: i64,
     pub allocated_peak: i64,
-    pub reserved: i64,
-    pub reserved_peak: i64,
 }
 
 pub fn memory_stats(device: Device) -> Result<MemoryStats> {
@@ -215,7 +213,7 @@ pub fn memory_stats(device: Device) -> Result<MemoryStats> {
         let mut v = [0i64; 4];
         // SAFETY: the shim writes four values.
         ffi::check(unsafe { ffi::grulm_cuda_memory(index, v.as_mut_ptr()) }, "reading CUDA memory statistics")?;
-        Ok(MemoryStats { allocated: v[0], allocated_peak: v[1], reserved: v[2], reserved_peak: v[3] })
+        Ok(MemoryStats { allocated: v[0], allocated_peak: v[1] })
     }
     #[cfg(not(grulm_cuda_shim))]
     {

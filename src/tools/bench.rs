@@ -3,11 +3,11 @@
 //! with the same step in Python PyTorch (`bench/pytorch_reference.py`).
 use crate::config::OptimizerKind;
 use crate::data::{self, Ids, SeqPartition};
-use crate::device;
-use crate::memory::Estimate;
+use crate::platform::device;
+use crate::train::memory::Estimate;
 use crate::model::{BuildOptions, CellKind, ModelConfig, ModelKind, ResetGate, ScratchPath};
-use crate::optim::Optimizer;
-use crate::step::Stepper;
+use crate::train::optim::Optimizer;
+use crate::train::step::Stepper;
 use crate::train;
 use crate::usage;
 use anyhow::{bail, Context, Result};
@@ -267,7 +267,7 @@ fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, war
     let mut times = Vec::with_capacity(repeats);
     let plan = train::EpochPlan { partition: SeqPartition::Sequential, theta: 1.0, from: 0, mask_seed: None, pause: None };
     // Warm-up repeats, and enough steps for a CUDA graph to be captured before timing.
-    let warm = warmup.max(if graph && dev.is_cuda() { crate::step::WARMUP_STEPS.div_ceil(steps) + 1 } else { 0 });
+    let warm = warmup.max(if graph && dev.is_cuda() { crate::train::step::WARMUP_STEPS.div_ceil(steps) + 1 } else { 0 });
     for i in 0..warm + repeats {
         let t0 = Instant::now();
         // The trainer's own epoch loop, over `steps` minibatches.
@@ -329,8 +329,8 @@ struct GpuMemory {
 
 impl GpuMemory {
     fn start(dev: Device) -> GpuMemory {
-        let allocated_before = match dev.is_cuda() && crate::cuda::reset_peak_memory(dev).is_ok() {
-            true => crate::cuda::memory_stats(dev).ok().map(|m| m.allocated),
+        let allocated_before = match dev.is_cuda() && crate::platform::cuda::reset_peak_memory(dev).is_ok() {
+            true => crate::platform::cuda::memory_stats(dev).ok().map(|m| m.allocated),
             false => None,
         };
         GpuMemory { dev, used_before: used_mib(dev), allocated_before }
@@ -338,7 +338,7 @@ impl GpuMemory {
 
     fn peak_mib(&self) -> (f64, String) {
         if let Some(before) = self.allocated_before {
-            if let Ok(m) = crate::cuda::memory_stats(self.dev) {
+            if let Ok(m) = crate::platform::cuda::memory_stats(self.dev) {
                 return ((m.allocated_peak - before) as f64 / (1u64 << 20) as f64, "cuda allocator peak (allocated)".into());
             }
         }
@@ -350,7 +350,7 @@ impl GpuMemory {
 fn used_mib(dev: Device) -> f64 {
     if let Device::Cuda(i) = dev {
         tch::Cuda::synchronize(i as i64);
-        return crate::cuda::mem_get_info().map(|(free, total)| (total - free) as f64 / (1u64 << 20) as f64).unwrap_or(f64::NAN);
+        return crate::platform::cuda::mem_get_info().map(|(free, total)| (total - free) as f64 / (1u64 << 20) as f64).unwrap_or(f64::NAN);
     }
     0.0
 }

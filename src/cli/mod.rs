@@ -1,16 +1,18 @@
 //! The command line (clap). Everything clap-shaped stays here: each command turns
 //! its arguments into a validated [`Config`] or plain values and calls the library.
 use crate::config::{Config, MAX_SAMPLE_LEN};
-use crate::console::Console;
+use crate::platform::console::Console;
 use crate::data;
 use crate::error::libtorch;
-use crate::memory::{self, Estimate};
+use crate::train::memory::{self, Estimate};
 use crate::model::layout::{scratch_to_pytorch, BiasHh};
 use crate::model::{CellKind, ModelKind, ScratchPath};
 use crate::run::{self, RunDir};
-use crate::sample::{self, Decode};
+use crate::infer::sample::{self, Decode};
 use crate::train::{self, TrainOptions};
-use crate::{bench, device, gates, parity, sweep, usage};
+use crate::platform::device;
+use crate::tools::{bench, gates, parity};
+use crate::{sweep, usage};
 use anyhow::{Context, Result};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::Write;
@@ -432,9 +434,9 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
     if a.dry_run {
         return dry_run(&cfg, dev);
     }
-    crate::test_pause::check()?;
+    crate::platform::test_pause::check()?;
     // Ctrl-C or SIGTERM: stop after the current minibatch with a checkpoint.
-    crate::interrupt::install();
+    crate::platform::interrupt::install();
     let console = Console::new(cfg.train.epochs, 0, a.quiet);
     let opts = TrainOptions { run: run_dir, resume: a.resume, force: a.force, device: dev };
     train::train(&cfg, &opts, &console)?;
@@ -699,7 +701,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
         }
     };
     weights.say_notes();
-    let ppl = crate::eval::perplexity(model.as_mut(), &ids, cfg.data.batch_size, cfg.data.num_steps, dev)
+    let ppl = crate::infer::eval::perplexity(model.as_mut(), &ids, cfg.data.batch_size, cfg.data.num_steps, dev)
         .with_context(|| format!("corpus {}", path.display()))?;
     let split_name = format!("{split:?}").to_lowercase();
     if a.json {
@@ -753,7 +755,7 @@ fn export_cmd(a: ExportArgs) -> Result<()> {
     weights.say_notes();
     let out = a.out.unwrap_or_else(|| run_dir.file("pytorch.safetensors"));
     let meta = std::collections::HashMap::from([("grulm.model".to_string(), model.describe())]);
-    crate::checkpoint::save(&out, &tensors, &meta).with_context(|| format!("writing {}", out.display()))?;
+    crate::platform::tensorfile::save(&out, &tensors, &meta).with_context(|| format!("writing {}", out.display()))?;
     println!("wrote {} ({} tensors in PyTorch's names, for d2l's RNNModel)", out.display(), tensors.len());
     Ok(())
 }
@@ -778,15 +780,15 @@ fn parity_cmd(a: ParityArgs) -> Result<()> {
     // checks the function, so TF32 is off for the asserted comparison, and the
     // default's differences are shown after it.
     let tf32_default = match (dev, kind) {
-        (tch::Device::Cuda(_), tch::Kind::Float) => crate::cuda::tf32().ok(),
+        (tch::Device::Cuda(_), tch::Kind::Float) => crate::platform::cuda::tf32().ok(),
         _ => None,
     };
     if tf32_default.is_some() {
-        crate::cuda::set_tf32(false, false)?;
+        crate::platform::cuda::set_tf32(false, false)?;
     } else if dev.is_cuda() && kind == tch::Kind::Float {
         println!(
             "note: {}; TF32 cannot be switched off, so cuDNN's float32 cells may differ by more than the tolerance",
-            crate::cuda::shim_status()
+            crate::platform::cuda::shim_status()
         );
     }
     // One table per layer count; true when every asserted one passed.
@@ -807,7 +809,7 @@ fn parity_cmd(a: ParityArgs) -> Result<()> {
     };
     let ok = tables(true)?;
     if let Some((cublas, cudnn)) = tf32_default {
-        crate::cuda::set_tf32(cublas, cudnn)?;
+        crate::platform::cuda::set_tf32(cublas, cudnn)?;
         println!("\nwith libtorch's default TF32 settings (cuBLAS {cublas}, cuDNN {cudnn}): shown, not asserted");
         tables(false)?;
     }

@@ -11,7 +11,7 @@
 //! preprocessing twice (count, then encode), never held as `char`s; token ids are
 //! stored in one, two or four bytes ([`Ids`]). A 100 MB text with a small
 //! vocabulary costs 100 MB of text while loading and 100 MB of ids.
-use crate::fsutil;
+use crate::platform::fsutil;
 use crate::usage;
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
