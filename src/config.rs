@@ -574,7 +574,7 @@ impl Config {
     /// Keys whose values differ between two configs, as `section.key` (for
     /// `--resume` with a changed config).
     /// A key's value as TOML (`model.hidden_size` -> `256`), for messages.
-    pub fn value_of(&self, key: &str) -> String {
+    pub(crate) fn value_of(&self, key: &str) -> String {
         let v = Value::try_from(self).expect("config to TOML value");
         let (section, k) = key.split_once('.').unwrap_or((key, ""));
         v.get(section).and_then(|t| t.get(k)).map(show_value).unwrap_or_else(|| "unset".into())
@@ -600,7 +600,7 @@ impl Config {
 
 /// Longest sample grulm will generate; the output is streamed, so memory stays
 /// bounded, but a typo of 10^12 should not run forever.
-pub const MAX_SAMPLE_LEN: usize = 10_000_000;
+pub(crate) const MAX_SAMPLE_LEN: usize = 10_000_000;
 
 /// `section.key=value` -> (section, key, TOML value). A value that is not valid
 /// TOML is taken as a string, so `--set model.kind=builtin` works unquoted.
@@ -670,7 +670,7 @@ impl LrSchedule {
     /// and K = epochs − W:
     /// constant lr; step lr·decay^⌊(k−1)/every⌋; cosine lr·(1 + cos(π(k−1)/K))/2.
     /// A function of the epoch alone, so `--resume` continues it exactly.
-    pub fn lr_at(self, lr: f64, e: usize, epochs: usize, warmup: usize, decay: f64, every: usize) -> f64 {
+    pub(crate) fn lr_at(self, lr: f64, e: usize, epochs: usize, warmup: usize, decay: f64, every: usize) -> f64 {
         if e <= warmup {
             return lr * e as f64 / warmup as f64;
         }

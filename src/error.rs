@@ -78,7 +78,7 @@ fn first_line(s: &str) -> &str {
 
 /// A libtorch call failed (out of memory, most often) while grulm was `doing`.
 #[derive(Debug)]
-pub struct TorchFailure {
+pub(crate) struct TorchFailure {
     pub doing: String,
     /// libtorch's whole message, C++ frames included.
     pub message: String,

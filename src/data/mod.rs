@@ -51,23 +51,23 @@ pub struct DataConfig {
 }
 
 /// d2l's address for H. G. Wells' *The Time Machine* and its SHA-1.
-pub const TIMEMACHINE_URL: &str = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt";
+pub(crate) const TIMEMACHINE_URL: &str = "http://d2l-data.s3-accelerate.amazonaws.com/timemachine.txt";
 pub const TIMEMACHINE_SHA1: &str = "090b5e7e70c295757f55df93cb0a180b9691891a";
-pub const TIMEMACHINE_NAME: &str = "timemachine";
+pub(crate) const TIMEMACHINE_NAME: &str = "timemachine";
 /// The unknown token, always at index 0 (d2l's `Vocab`).
-pub const UNK: &str = "<unk>";
+pub(crate) const UNK: &str = "<unk>";
 /// Downloads larger than this are refused (the Time Machine is 179 kB).
 const MAX_DOWNLOAD_BYTES: u64 = 64 << 20;
 
 /// `$GRULM_DATA_DIR`, or `data/` under the current directory.
-pub fn data_dir() -> PathBuf {
+pub(crate) fn data_dir() -> PathBuf {
     std::env::var_os("GRULM_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("data"))
 }
 
 /// Resolves a corpus name to a file: `timemachine` is `timemachine.txt` in the
 /// data directory, downloaded (and SHA-1 checked) when missing; anything else is
 /// a path to a UTF-8 text file.
-pub fn resolve_corpus(name: &str) -> Result<PathBuf> {
+pub(crate) fn resolve_corpus(name: &str) -> Result<PathBuf> {
     if name != TIMEMACHINE_NAME {
         return Ok(PathBuf::from(name));
     }
@@ -148,7 +148,7 @@ pub fn preprocess(text: &str, mode: Preprocess) -> Vec<char> {
 }
 
 /// [`preprocess`] as a stream of characters, for texts too big to hold as `char`s.
-pub fn preprocessed(text: &str, mode: Preprocess) -> impl Iterator<Item = char> + '_ {
+pub(crate) fn preprocessed(text: &str, mode: Preprocess) -> impl Iterator<Item = char> + '_ {
     D2lChars { chars: text.chars(), raw: mode == Preprocess::Raw, pending_space: false, any: false, held: None }
 }
 
@@ -218,7 +218,7 @@ struct VocabJson {
 
 /// Character counts in order of first occurrence, from one pass over a text (a
 /// table for ASCII, a map for the rest): what [`Vocab`] is built from.
-pub struct CharCounts {
+pub(crate) struct CharCounts {
     /// Distinct characters, in order of first occurrence, and their counts.
     order: Vec<(char, u64)>,
     /// Characters counted.
@@ -249,7 +249,7 @@ impl Vocab {
         Vocab::from_counts(&CharCounts::of(tokens.iter().copied()), min_freq, reserved)
     }
 
-    pub fn from_counts(counts: &CharCounts, min_freq: usize, reserved: &[String]) -> Vocab {
+    pub(crate) fn from_counts(counts: &CharCounts, min_freq: usize, reserved: &[String]) -> Vocab {
         let mut freqs: Vec<(char, u64, usize)> = counts.order.iter().enumerate().map(|(i, &(c, n))| (c, n, i)).collect();
         freqs.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
         let mut idx_to_token = vec![UNK.to_string()];
@@ -327,7 +327,7 @@ impl Vocab {
 
     /// A whole text in this vocabulary's compact ids, preprocessed as `mode`,
     /// and how many of its characters the vocabulary lacks (they map to `<unk>`).
-    pub fn encode_text(&self, text: &str, mode: Preprocess) -> (Ids, usize) {
+    pub(crate) fn encode_text(&self, text: &str, mode: Preprocess) -> (Ids, usize) {
         let mut ids = Ids::with_capacity(self.len(), 0);
         let mut unknown = 0;
         for c in preprocessed(text, mode) {
@@ -382,7 +382,7 @@ macro_rules! each_width {
 
 impl Ids {
     /// Empty ids for a vocabulary of `vocab_len` tokens, room for `n`.
-    pub fn with_capacity(vocab_len: usize, n: usize) -> Ids {
+    pub(crate) fn with_capacity(vocab_len: usize, n: usize) -> Ids {
         match Ids::width_for(vocab_len) {
             1 => Ids::U8(Vec::with_capacity(n)),
             2 => Ids::I16(Vec::with_capacity(n)),
@@ -431,12 +431,8 @@ impl Ids {
         each_width!(self, v => v[range].iter().map(|&x| x as i64).collect())
     }
 
-    pub fn truncate(&mut self, n: usize) {
-        each_width!(self, v => v.truncate(n))
-    }
-
     /// The ids from `at` on, removed from `self`.
-    pub fn split_off(&mut self, at: usize) -> Ids {
+    pub(crate) fn split_off(&mut self, at: usize) -> Ids {
         match self {
             Ids::U8(v) => Ids::U8(v.split_off(at)),
             Ids::I16(v) => Ids::I16(v.split_off(at)),
@@ -445,7 +441,7 @@ impl Ids {
     }
 
     /// Every id `i` replaced by `map[i]`, stored for a vocabulary of `vocab_len`.
-    pub fn remap(&self, map: &[i64], vocab_len: usize) -> Ids {
+    pub(crate) fn remap(&self, map: &[i64], vocab_len: usize) -> Ids {
         let mut out = Ids::with_capacity(vocab_len, self.len());
         each_width!(self, v => v.iter().for_each(|&i| out.push(map[i as usize])));
         out
@@ -472,7 +468,7 @@ impl Corpus {
     /// Re-encodes the corpus in `to`'s ids (fine-tuning keeps the pre-trained
     /// model's vocabulary). Err: the characters `to` lacks, in the corpus's
     /// vocabulary order (most frequent first).
-    pub fn reencode(&mut self, to: &Vocab) -> Result<(), Vec<String>> {
+    pub(crate) fn reencode(&mut self, to: &Vocab) -> Result<(), Vec<String>> {
         let mut missing = Vec::new();
         let map: Vec<i64> = self
             .vocab
@@ -615,7 +611,7 @@ pub fn epoch_minibatches(len: usize, b: usize, t: usize, partition: SeqPartition
 
 /// `seq_data_iter_sequential` after its offset: `B` streams of `L` tokens each;
 /// minibatch k holds columns `[k*T, (k+1)*T)` of every stream.
-pub fn sequential_minibatches(len: usize, b: usize, t: usize, offset: usize) -> Minibatches {
+pub(crate) fn sequential_minibatches(len: usize, b: usize, t: usize, offset: usize) -> Minibatches {
     let num_tokens = ((len - offset - 1) / b) * b;
     let row_len = num_tokens / b;
     let n = row_len / t;
@@ -625,7 +621,7 @@ pub fn sequential_minibatches(len: usize, b: usize, t: usize, offset: usize) -> 
 
 /// `seq_data_iter_random` after its offset: the subsequences starting at
 /// `offset + j*T`, shuffled, `B` to a minibatch; the remainder is dropped.
-pub fn random_minibatches(len: usize, b: usize, t: usize, offset: usize, rng: &mut impl Rng) -> Minibatches {
+pub(crate) fn random_minibatches(len: usize, b: usize, t: usize, offset: usize, rng: &mut impl Rng) -> Minibatches {
     let num_subseqs = (len - offset - 1) / t;
     let mut starts: Vec<i64> = (0..num_subseqs).map(|j| (offset + j * t) as i64).collect();
     starts.shuffle(rng);
@@ -636,7 +632,7 @@ pub fn random_minibatches(len: usize, b: usize, t: usize, offset: usize, rng: &m
 
 /// Minibatches for evaluation: the sequential partition with no offset, so the
 /// same text gives the same perplexity every time.
-pub fn eval_minibatches(len: usize, b: usize, t: usize) -> Minibatches {
+pub(crate) fn eval_minibatches(len: usize, b: usize, t: usize) -> Minibatches {
     sequential_minibatches(len, b, t, 0)
 }
 

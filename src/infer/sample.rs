@@ -54,7 +54,7 @@ impl Decode {
 const CHUNK: usize = 256;
 
 /// Checks a prefix against the vocabulary: non-empty, every character known.
-pub fn encode_prefix(vocab: &Vocab, prefix: &str) -> Result<Vec<i64>> {
+pub(crate) fn encode_prefix(vocab: &Vocab, prefix: &str) -> Result<Vec<i64>> {
     if prefix.is_empty() {
         return Err(usage!("the prefix is empty; give at least one character to start from"));
     }
@@ -72,7 +72,7 @@ pub fn encode_prefix(vocab: &Vocab, prefix: &str) -> Result<Vec<i64>> {
 /// independent samples, calling `sink(chunk, width)` with each chunk of new token
 /// ids (`rows x width`, row-major); `sink` returns false to stop early. Runs under
 /// no-grad, in eval mode.
-pub fn generate(
+pub(crate) fn generate(
     model: &mut dyn RecurrentLm,
     prefix: &[i64],
     len: usize,
@@ -158,7 +158,7 @@ pub fn predict(model: &mut dyn RecurrentLm, vocab: &Vocab, prefix: &str, len: us
 
 /// Where `stop` first ends in `text`, looking only at matches that end at or
 /// after byte `from` (text before it was searched already).
-pub fn stop_end(text: &str, stop: &str, from: usize) -> Option<usize> {
+pub(crate) fn stop_end(text: &str, stop: &str, from: usize) -> Option<usize> {
     let mut start = from.saturating_sub(stop.len().saturating_sub(1));
     while !text.is_char_boundary(start) {
         start -= 1;

@@ -39,7 +39,7 @@ use std::collections::HashMap;
 use tch::nn::{self, Init, Module, VarStore};
 use tch::Tensor;
 
-pub struct BuiltinLm {
+pub(crate) struct BuiltinLm {
     vs: VarStore,
     cell: CellKind,
     /// Per layer: weight_ih, weight_hh, bias_ih, bias_hh (the order ATen expects).

@@ -30,7 +30,7 @@ use tch::Tensor;
 
 /// What the folded rows of `bias_hh` hold when mapping to PyTorch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BiasHh {
+pub(crate) enum BiasHh {
     /// Parameters: zeros (the whole bias sits in `bias_ih`).
     Zero,
     /// Gradients: the scratch bias's gradient (∂L/∂b_ih = ∂L/∂b_hh = ∂L/∂b).
@@ -39,7 +39,7 @@ pub enum BiasHh {
 
 /// One PyTorch row block: the scratch gate's name, its bias, and its hidden-side
 /// bias where the scratch model keeps it apart (else it is folded into the bias).
-pub struct Block {
+pub(crate) struct Block {
     pub gate: &'static str,
     pub bias: &'static str,
     pub hidden_bias: Option<&'static str>,
@@ -77,7 +77,7 @@ fn check_gru(s: &HashMap<String, Tensor>) -> Result<()> {
 }
 
 /// Scratch names and layout -> PyTorch's.
-pub fn scratch_to_pytorch(
+pub(crate) fn scratch_to_pytorch(
     s: &HashMap<String, Tensor>,
     cell: CellKind,
     num_layers: usize,
@@ -113,7 +113,7 @@ pub fn scratch_to_pytorch(
 }
 
 /// PyTorch's names and layout -> scratch.
-pub fn pytorch_to_scratch(p: &HashMap<String, Tensor>, cell: CellKind, num_layers: usize) -> Result<Vec<(String, Tensor)>> {
+pub(crate) fn pytorch_to_scratch(p: &HashMap<String, Tensor>, cell: CellKind, num_layers: usize) -> Result<Vec<(String, Tensor)>> {
     let blocks = table(cell);
     let n = blocks.len() as i64;
     let mut out = Vec::new();

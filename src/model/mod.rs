@@ -17,8 +17,9 @@ pub(crate) mod cpu;
 pub(crate) mod layout;
 mod scratch;
 
-pub use builtin::BuiltinLm;
-pub use scratch::{ScratchLm, ScratchPath};
+pub(crate) use builtin::BuiltinLm;
+pub(crate) use scratch::ScratchLm;
+pub use scratch::ScratchPath;
 
 use serde::Serialize;
 use tch::nn::VarStore;
@@ -123,7 +124,7 @@ impl State {
     }
 
     /// The same state cut off from the graph that produced it (truncated BPTT).
-    pub fn detach(&self) -> State {
+    pub(crate) fn detach(&self) -> State {
         State(self.0.iter().map(Tensor::detach).collect())
     }
 
@@ -153,13 +154,13 @@ impl State {
 /// (transposed here into the logits' time-major order, d2l's `Y.T.reshape(-1)`).
 /// Computed in the logits' own precision (tch's `cross_entropy_for_logits` would
 /// cast to f32, which f64 parity checks cannot afford).
-pub fn lm_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
+pub(crate) fn lm_loss(logits: &Tensor, targets: &Tensor) -> Tensor {
     let v = logits.size()[2];
     logits.view([-1, v]).log_softmax(-1, logits.kind()).nll_loss(&targets.tr().reshape([-1]))
 }
 
 /// A training step by autograd: forward, loss, backward.
-pub fn autograd_step<M: RecurrentLm + ?Sized>(model: &M, tokens: &Tensor, targets: &Tensor, state: &State) -> (Tensor, State) {
+pub(crate) fn autograd_step<M: RecurrentLm + ?Sized>(model: &M, tokens: &Tensor, targets: &Tensor, state: &State) -> (Tensor, State) {
     let (logits, new_state) = model.forward_t(tokens, state, true);
     let loss = lm_loss(&logits, targets);
     loss.backward();
@@ -233,7 +234,7 @@ pub fn dropout_masks(n: usize, shape: [i64; 3], p: f64, like: &Tensor) -> Vec<Te
 /// (none for the RNN). `params` are the model's, in its own names; a built-in
 /// model's go through [`layout::pytorch_to_scratch`] into the scratch cell that
 /// computes the same function (the reset-after GRU), whose equations give the gates.
-pub fn top_layer_gates(
+pub(crate) fn top_layer_gates(
     cfg: &ModelConfig,
     params: &[(String, Tensor)],
     vocab: i64,

@@ -54,7 +54,7 @@ pub enum ScratchPath {
     BpttOps,
 }
 
-pub struct ScratchLm<C: Cell> {
+pub(crate) struct ScratchLm<C: Cell> {
     vs: VarStore,
     pub(super) cell: C,
     pub(super) layers: Vec<Layer>,
@@ -105,15 +105,15 @@ impl<C: Cell> ScratchLm<C> {
         ScratchLm { vs, cell, layers, w_hq, b_q, vocab, hidden, path: ScratchPath::Bptt, deterministic: false, dropout: 0.0 }
     }
 
-    pub fn set_path(&mut self, path: ScratchPath) {
+    pub(crate) fn set_path(&mut self, path: ScratchPath) {
         self.path = path;
     }
 
-    pub fn set_deterministic(&mut self, on: bool) {
+    pub(crate) fn set_deterministic(&mut self, on: bool) {
         self.deterministic = on;
     }
 
-    pub fn set_dropout(&mut self, p: f64) {
+    pub(crate) fn set_dropout(&mut self, p: f64) {
         self.dropout = p;
     }
 
@@ -161,7 +161,7 @@ impl<C: Cell> ScratchLm<C> {
     /// The top layer's gates ([`Cell::gates_reference`]) at every step of `tokens`
     /// (`[1, T]`) from a zero state, as the readable forward computes them: per
     /// gate, its name and `[T, H]`.
-    pub fn top_layer_gates(&self, tokens: &Tensor) -> Vec<(&'static str, Tensor)> {
+    pub(crate) fn top_layer_gates(&self, tokens: &Tensor) -> Vec<(&'static str, Tensor)> {
         tch::no_grad(|| {
             let inputs = tokens.tr().one_hot(self.vocab).to_kind(self.w_hq.kind()); // [T, 1, V]
             let mut s: Vec<Vec<Tensor>> = self.zero_state(1).per_layer();

@@ -11,11 +11,11 @@ use anyhow::{bail, Result};
 use tch::Device;
 
 /// `built`, or `not built: <why>` (set by build.rs).
-pub fn shim_status() -> &'static str {
+pub(crate) fn shim_status() -> &'static str {
     env!("GRULM_CUDA_SHIM")
 }
 
-pub fn shim_built() -> bool {
+pub(crate) fn shim_built() -> bool {
     cfg!(grulm_cuda_shim)
 }
 
@@ -30,20 +30,20 @@ fn device_index(dev: Device) -> Result<i32> {
 mod ffi {
     use std::ffi::{c_char, c_int, c_void};
     extern "C" {
-        pub fn grulm_cuda_last_error() -> *const c_char;
-        pub fn grulm_stream_enter(device: c_int, out: *mut *mut c_void) -> c_int;
-        pub fn grulm_stream_exit(s: *mut c_void) -> c_int;
-        pub fn grulm_graph_new(device: c_int, out: *mut *mut c_void) -> c_int;
-        pub fn grulm_graph_capture_begin(g: *mut c_void) -> c_int;
-        pub fn grulm_graph_capture_end(g: *mut c_void) -> c_int;
-        pub fn grulm_graph_abort(g: *mut c_void);
-        pub fn grulm_graph_replay(g: *mut c_void) -> c_int;
-        pub fn grulm_graph_node_count(g: *mut c_void, out: *mut usize) -> c_int;
-        pub fn grulm_graph_free(g: *mut c_void);
-        pub fn grulm_cuda_memory(device: c_int, out: *mut i64) -> c_int;
-        pub fn grulm_cuda_reset_peak(device: c_int) -> c_int;
-        pub fn grulm_tf32_get(cublas: *mut c_int, cudnn: *mut c_int) -> c_int;
-        pub fn grulm_tf32_set(cublas: c_int, cudnn: c_int) -> c_int;
+        pub(crate) fn grulm_cuda_last_error() -> *const c_char;
+        pub(crate) fn grulm_stream_enter(device: c_int, out: *mut *mut c_void) -> c_int;
+        pub(crate) fn grulm_stream_exit(s: *mut c_void) -> c_int;
+        pub(crate) fn grulm_graph_new(device: c_int, out: *mut *mut c_void) -> c_int;
+        pub(crate) fn grulm_graph_capture_begin(g: *mut c_void) -> c_int;
+        pub(crate) fn grulm_graph_capture_end(g: *mut c_void) -> c_int;
+        pub(crate) fn grulm_graph_abort(g: *mut c_void);
+        pub(crate) fn grulm_graph_replay(g: *mut c_void) -> c_int;
+        pub(crate) fn grulm_graph_node_count(g: *mut c_void, out: *mut usize) -> c_int;
+        pub(crate) fn grulm_graph_free(g: *mut c_void);
+        pub(crate) fn grulm_cuda_memory(device: c_int, out: *mut i64) -> c_int;
+        pub(crate) fn grulm_cuda_reset_peak(device: c_int) -> c_int;
+        pub(crate) fn grulm_tf32_get(cublas: *mut c_int, cudnn: *mut c_int) -> c_int;
+        pub(crate) fn grulm_tf32_set(cublas: c_int, cudnn: c_int) -> c_int;
     }
 
     /// Turns a shim return code into a Result with libtorch's first line.
@@ -68,14 +68,14 @@ fn no_shim<T>() -> Result<T> {
 /// (cuBLAS and cuDNN keep per-stream workspaces). Entering and leaving
 /// synchronise the device, so work queued on the previous stream is ordered
 /// with the work on this one.
-pub struct SideStream {
+pub(crate) struct SideStream {
     #[cfg_attr(not(grulm_cuda_shim), allow(dead_code))]
     raw: *mut std::ffi::c_void,
     device: Device,
 }
 
 impl SideStream {
-    pub fn enter(device: Device) -> Result<SideStream> {
+    pub(crate) fn enter(device: Device) -> Result<SideStream> {
         let index = device_index(device)?;
         #[cfg(grulm_cuda_shim)]
         {
@@ -107,7 +107,7 @@ impl Drop for SideStream {
 }
 
 /// One captured CUDA graph (`at::cuda::CUDAGraph`) with its private memory pool.
-pub struct Graph {
+pub(crate) struct Graph {
     #[cfg_attr(not(grulm_cuda_shim), allow(dead_code))]
     raw: *mut std::ffi::c_void,
 }
@@ -118,7 +118,7 @@ impl Graph {
     /// (an op that cannot be captured: a host read, a pageable copy), the capture
     /// is abandoned, the stream and allocator are put back, and the error says
     /// what went wrong; the caller may then go on without a graph.
-    pub fn capture<T>(device: Device, body: impl FnOnce() -> Result<T>) -> Result<(Graph, T)> {
+    pub(crate) fn capture<T>(device: Device, body: impl FnOnce() -> Result<T>) -> Result<(Graph, T)> {
         let index = device_index(device)?;
         #[cfg(grulm_cuda_shim)]
         {
@@ -164,7 +164,7 @@ impl Graph {
     }
 
     /// Queues the captured work on the current stream.
-    pub fn replay(&self) -> Result<()> {
+    pub(crate) fn replay(&self) -> Result<()> {
         #[cfg(grulm_cuda_shim)]
         // SAFETY: a captured graph.
         return ffi::check(unsafe { ffi::grulm_graph_replay(self.raw) }, "replaying a CUDA graph");
@@ -174,7 +174,7 @@ impl Graph {
 
     /// Nodes in the captured graph: the kernels, copies and memsets one replay
     /// launches (what the step would launch one by one without the graph).
-    pub fn node_count(&self) -> Option<usize> {
+    pub(crate) fn node_count(&self) -> Option<usize> {
         #[cfg(grulm_cuda_shim)]
         {
             let mut n = 0usize;
@@ -201,12 +201,12 @@ impl Drop for Graph {
 /// `torch.cuda.memory_allocated` and `max_memory_allocated` report. (The shim
 /// also reads `memory_reserved` and its peak; nothing uses them yet.)
 #[derive(Debug, Clone, Copy)]
-pub struct MemoryStats {
+pub(crate) struct MemoryStats {
     pub allocated: i64,
     pub allocated_peak: i64,
 }
 
-pub fn memory_stats(device: Device) -> Result<MemoryStats> {
+pub(crate) fn memory_stats(device: Device) -> Result<MemoryStats> {
     let index = device_index(device)?;
     #[cfg(grulm_cuda_shim)]
     {
@@ -222,7 +222,7 @@ pub fn memory_stats(device: Device) -> Result<MemoryStats> {
     }
 }
 
-pub fn reset_peak_memory(device: Device) -> Result<()> {
+pub(crate) fn reset_peak_memory(device: Device) -> Result<()> {
     let index = device_index(device)?;
     #[cfg(grulm_cuda_shim)]
     // SAFETY: plain call.
@@ -237,7 +237,7 @@ pub fn reset_peak_memory(device: Device) -> Result<()> {
 /// Whether float32 matrix products may use TF32: (cuBLAS, cuDNN). libtorch's
 /// defaults are (false, true), as PyTorch's `torch.backends.cuda.matmul.allow_tf32`
 /// and `torch.backends.cudnn.allow_tf32`.
-pub fn tf32() -> Result<(bool, bool)> {
+pub(crate) fn tf32() -> Result<(bool, bool)> {
     #[cfg(grulm_cuda_shim)]
     {
         let (mut a, mut b) = (0, 0);
@@ -249,7 +249,7 @@ pub fn tf32() -> Result<(bool, bool)> {
     no_shim()
 }
 
-pub fn set_tf32(cublas: bool, cudnn: bool) -> Result<()> {
+pub(crate) fn set_tf32(cublas: bool, cudnn: bool) -> Result<()> {
     #[cfg(grulm_cuda_shim)]
     // SAFETY: plain call.
     return ffi::check(unsafe { ffi::grulm_tf32_set(cublas as i32, cudnn as i32) }, "setting TF32");
@@ -286,7 +286,7 @@ fn loaded_symbol(libs: &[&std::ffi::CStr], name: &std::ffi::CStr) -> Option<*mut
 
 /// (free, total) device memory in bytes, from the CUDA runtime (`cudaMemGetInfo`
 /// on the current device).
-pub fn mem_get_info() -> Option<(usize, usize)> {
+pub(crate) fn mem_get_info() -> Option<(usize, usize)> {
     type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
     let f = loaded_symbol(&[c"libcudart.so.13", c"libcudart.so.12", c"libcudart.so"], c"cudaMemGetInfo")?;
     // SAFETY: the documented signature cudaError_t cudaMemGetInfo(size_t*, size_t*).
@@ -297,7 +297,7 @@ pub fn mem_get_info() -> Option<(usize, usize)> {
 }
 
 /// What `grulm info` says about one GPU: name, compute capability, memory.
-pub fn gpu_description(index: usize) -> Option<String> {
+pub(crate) fn gpu_description(index: usize) -> Option<String> {
     type Init = unsafe extern "C" fn(u32) -> i32;
     type GetName = unsafe extern "C" fn(*mut std::ffi::c_char, i32, i32) -> i32;
     type GetAttr = unsafe extern "C" fn(*mut i32, i32, i32) -> i32;
@@ -330,7 +330,7 @@ pub fn gpu_description(index: usize) -> Option<String> {
 }
 
 /// CUDA driver, CUDA runtime and cuDNN versions, as `13.0`, `13.0`, `9.19.0`.
-pub fn versions() -> (Option<String>, Option<String>, Option<String>) {
+pub(crate) fn versions() -> (Option<String>, Option<String>, Option<String>) {
     type Version = unsafe extern "C" fn(*mut i32) -> i32;
     type CudnnVersion = unsafe extern "C" fn() -> usize;
     let cuda = |v: i32| format!("{}.{}", v / 1000, (v % 1000) / 10);

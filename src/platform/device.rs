@@ -4,7 +4,7 @@ use anyhow::Result;
 use tch::Device;
 
 /// `auto`/`cpu`/`cuda`/`cuda:N` -> validated; `None` for anything else.
-pub fn parse_device_name(s: &str) -> Option<DeviceRequest> {
+pub(crate) fn parse_device_name(s: &str) -> Option<DeviceRequest> {
     match s {
         "auto" => Some(DeviceRequest::Auto),
         "cpu" => Some(DeviceRequest::Cpu),
@@ -14,7 +14,7 @@ pub fn parse_device_name(s: &str) -> Option<DeviceRequest> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceRequest {
+pub(crate) enum DeviceRequest {
     Auto,
     Cpu,
     Cuda(usize),
@@ -22,11 +22,11 @@ pub enum DeviceRequest {
 
 /// The libtorch grulm was built against (read by build.rs from libtorch's
 /// `build-version` or the PyPI wheel's `torch/version.py`).
-pub const LIBTORCH_VERSION: &str = env!("GRULM_LIBTORCH_VERSION");
+pub(crate) const LIBTORCH_VERSION: &str = env!("GRULM_LIBTORCH_VERSION");
 
 /// Resolves `auto|cpu|cuda|cuda:N`. Asking for CUDA where there is none is an
 /// error that says why: a CPU-only libtorch, or no GPU (or driver) found.
-pub fn resolve(name: &str) -> Result<Device> {
+pub(crate) fn resolve(name: &str) -> Result<Device> {
     let req = parse_device_name(name).ok_or_else(|| usage!("device {name:?}: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""))?;
     match req {
         DeviceRequest::Cpu => Ok(Device::Cpu),
@@ -51,7 +51,7 @@ pub fn resolve(name: &str) -> Result<Device> {
     }
 }
 
-pub fn describe(device: Device) -> String {
+pub(crate) fn describe(device: Device) -> String {
     match device {
         Device::Cpu => "cpu".into(),
         Device::Cuda(i) => format!("cuda:{i}"),
@@ -68,7 +68,7 @@ pub fn describe(device: Device) -> String {
 /// cuBLAS gets the fixed workspace it needs (`CUBLAS_WORKSPACE_CONFIG=:4096:8`,
 /// unless set). Call it before the first CUDA work: cuBLAS reads the variable
 /// when it creates its handle.
-pub fn make_deterministic() {
+pub(crate) fn make_deterministic() {
     if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
         std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
     }
@@ -77,7 +77,7 @@ pub fn make_deterministic() {
 }
 
 /// Resident memory of the process now (VmRSS), MiB.
-pub fn rss_mib() -> f64 {
+pub(crate) fn rss_mib() -> f64 {
     status_mib("VmRSS:")
 }
 
@@ -95,14 +95,14 @@ fn status_mib(field: &str) -> f64 {
 }
 
 /// Sets libtorch's CPU thread count (0: leave libtorch's default, one per core).
-pub fn set_threads(threads: usize) {
+pub(crate) fn set_threads(threads: usize) {
     if threads > 0 {
         tch::set_num_threads(threads as i32);
     }
 }
 
 /// What a user checks first on a new box.
-pub fn info_report() -> String {
+pub(crate) fn info_report() -> String {
     let cuda = tch::Cuda::is_available();
     let mut s = String::new();
     s += &format!("grulm            {}\n", env!("CARGO_PKG_VERSION"));

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory,
 /// fsync, rename over the target, fsync of the directory (so the rename itself
 /// survives a crash). On error the temporary file is removed and `path` untouched.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);
     let result = (|| -> Result<()> {
         let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -28,14 +28,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The temporary name used by [`write_atomic`]: hidden, next to the target, and
 /// unique per process so two writers never share it.
-pub fn temp_path(path: &Path) -> PathBuf {
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
 }
 
 /// Appends one line (the caller's `line` must end in '\n') with a single write and
 /// an fsync, so a kill leaves either the whole line or none of it.
-pub fn append_line(path: &Path, line: &str) -> Result<()> {
+pub(crate) fn append_line(path: &Path, line: &str) -> Result<()> {
     let mut f =
         OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("cannot open {} for appending", path.display()))?;
     f.write_all(line.as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;

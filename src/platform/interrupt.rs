@@ -26,7 +26,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
 }
 
 /// Routes SIGINT and SIGTERM to [`requested`] (for the rest of the process).
-pub fn install() {
+pub(crate) fn install() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         // SAFETY: installs a handler that only touches an atomic (or exits).
         unsafe {
@@ -40,7 +40,7 @@ pub fn install() {
 }
 
 /// The signal that asked training to stop, if any.
-pub fn requested() -> Option<i32> {
+pub(crate) fn requested() -> Option<i32> {
     match SIGNAL.load(Ordering::Relaxed) {
         0 => None,
         s => Some(s),
@@ -48,11 +48,11 @@ pub fn requested() -> Option<i32> {
 }
 
 /// How many SIGINTs and SIGTERMs this process has received.
-pub fn received() -> usize {
+pub(crate) fn received() -> usize {
     RECEIVED.load(Ordering::SeqCst)
 }
 
-pub fn signal_name(sig: i32) -> &'static str {
+pub(crate) fn signal_name(sig: i32) -> &'static str {
     match sig {
         libc::SIGINT => "SIGINT",
         libc::SIGTERM => "SIGTERM",

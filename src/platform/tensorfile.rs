@@ -37,7 +37,7 @@ fn kind_of(dtype: Dtype) -> Option<Kind> {
 
 /// Writes `tensors` (copied to the CPU) and `metadata` to `path` atomically.
 /// `format: pt` is added so that `safetensors.torch.load_file` reads it.
-pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String, String>) -> Result<()> {
+pub(crate) fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String, String>) -> Result<()> {
     let mut bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let t = t.detach().to_device(Device::Cpu).contiguous();
@@ -126,7 +126,7 @@ pub fn assign(dst: &[(String, Tensor)], src: &[(String, Tensor)], source: &str) 
 }
 
 /// True when every tensor is finite (one host read for all of them).
-pub fn all_finite(tensors: &[(String, Tensor)]) -> bool {
+pub(crate) fn all_finite(tensors: &[(String, Tensor)]) -> bool {
     tch::no_grad(|| {
         let flags: Vec<Tensor> = tensors.iter().map(|(_, t)| t.isfinite().all()).collect();
         bool::try_from(Tensor::stack(&flags, 0).all()).unwrap_or(false)

@@ -29,7 +29,7 @@ pub const VAR: &str = "GRULM_TEST_PAUSE";
 /// Written into the run directory on pausing.
 pub const MARKER: &str = ".test-paused";
 /// The longest pause: a test that died must not leave grulm waiting forever.
-pub const MAX_WAIT: Duration = Duration::from_secs(600);
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Where {
@@ -79,7 +79,7 @@ pub fn check() -> Result<()> {
 
 /// The minibatch (1-based) of epoch `epoch` after which training pauses, in
 /// run directory `dir`.
-pub struct StepPause {
+pub(crate) struct StepPause {
     pub minibatch: i64,
     dir: PathBuf,
     spec: &'static Spec,
@@ -87,7 +87,7 @@ pub struct StepPause {
 
 impl StepPause {
     /// The pause in epoch `epoch` (1-based) of the run in `dir`, if one is due.
-    pub fn in_epoch(dir: &Path, epoch: usize) -> Option<StepPause> {
+    pub(crate) fn in_epoch(dir: &Path, epoch: usize) -> Option<StepPause> {
         match spec() {
             Some(spec @ Spec { at: Where::Step { epoch: e, minibatch }, .. }) if *e == epoch && !dir.join(MARKER).exists() => {
                 Some(StepPause { minibatch: *minibatch, dir: dir.to_path_buf(), spec })
@@ -103,7 +103,7 @@ impl StepPause {
 
 /// In [`crate::platform::fsutil::write_atomic`] of `path`, between the synced temporary
 /// file and the rename.
-pub fn in_write(path: &Path) {
+pub(crate) fn in_write(path: &Path) {
     static WRITES: AtomicUsize = AtomicUsize::new(0);
     let Some(s @ Spec { at: Where::Write { file, nth }, .. }) = spec() else { return };
     if path.file_name().is_none_or(|n| n.to_string_lossy() != *file) {

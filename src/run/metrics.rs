@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// The best validation so far: its epoch and perplexity.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BestVal {
+pub(crate) struct BestVal {
     pub epoch: usize,
     pub val_ppl: f64,
 }
@@ -30,7 +30,7 @@ pub struct EpochMetrics {
 }
 
 /// The lowest validation perplexity in `history` (the first, on ties).
-pub fn best_of(history: &[EpochMetrics]) -> Option<BestVal> {
+pub(crate) fn best_of(history: &[EpochMetrics]) -> Option<BestVal> {
     history.iter().filter_map(|m| m.val_ppl.map(|v| BestVal { epoch: m.epoch, val_ppl: v })).fold(None, |best: Option<BestVal>, m| {
         match best {
             Some(b) if b.val_ppl <= m.val_ppl => Some(b),
@@ -40,12 +40,12 @@ pub fn best_of(history: &[EpochMetrics]) -> Option<BestVal> {
 }
 
 /// Validations in `history` after the best one (for `train.patience`).
-pub fn validations_since_best(history: &[EpochMetrics]) -> usize {
+pub(crate) fn validations_since_best(history: &[EpochMetrics]) -> usize {
     let best = best_of(history).map_or(0, |b| b.epoch);
     history.iter().filter(|m| m.val_ppl.is_some() && m.epoch > best).count()
 }
 
 /// Whether `patience` validations in a row (0: never) have passed without a new best.
-pub fn patience_spent(history: &[EpochMetrics], patience: usize) -> bool {
+pub(crate) fn patience_spent(history: &[EpochMetrics], patience: usize) -> bool {
     patience > 0 && validations_since_best(history) >= patience
 }

@@ -30,22 +30,22 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
 
-pub const CONFIG: &str = "config.toml";
-pub const VOCAB: &str = "vocab.json";
-pub const MODEL: &str = "model.safetensors";
-pub const CHECKPOINT: &str = "checkpoint.safetensors";
-pub const METRICS: &str = "metrics.jsonl";
-pub const PLOT: &str = "perplexity.svg";
-pub const BEST: &str = "best.safetensors";
+pub(crate) const CONFIG: &str = "config.toml";
+pub(crate) const VOCAB: &str = "vocab.json";
+pub(crate) const MODEL: &str = "model.safetensors";
+pub(crate) const CHECKPOINT: &str = "checkpoint.safetensors";
+pub(crate) const METRICS: &str = "metrics.jsonl";
+pub(crate) const PLOT: &str = "perplexity.svg";
+pub(crate) const BEST: &str = "best.safetensors";
 /// The lock file of a run directory ([`RunDir::lock`]).
-pub const LOCK: &str = ".lock";
+pub(crate) const LOCK: &str = ".lock";
 const FILES: &[&str] = &[CONFIG, VOCAB, MODEL, CHECKPOINT, METRICS, PLOT, BEST];
 
 const PARTIAL_STEPS: &str = "grulm.partial_steps";
 
 /// An epoch a signal stopped part-way (see `interrupt.rs`): what resuming it
 /// exactly needs. The epoch's minibatches are its seed's, so they are made again.
-pub struct Partial {
+pub(crate) struct Partial {
     /// Minibatches of the epoch already trained.
     pub steps: usize,
     /// Their losses and gradient norms, for the epoch's metrics.
@@ -60,13 +60,13 @@ pub struct Partial {
 /// An optimiser's state as a checkpoint holds it: named tensors (Adam's moments)
 /// and the step count. The trainer's optimiser gives and takes it; the run
 /// directory only stores it.
-pub struct OptimizerState {
+pub(crate) struct OptimizerState {
     pub tensors: Vec<(String, tch::Tensor)>,
     pub steps: u64,
 }
 
 /// A checkpoint, read back ([`RunDir::load_checkpoint`]).
-pub struct Restored {
+pub(crate) struct Restored {
     /// Complete epochs.
     pub epoch: usize,
     /// Seconds of training they took.
@@ -102,7 +102,7 @@ impl RunDir {
     }
 
     /// True when the directory holds any of grulm's files.
-    pub fn has_run(&self) -> bool {
+    pub(crate) fn has_run(&self) -> bool {
         FILES.iter().any(|f| self.file(f).exists()) || self.file(tensorboard::DIR).exists()
     }
 
@@ -178,11 +178,11 @@ impl RunDir {
         Ok(())
     }
 
-    pub fn save_config(&self, cfg: &Config) -> Result<()> {
+    pub(crate) fn save_config(&self, cfg: &Config) -> Result<()> {
         fsutil::write_atomic(&self.file(CONFIG), cfg.to_toml().as_bytes())
     }
 
-    pub fn load_config(&self) -> Result<Config> {
+    pub(crate) fn load_config(&self) -> Result<Config> {
         let p = self.file(CONFIG);
         if self.path.is_file() {
             return Err(usage!("run directory {}: is a file, expected a run directory", self.path.display()));
@@ -194,15 +194,15 @@ impl RunDir {
         Ok(Config::parse(&text, &p.display().to_string(), &[])?)
     }
 
-    pub fn save_vocab(&self, vocab: &Vocab) -> Result<()> {
+    pub(crate) fn save_vocab(&self, vocab: &Vocab) -> Result<()> {
         fsutil::write_atomic(&self.file(VOCAB), vocab.to_json().as_bytes())
     }
 
-    pub fn load_vocab(&self) -> Result<Vocab> {
+    pub(crate) fn load_vocab(&self) -> Result<Vocab> {
         Vocab::load(&self.file(VOCAB))
     }
 
-    pub fn append_metrics(&self, m: &EpochMetrics) -> Result<()> {
+    pub(crate) fn append_metrics(&self, m: &EpochMetrics) -> Result<()> {
         let line = serde_json::to_string(m).expect("metrics serialize") + "\n";
         fsutil::append_line(&self.file(METRICS), &line)
     }
@@ -221,7 +221,7 @@ impl RunDir {
     /// Keeps the metrics of epochs `1..=epoch` (for `--resume` from that epoch).
     /// The kept lines stay byte for byte as they were written: the file is cut
     /// after the last of them, never parsed and printed again.
-    pub fn truncate_metrics(&self, epoch: usize) -> Result<Vec<EpochMetrics>> {
+    pub(crate) fn truncate_metrics(&self, epoch: usize) -> Result<Vec<EpochMetrics>> {
         let p = self.file(METRICS);
         let text = match std::fs::read_to_string(&p) {
             Ok(t) => t,
@@ -248,7 +248,7 @@ impl RunDir {
     /// model file, each atomically. `epoch` epochs are complete; `partial`, when a
     /// signal stopped the next one part-way, is what resuming it needs. Refuses
     /// non-finite weights, so a diverged run never replaces its last good checkpoint.
-    pub fn save_checkpoint(
+    pub(crate) fn save_checkpoint(
         &self,
         model: &dyn RecurrentLm,
         opt: OptimizerState,
@@ -286,7 +286,7 @@ impl RunDir {
 
     /// Writes `best.safetensors`: the parameters, with the epoch and validation
     /// perplexity that made them the best (atomically replaced).
-    pub fn save_best(&self, model: &dyn RecurrentLm, best: BestVal) -> Result<()> {
+    pub(crate) fn save_best(&self, model: &dyn RecurrentLm, best: BestVal) -> Result<()> {
         let mut meta = HashMap::new();
         meta.insert("grulm.epoch".to_string(), best.epoch.to_string());
         meta.insert("grulm.val_ppl".to_string(), format!("{}", best.val_ppl));
@@ -299,7 +299,7 @@ impl RunDir {
     /// file from after the checkpoint (the run was killed in between) is removed:
     /// its epoch is no longer in the run's history, and training from the
     /// checkpoint writes a new one on its next improvement.
-    pub fn resume_best(&self, history: &[EpochMetrics], epoch: usize) -> Result<Option<BestVal>> {
+    pub(crate) fn resume_best(&self, history: &[EpochMetrics], epoch: usize) -> Result<Option<BestVal>> {
         let p = self.file(BEST);
         if p.exists() {
             let file = tensorfile::load(&p)?;
@@ -312,7 +312,7 @@ impl RunDir {
     }
 
     /// Removes temporary files a killed writer left behind (see [`fsutil::temp_path`]).
-    pub fn remove_stale_temporaries(&self) {
+    pub(crate) fn remove_stale_temporaries(&self) {
         if let Ok(entries) = std::fs::read_dir(&self.path) {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -325,7 +325,7 @@ impl RunDir {
 
     /// Restores the parameters into `model`; returns the rest of the checkpoint
     /// (progress, the optimiser's state, the part of an interrupted epoch).
-    pub fn load_checkpoint(&self, model: &dyn RecurrentLm, device: Device) -> Result<Restored> {
+    pub(crate) fn load_checkpoint(&self, model: &dyn RecurrentLm, device: Device) -> Result<Restored> {
         let p = self.file(CHECKPOINT);
         if !p.exists() {
             return Err(usage!(
@@ -367,7 +367,7 @@ impl RunDir {
     /// `model.safetensors`. A run stopped before its first model file (a full
     /// disk, say) may still have a good checkpoint, written first: its parameters
     /// are the model's. Each fallback is a note for stderr ([`WeightsFile::say_notes`]).
-    pub fn weights_file(&self, weights: Weights) -> Result<WeightsFile> {
+    pub(crate) fn weights_file(&self, weights: Weights) -> Result<WeightsFile> {
         let best = self.file(BEST);
         let mut notes = vec![];
         let p = match weights {
@@ -439,7 +439,7 @@ pub struct WeightsFile {
 
 impl WeightsFile {
     /// Says the notes, if any, on stderr.
-    pub fn say_notes(&self) {
+    pub(crate) fn say_notes(&self) {
         for note in &self.notes {
             eprintln!("grulm: {note}");
         }
@@ -460,7 +460,7 @@ pub struct RunLock {
 }
 
 /// The default run directory for a config file: `runs/<file stem>`.
-pub fn default_run_dir(config_path: Option<&Path>) -> PathBuf {
+pub(crate) fn default_run_dir(config_path: Option<&Path>) -> PathBuf {
     let stem = config_path.and_then(|p| p.file_stem()).map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "default".into());
     Path::new("runs").join(stem)
 }

@@ -6,7 +6,7 @@ use plotters::prelude::*;
 use std::path::Path;
 
 /// Draws train (and validation, where measured) perplexity per epoch.
-pub fn perplexity_svg(metrics: &[EpochMetrics], title: &str, path: &Path) -> Result<()> {
+pub(crate) fn perplexity_svg(metrics: &[EpochMetrics], title: &str, path: &Path) -> Result<()> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (640, 420)).into_drawing_area();

@@ -46,9 +46,9 @@ use tensorboard_rs::record_writer::RecordWriter;
 /// The run's subdirectory.
 pub const DIR: &str = "tb";
 /// What every event file's name starts with (TensorBoard finds files by it).
-pub const FILE_PREFIX: &str = "events.out.tfevents.";
+pub(crate) const FILE_PREFIX: &str = "events.out.tfevents.";
 
-pub struct EventWriter {
+pub(crate) struct EventWriter {
     path: PathBuf,
     out: RecordWriter<BufWriter<File>>,
 }
@@ -148,7 +148,7 @@ impl EventWriter {
 /// Drops from the event files in `dir` every event logged after `epoch` (for
 /// `--resume` from that epoch's checkpoint), and a torn last record (a kill
 /// mid-write). A file is rewritten atomically, and only if it changes.
-pub fn truncate(dir: &Path, epoch: usize) -> Result<()> {
+pub(crate) fn truncate(dir: &Path, epoch: usize) -> Result<()> {
     for path in event_files(dir) {
         let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         let mut kept = Vec::with_capacity(bytes.len());
@@ -189,7 +189,7 @@ fn event_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Removes grulm's event files from `dir` (for `train --force`), nothing else.
-pub fn remove_event_files(dir: &Path) -> Result<()> {
+pub(crate) fn remove_event_files(dir: &Path) -> Result<()> {
     for path in event_files(dir) {
         std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
     }

@@ -39,7 +39,7 @@ pub enum State {
 }
 
 /// The file in a point's run directory that holds its trainer's output.
-pub const LOG: &str = "train.log";
+pub(crate) const LOG: &str = "train.log";
 
 /// The state of the run in `run`, trained with `cfg`.
 pub fn state(run: &RunDir, cfg: &Config) -> State {
@@ -64,7 +64,7 @@ pub fn state(run: &RunDir, cfg: &Config) -> State {
 /// Writes the sweep directory: the manifest, and each point's run directory
 /// with its resolved `config.toml`. A point whose directory already holds a
 /// config must hold this one (but for the executor's keys).
-pub fn prepare(sweep: &Sweep, dir: &Path, executor: &str) -> Result<Manifest> {
+pub(crate) fn prepare(sweep: &Sweep, dir: &Path, executor: &str) -> Result<Manifest> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create sweep directory {}", dir.display()))?;
     for p in &sweep.points {
         let run = RunDir::new(dir.join(&p.name));
@@ -100,7 +100,7 @@ pub fn prepare(sweep: &Sweep, dir: &Path, executor: &str) -> Result<Manifest> {
 
 /// The points still to train (indices), and how many are done already. A
 /// point another process is training is an error: wait for it.
-pub fn to_train(sweep: &Sweep, dir: &Path) -> Result<(Vec<usize>, usize)> {
+pub(crate) fn to_train(sweep: &Sweep, dir: &Path) -> Result<(Vec<usize>, usize)> {
     let (mut todo, mut already) = (vec![], 0);
     for (i, p) in sweep.points.iter().enumerate() {
         match state(&RunDir::new(dir.join(&p.name)), &p.config) {

@@ -30,17 +30,17 @@ use std::path::{Path, PathBuf};
 use toml::{Table, Value};
 
 /// The manifest in a sweep directory.
-pub const MANIFEST: &str = "sweep.json";
+pub(crate) const MANIFEST: &str = "sweep.json";
 
 /// One point of a sweep: its overrides and the config they resolve to.
-pub struct Point {
+pub(crate) struct Point {
     /// `003-hidden_size=128,lr=2`: its index, then its overrides.
     pub name: String,
     pub overrides: Vec<(String, Value)>,
     pub config: Config,
 }
 
-pub struct Sweep {
+pub(crate) struct Sweep {
     pub file: PathBuf,
     pub base: PathBuf,
     pub points: Vec<Point>,
@@ -49,7 +49,7 @@ pub struct Sweep {
 /// What `sweep.json` records: the sweep, and per point its overrides and run
 /// directory (relative to the sweep directory).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct Manifest {
+pub(crate) struct Manifest {
     pub file: String,
     pub base: String,
     pub executor: String,
@@ -63,7 +63,7 @@ pub struct Manifest {
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct ManifestPoint {
+pub(crate) struct ManifestPoint {
     pub name: String,
     pub dir: String,
     pub overrides: serde_json::Map<String, serde_json::Value>,
@@ -133,7 +133,7 @@ impl Sweep {
     }
 
     /// The default sweep directory: `sweeps/<file stem>/`.
-    pub fn default_dir(&self) -> PathBuf {
+    pub(crate) fn default_dir(&self) -> PathBuf {
         let stem = self.file.file_stem().map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
         Path::new("sweeps").join(stem)
     }
@@ -166,7 +166,7 @@ impl Manifest {
         serde_json::from_str(&text).map_err(|e| usage!("{}: not a grulm sweep manifest: {e}", p.display()))
     }
 
-    pub fn save(&self, dir: &Path) -> Result<()> {
+    pub(crate) fn save(&self, dir: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self).expect("manifest serializes") + "\n";
         crate::platform::fsutil::write_atomic(&dir.join(MANIFEST), text.as_bytes())
     }

@@ -20,7 +20,7 @@ use std::process::Command;
 
 /// What `--executor slurm` asks of the cluster.
 #[derive(Debug, Clone, Default)]
-pub struct SlurmOptions {
+pub(crate) struct SlurmOptions {
     /// `%M`: array tasks at a time (None: as many as Slurm allows).
     pub max_concurrent: Option<usize>,
     pub cpus_per_task: usize,
@@ -130,7 +130,7 @@ pub fn run(sweep: &Sweep, dir: &Path, o: &SlurmOptions) -> Result<()> {
 
 /// Per array task index, what `squeue` says of the job (PENDING, RUNNING, ...),
 /// or nothing when squeue cannot be asked.
-pub fn queue_states(job: &str) -> std::collections::HashMap<usize, String> {
+pub(crate) fn queue_states(job: &str) -> std::collections::HashMap<usize, String> {
     let mut out = std::collections::HashMap::new();
     let Ok(o) = Command::new("squeue").args(["-h", "-r", "-j", job, "-o", "%K %T"]).output() else { return out };
     for line in String::from_utf8_lossy(&o.stdout).lines() {

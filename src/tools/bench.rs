@@ -59,7 +59,7 @@ pub struct BenchArgs {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BenchResult {
+pub(crate) struct BenchResult {
     pub side: String,
     pub model: String,
     #[serde(rename = "B")]
@@ -131,7 +131,7 @@ fn bad_shape(s: &str) -> anyhow::Error {
 /// layer, the hidden products `2·B·H·gates·H`, the output layer `2·B·H·V`.
 /// Layer 0's input projection is a row gather in grulm's fast path and is not
 /// counted (d2l's one-hot product spends `2·B·V·gates·H` on it).
-pub fn step_flops(b: i64, t: i64, h: i64, v: i64, gates: i64) -> f64 {
+pub(crate) fn step_flops(b: i64, t: i64, h: i64, v: i64, gates: i64) -> f64 {
     let per_step = 2.0 * (b * h * gates * h) as f64 + 2.0 * (b * h * v) as f64;
     3.0 * per_step * t as f64
 }

@@ -24,7 +24,7 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 /// Longest text drawn: one column of [`CELL_W`] pixels per character.
-pub const MAX_CHARS: usize = 400;
+pub(crate) const MAX_CHARS: usize = 400;
 /// Columns are this wide (pixels).
 const CELL_W: usize = 12;
 /// Left margin (unit labels) and right margin (colour bar).
@@ -42,7 +42,7 @@ pub struct GateValues {
 }
 
 /// What the gate is called in the picture.
-pub fn label(name: &str) -> String {
+pub(crate) fn label(name: &str) -> String {
     match name {
         "z" => "update gate Z".into(),
         "r" => "reset gate R".into(),
@@ -58,7 +58,7 @@ pub fn label(name: &str) -> String {
 /// most `max` of them, else the `max` whose first gate varies most over the
 /// text (standard deviation); either way sorted by the first gate's mean, the
 /// most open on top.
-pub fn choose_units(first: &GateValues, explicit: Option<&[usize]>, max: usize) -> (Vec<usize>, String) {
+pub(crate) fn choose_units(first: &GateValues, explicit: Option<&[usize]>, max: usize) -> (Vec<usize>, String) {
     let h = first.values.first().map_or(0, Vec::len);
     if let Some(u) = explicit {
         return (u.to_vec(), format!("units {}", u.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")));

@@ -15,12 +15,12 @@ use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
 
 /// Shapes of the comparison: B=4, T=7 (as the issue asks), a small V and H.
-pub const BATCH: i64 = 4;
-pub const STEPS: i64 = 7;
-pub const VOCAB: i64 = 11;
-pub const HIDDEN: i64 = 16;
+pub(crate) const BATCH: i64 = 4;
+pub(crate) const STEPS: i64 = 7;
+pub(crate) const VOCAB: i64 = 11;
+pub(crate) const HIDDEN: i64 = 16;
 /// Weights and initial state ~ N(0, 0.5²): gates neither saturated nor linear.
-pub const SCALE: f64 = 0.5;
+pub(crate) const SCALE: f64 = 0.5;
 
 /// Tolerance on the max abs difference: f64 1e-10 everywhere; f32 1e-5 on the
 /// CPU and 5e-5 on CUDA, where cuDNN's GRU and the scratch model's cuBLAS

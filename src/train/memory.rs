@@ -29,7 +29,7 @@ use tch::Device;
 
 /// A run's memory, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Estimate {
+pub(crate) struct Estimate {
     pub parameter_count: u64,
     pub parameters: u64,
     pub gradients: u64,
@@ -40,7 +40,7 @@ pub struct Estimate {
 
 impl ModelConfig {
     /// Gates per layer: 3 for the GRU (2 for its one-gate ablations), 4 LSTM, 1 RNN.
-    pub fn gate_count(&self) -> u64 {
+    pub(crate) fn gate_count(&self) -> u64 {
         match (self.cell, self.gru_gates) {
             (CellKind::Gru, GruGates::Both) => 3,
             (CellKind::Gru, _) => 2,
@@ -91,12 +91,12 @@ impl Estimate {
         }
     }
 
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.parameters + self.gradients + self.optimizer + self.activations + self.data
     }
 
     /// `parameters 1.2 GiB, gradients ..., ...`
-    pub fn breakdown(&self) -> String {
+    pub(crate) fn breakdown(&self) -> String {
         format!(
             "parameters {}, gradients {}, optimizer state {}, activations of one minibatch {}, data {}",
             bytes(self.parameters),
@@ -148,7 +148,7 @@ impl Estimate {
 }
 
 /// Free memory where the run's tensors live.
-pub struct Available {
+pub(crate) struct Available {
     pub bytes: u64,
     /// `this machine has`, `cuda:0 has`
     pub what: String,

@@ -56,7 +56,7 @@ pub struct TrainOutcome {
 }
 
 /// Device-side results of one epoch (or of its steps `from..done`).
-pub struct EpochTensors {
+pub(crate) struct EpochTensors {
     /// Mean cross-entropy of each step trained, `[done - from]`.
     pub losses: Tensor,
     /// Global gradient norm before clipping of each step trained.
@@ -67,7 +67,7 @@ pub struct EpochTensors {
 }
 
 /// How [`train_epoch`] runs an epoch.
-pub struct EpochPlan {
+pub(crate) struct EpochPlan {
     pub partition: SeqPartition,
     /// `train.grad_clip`.
     pub theta: f64,
@@ -85,7 +85,7 @@ pub struct EpochPlan {
 
 /// The generator seed of training step `step` of epoch `epoch` (SplitMix64's
 /// finaliser over the three, so nearby steps get unrelated seeds).
-pub fn step_seed(seed: u64, epoch: usize, step: i64) -> i64 {
+pub(crate) fn step_seed(seed: u64, epoch: usize, step: i64) -> i64 {
     let mut z = seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -97,7 +97,7 @@ pub fn step_seed(seed: u64, epoch: usize, step: i64) -> i64 {
 /// carried from step to step (sequential partition) or starts at zero every step
 /// (random partition), as d2l's `train_epoch_ch8`. Stops after the current
 /// minibatch when a signal asks.
-pub fn train_epoch(
+pub(crate) fn train_epoch(
     model: &dyn RecurrentLm,
     opt: &mut Optimizer,
     stepper: &mut Stepper,

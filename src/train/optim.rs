@@ -33,7 +33,7 @@ pub fn clip_grad_norm(params: &[Tensor], theta: f64) -> Tensor {
 
 /// SGD (`p <- p - lr g`, d2l's `sgd` and `torch.optim.SGD`) or Adam
 /// (Kingma & Ba, with bias correction, as `torch.optim.Adam`'s defaults).
-pub struct Optimizer {
+pub(crate) struct Optimizer {
     kind: OptimizerKind,
     lr: f64,
     names: Vec<String>,
@@ -47,9 +47,9 @@ pub struct Optimizer {
     neg_lr: Vec<Tensor>,
 }
 
-pub const ADAM_BETA1: f64 = 0.9;
-pub const ADAM_BETA2: f64 = 0.999;
-pub const ADAM_EPS: f64 = 1e-8;
+pub(crate) const ADAM_BETA1: f64 = 0.9;
+pub(crate) const ADAM_BETA2: f64 = 0.999;
+pub(crate) const ADAM_EPS: f64 = 1e-8;
 
 impl Optimizer {
     pub fn new(kind: OptimizerKind, lr: f64, named: Vec<(String, Tensor)>) -> Optimizer {
@@ -69,7 +69,7 @@ impl Optimizer {
 
     /// Sets the learning rate, in place: SGD's −lr tensors keep their addresses,
     /// so a captured CUDA graph reads the new value.
-    pub fn set_lr(&mut self, lr: f64) {
+    pub(crate) fn set_lr(&mut self, lr: f64) {
         self.lr = lr;
         tch::no_grad(|| {
             for t in &self.neg_lr {
@@ -80,7 +80,7 @@ impl Optimizer {
 
     /// Whether a step can be captured in a CUDA graph: SGD's update uses only
     /// device tensors; Adam's bias correction is computed on the host per step.
-    pub fn graph_safe(&self) -> bool {
+    pub(crate) fn graph_safe(&self) -> bool {
         self.kind == OptimizerKind::Sgd
     }
 
@@ -89,7 +89,7 @@ impl Optimizer {
         clip_grad_norm(&self.params, theta)
     }
 
-    pub fn zero_grad(&mut self) {
+    pub(crate) fn zero_grad(&mut self) {
         for p in self.params.iter_mut() {
             p.zero_grad();
         }
@@ -139,7 +139,7 @@ impl Optimizer {
     }
 
     /// Restores what [`Optimizer::state`] gave.
-    pub fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
+    pub(crate) fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
         let tensors = &state.tensors;
         self.steps = state.steps;
         if self.kind == OptimizerKind::Sgd {

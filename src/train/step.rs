@@ -25,11 +25,11 @@ use anyhow::Result;
 use tch::{Device, Tensor};
 
 /// Eager steps before the capture.
-pub const WARMUP_STEPS: usize = 2;
+pub(crate) const WARMUP_STEPS: usize = 2;
 
 /// A step's device-side results: the loss (mean cross-entropy per token) and the
 /// global gradient norm before clipping, both 0-d.
-pub struct StepOut {
+pub(crate) struct StepOut {
     pub loss: Tensor,
     pub norm: Tensor,
 }
@@ -47,7 +47,7 @@ struct Captured {
 }
 
 /// Runs training steps, carrying the recurrent state between them.
-pub struct Stepper {
+pub(crate) struct Stepper {
     device: Device,
     /// The eagerly carried state (None: start fresh).
     state: Option<State>,
@@ -81,7 +81,7 @@ impl Stepper {
     }
 
     /// How steps run: `CUDA graph`, `CUDA graph (warming up)` or `eager`.
-    pub fn describe(&self) -> &'static str {
+    pub(crate) fn describe(&self) -> &'static str {
         match (&self.captured, &self.side) {
             (Some(_), _) => "CUDA graph",
             (None, Some(_)) => "CUDA graph (after warm-up)",
@@ -95,12 +95,12 @@ impl Stepper {
     }
 
     /// Why graphs were asked for and not used (taken once, for printing).
-    pub fn take_note(&mut self) -> Option<String> {
+    pub(crate) fn take_note(&mut self) -> Option<String> {
         self.note.take()
     }
 
     /// The state the next minibatch would start from (None: a fresh one).
-    pub fn carried(&self) -> Option<State> {
+    pub(crate) fn carried(&self) -> Option<State> {
         match &self.captured {
             Some(c) => Some(State(c.state.0.iter().map(Tensor::copy).collect())),
             None => self.state.as_ref().map(|s| State(s.0.iter().map(Tensor::copy).collect())),
@@ -108,7 +108,7 @@ impl Stepper {
     }
 
     /// Carries `state` into the next minibatch (resuming an interrupted epoch).
-    pub fn set_carried(&mut self, state: State) {
+    pub(crate) fn set_carried(&mut self, state: State) {
         self.state = Some(state);
     }
 

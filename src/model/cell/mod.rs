@@ -39,7 +39,7 @@ pub(crate) fn block(t: &Tensor, k: i64, n: i64, h: i64) -> Tensor {
 /// One gate's names: `W_x{name}`, `W_h{name}`, its bias, and the hidden-side bias
 /// if it has one. Every name gets the layer suffix `_l{k}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GateDef {
+pub(crate) struct GateDef {
     pub name: &'static str,
     pub bias: &'static str,
     pub hidden_bias: Option<&'static str>,
@@ -77,17 +77,17 @@ impl Layer {
     }
 
     /// `[W_x of each gate]`: `[in, G·H]`.
-    pub fn w_x(&self) -> Tensor {
+    pub(crate) fn w_x(&self) -> Tensor {
         Tensor::cat(&self.gates.iter().map(|g| &g.w_x).collect::<Vec<_>>(), 1)
     }
 
     /// `[W_h of each gate]`: `[H, G·H]`.
-    pub fn w_h(&self) -> Tensor {
+    pub(crate) fn w_h(&self) -> Tensor {
         Tensor::cat(&self.gates.iter().map(|g| &g.w_h).collect::<Vec<_>>(), 1)
     }
 
     /// `[W_h]` of gates `first..first+n`: `[H, n·H]`.
-    pub fn w_h_of(&self, first: usize, n: usize) -> Tensor {
+    pub(crate) fn w_h_of(&self, first: usize, n: usize) -> Tensor {
         Tensor::cat(&self.gates[first..first + n].iter().map(|g| &g.w_h).collect::<Vec<_>>(), 1)
     }
 
@@ -109,7 +109,7 @@ impl Layer {
 }
 
 /// What a layer's in-place forward pass keeps for its backward pass.
-pub struct Tape {
+pub(crate) struct Tape {
     /// `H_0, H_1, ..., H_T` in one buffer `[T+1, B, H]`: the outputs are rows 1..,
     /// and `H_{t-1}` of every step is rows ..T, with no copy.
     pub states: Tensor,
@@ -164,7 +164,7 @@ pub struct Backward {
 
 /// A recurrent cell (see the module doc). All tensors are one layer's; `state`
 /// holds `H` first, then the cell's other state tensors (an LSTM's `C`).
-pub trait Cell {
+pub(crate) trait Cell {
     /// The gates in fused-column order.
     fn gates(&self) -> Vec<GateDef>;
 

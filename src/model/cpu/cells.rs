@@ -32,7 +32,7 @@ fn dims(x: &Tensor, h: &Tensor) -> (usize, usize, usize) {
 }
 
 /// The GRU's forward tape (`Gru::forward_tape`).
-pub fn gru_forward<T: Real>(g: &Gru, p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape {
+pub(crate) fn gru_forward<T: Real>(g: &Gru, p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape {
     let xa = xa.contiguous();
     let (t, b, hd) = dims(&xa, &state0[0]);
     let (sig, after, has_z, has_r) = (g.sig(), g.after(), g.has_z, g.has_r);
@@ -151,7 +151,7 @@ impl<T: Real> RowJob for GruForward<'_, T> {
 }
 
 /// The GRU's backward tape (`Gru::backward_tape`).
-pub fn gru_backward<T: Real>(g: &Gru, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
+pub(crate) fn gru_backward<T: Real>(g: &Gru, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
     let d_out = d_out.contiguous();
     let (t, b, hd) = dims(&d_out, &d_out);
     let (acts, u, d) = (&tape.saved[0], &tape.saved[1], &tape.saved[2]);
@@ -275,7 +275,7 @@ impl<T: Real> RowJob for GruBackward<'_, T> {
 }
 
 /// The LSTM's forward tape (`Lstm::forward_tape`); columns i f o c.
-pub fn lstm_forward<T: Real>(p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape {
+pub(crate) fn lstm_forward<T: Real>(p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape {
     let xa = xa.contiguous();
     let (t, b, hd) = dims(&xa, &state0[0]);
     let mut tape = Tape::start(&state0[0], t as i64);
@@ -331,7 +331,7 @@ impl<T: Real> RowJob for LstmForward<'_, T> {
 }
 
 /// The LSTM's backward tape (`Lstm::backward_tape`).
-pub fn lstm_backward<T: Real>(p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
+pub(crate) fn lstm_backward<T: Real>(p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
     let d_out = d_out.contiguous();
     let (t, b, hd) = dims(&d_out, &d_out);
     let (acts, cs, tanh_c) = (&tape.saved[0], &tape.saved[1], &tape.saved[2]);
@@ -389,7 +389,7 @@ impl<T: Real> RowJob for LstmBackward<'_, T> {
 }
 
 /// The RNN's forward tape (`Rnn::forward_tape`).
-pub fn rnn_forward<T: Real>(p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape {
+pub(crate) fn rnn_forward<T: Real>(p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape {
     let xa = xa.contiguous();
     let (t, b, hd) = dims(&xa, &state0[0]);
     let tape = Tape::start(&state0[0], t as i64);
@@ -428,7 +428,7 @@ impl<T: Real> RowJob for RnnForward<'_, T> {
 }
 
 /// The RNN's backward tape (`Rnn::backward_tape`).
-pub fn rnn_backward<T: Real>(p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
+pub(crate) fn rnn_backward<T: Real>(p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
     let d_out = d_out.contiguous();
     let (t, b, hd) = dims(&d_out, &d_out);
     let d_a = d_out.empty_like();

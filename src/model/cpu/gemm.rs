@@ -18,10 +18,10 @@ use std::ops::Range;
 use tch::Tensor;
 
 /// Columns per packed panel.
-pub const NR: usize = 16;
+pub(crate) const NR: usize = 16;
 
 /// B packed into column panels (see the module doc).
-pub struct Packed<T> {
+pub(crate) struct Packed<T> {
     k: usize,
     n: usize,
     data: Vec<T>,

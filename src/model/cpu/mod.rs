@@ -35,7 +35,7 @@ use std::ops::{Add, Div, Mul, Neg, Sub};
 use tch::{Device, Kind, Tensor};
 
 /// Whether the engine can run a tape over `t`: a CPU tensor of f32 or f64.
-pub fn supports(t: &Tensor) -> bool {
+pub(crate) fn supports(t: &Tensor) -> bool {
     t.device() == Device::Cpu && matches!(t.kind(), Kind::Float | Kind::Double)
 }
 
@@ -43,7 +43,7 @@ pub fn supports(t: &Tensor) -> bool {
 /// `w [V, G·H]`): `X W_x + b = W_x[id] + b`, `[N, G·H]`, each thread writing its
 /// rows in one pass (libtorch's `embedding` then `+ b` is two passes and a
 /// temporary, and its add runs on one thread at this size).
-pub fn embed(w: &Tensor, b: &Tensor, ids: &Tensor) -> Tensor {
+pub(crate) fn embed(w: &Tensor, b: &Tensor, ids: &Tensor) -> Tensor {
     match w.kind() {
         Kind::Float => embed_as::<f32>(w, b, ids),
         _ => embed_as::<f64>(w, b, ids),
@@ -92,7 +92,7 @@ impl<T: Real> RowJob for Embed<'_, T> {
 }
 
 /// The element types the engine computes in (f32, f64).
-pub trait Real:
+pub(crate) trait Real:
     Copy
     + Send
     + Sync
@@ -181,7 +181,7 @@ impl Real for f32 {
 /// bits. Relative error below 2e-7 over the clamped range [-87.3, 88.7].
 #[inline(always)]
 #[allow(clippy::excessive_precision)] // Cephes' coefficients as published
-pub fn exp_f32(x: f32) -> f32 {
+pub(crate) fn exp_f32(x: f32) -> f32 {
     let x = x.clamp(-87.3, 88.7);
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
@@ -200,7 +200,7 @@ pub fn exp_f32(x: f32) -> f32 {
 /// `(1 − e^{−2|x|}) / (1 + e^{−2|x|})` above, the sign restored.
 #[inline(always)]
 #[allow(clippy::excessive_precision)] // Cephes' coefficients as published
-pub fn tanh_f32(x: f32) -> f32 {
+pub(crate) fn tanh_f32(x: f32) -> f32 {
     let ax = x.abs();
     let z = x * x;
     let small = (-5.704_988_7e-3f32).mul_add(z, 2.063_908_9e-2);
@@ -220,7 +220,7 @@ pub fn tanh_f32(x: f32) -> f32 {
 /// One thread's share of a time loop: rows `rows` of the batch, every step.
 /// Implementations mark `run` `#[inline(always)]`, so that [`par_rows`]
 /// compiles it into a function built for AVX2 and FMA.
-pub trait RowJob: Sync {
+pub(crate) trait RowJob: Sync {
     fn run(&self, rows: std::ops::Range<usize>);
 }
 
@@ -250,7 +250,7 @@ unsafe fn run_avx2<J: RowJob>(job: &J, rows: std::ops::Range<usize>) {
 /// loaded (`GOMP_parallel`, which MKL and ATen's `parallel_for` use too): two
 /// teams on two cores would fight, as OpenMP's idle workers spin for a while
 /// after each of libtorch's parallel regions. Elsewhere, scoped threads.
-pub fn par_rows<J: RowJob>(b: usize, job: &J) {
+pub(crate) fn par_rows<J: RowJob>(b: usize, job: &J) {
     let n = (tch::get_num_threads().max(1) as usize).min(b).max(1);
     if n == 1 {
         return run(job, 0..b);
@@ -327,7 +327,7 @@ extern "C" fn team<J: RowJob>(data: *mut c_void) {
 /// they may be a column block of a wider buffer (the GRU's `U`, a view of its
 /// hidden products), so the row stride can exceed W.
 #[derive(Clone, Copy)]
-pub struct View<T> {
+pub(crate) struct View<T> {
     ptr: *mut T,
     b: usize,
     /// Row stride.
