@@ -372,7 +372,7 @@ impl Reader<'_> {
         let (r, s) = (self, "model");
         let kind = r.choice(&mut t, s, "kind", &[("scratch", ModelKind::Scratch), ("builtin", ModelKind::Builtin)])?.unwrap_or(d.kind);
         let cell =
-            r.choice(&mut t, s, "cell", &[("gru", CellKind::Gru), ("lstm", CellKind::Lstm), ("rnn", CellKind::Rnn)])?.unwrap_or(d.cell);
+            r.choice(&mut t, s, "cell", &CellKind::ALL.map(|c| (c.name(), c)))?.unwrap_or(d.cell);
         let reset_value = t.get("reset_gate").cloned();
         let reset_gate = r.choice(&mut t, s, "reset_gate", &[("before", ResetGate::Before), ("after", ResetGate::After)])?;
         let gates_value = t.get("gru_gates").cloned();
@@ -383,17 +383,26 @@ impl Reader<'_> {
             &[("both", GruGates::Both), ("reset-only", GruGates::ResetOnly), ("update-only", GruGates::UpdateOnly)],
         )?;
         // The GRU-only keys say so for the other cells, rather than being ignored.
-        if cell != CellKind::Gru {
+        if !cell.has_gru_options() {
             for (key, value) in [("reset_gate", &reset_value), ("gru_gates", &gates_value)] {
                 if let Some(v) = value {
                     return Err(r.err(
                         s,
                         key,
                         v,
-                        format!("no value for model.cell = \"{}\" ({key} applies to the GRU only)", cell_name(cell)),
+                        format!("no value for model.cell = \"{}\" ({key} applies to the GRU only)", cell.name()),
                     ));
                 }
             }
+        }
+        if kind == ModelKind::Builtin && cell.builtin().is_none() {
+            let v = t.get("kind").cloned().unwrap_or(Value::String("builtin".into()));
+            return Err(r.err(
+                s,
+                "kind",
+                &v,
+                format!("\"scratch\" for model.cell = \"{}\" (libtorch has no {} cell)", cell.name(), cell.label()),
+            ));
         }
         let gru_gates = gru_gates.unwrap_or(GruGates::Both);
         if kind == ModelKind::Builtin && gru_gates != GruGates::Both {
@@ -408,7 +417,7 @@ impl Reader<'_> {
         // its default; asking it for the other one is an error, not a silent swap.
         // Without a reset gate the placement is moot ("before", one bias).
         let reset_gate = match (cell, kind, gru_gates, reset_gate) {
-            (CellKind::Lstm | CellKind::Rnn, ..) => None,
+            _ if !cell.has_gru_options() => None,
             (_, ModelKind::Builtin, _, Some(ResetGate::Before)) => {
                 return Err(r.err(
                     s,
@@ -456,13 +465,6 @@ impl Reader<'_> {
     }
 }
 
-fn cell_name(cell: CellKind) -> &'static str {
-    match cell {
-        CellKind::Gru => "gru",
-        CellKind::Lstm => "lstm",
-        CellKind::Rnn => "rnn",
-    }
-}
 
 /// The range a key takes; `i64::MAX` means no upper bound of grulm's.
 fn range_text(min: i64, max: i64) -> String {

@@ -300,9 +300,9 @@ pub struct ParityArgs {
     pub layers: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
-    /// The cell to compare.
-    #[arg(long, value_enum, default_value = "gru")]
-    pub cell: ParityCell,
+    /// The cell to compare (those libtorch has).
+    #[arg(long, default_value = "gru", value_parser = parity_cells())]
+    pub cell: CellKind,
     /// Dropout in the compared training step, from 0 to below 1 (CPU only): the
     /// scratch masks must be libtorch's own.
     #[arg(long, default_value_t = 0.0)]
@@ -337,11 +337,11 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug)]
-pub enum ParityCell {
-    Gru,
-    Lstm,
-    Rnn,
+/// `parity --cell`: the cells libtorch has a twin of.
+fn parity_cells() -> impl clap::builder::TypedValueParser<Value = CellKind> {
+    use clap::builder::TypedValueParser;
+    let names: Vec<&'static str> = CellKind::ALL.into_iter().filter(|c| c.builtin().is_some()).map(CellKind::name).collect();
+    clap::builder::PossibleValuesParser::new(names).map(|n: String| CellKind::from_name(&n).expect("a listed cell"))
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -795,11 +795,7 @@ fn parity_cmd(a: ParityArgs) -> Result<()> {
     let tables = |asserted: bool| -> Result<bool> {
         let mut ok = true;
         for layers in 1..=a.layers {
-            let cell = match a.cell {
-                ParityCell::Gru => CellKind::Gru,
-                ParityCell::Lstm => CellKind::Lstm,
-                ParityCell::Rnn => CellKind::Rnn,
-            };
+            let cell = a.cell;
             let mut report = parity::compare(dev, kind, cell, layers, ScratchPath::Bptt, a.seed, a.dropout)?;
             report.asserted = asserted;
             print!("{}", report.table());

@@ -23,7 +23,7 @@
 use super::cell::{Backward, Cell, Layer, Tape};
 use super::scratch::ScratchLm;
 use super::{RecurrentLm, State};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 pub(super) fn add_grad(p: &Tensor, g: &Tensor) {
     let mut grad = p.grad();
@@ -42,6 +42,25 @@ pub(super) fn ensure_grads(params: &[Tensor]) {
 }
 
 impl<C: Cell> ScratchLm<C> {
+    /// A layer's forward tape: on the CPU engine (rows of f32 or f64, chosen here
+    /// once for every cell) where it runs, else libtorch's.
+    fn forward_tape(&self, p: &Layer, xa: Tensor, s0: &[Tensor]) -> Tape {
+        match (self.on_cpu_engine(&xa), xa.kind()) {
+            (false, _) => self.cell.forward_tape(p, xa, s0),
+            (true, Kind::Float) => self.cell.forward_rows::<f32>(p, xa, s0),
+            (true, _) => self.cell.forward_rows::<f64>(p, xa, s0),
+        }
+    }
+
+    /// The backward pass through a layer's tape, on the same engine as its forward.
+    fn backward_tape(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
+        match (self.on_cpu_engine(d_out), d_out.kind()) {
+            (false, _) => self.cell.backward_tape(p, tape, d_out),
+            (true, Kind::Float) => self.cell.backward_rows::<f32>(p, tape, d_out),
+            (true, _) => self.cell.backward_rows::<f64>(p, tape, d_out),
+        }
+    }
+
     /// Adds a layer's weight gradients from its cell's [`Backward`]; returns the
     /// gradient of the layer's input (`[T·B, H]`) when it is the layer below's output.
     /// `w_x` is the layer's fused `[W_x ...]`, as its forward pass used it.
@@ -120,10 +139,7 @@ impl<C: Cell> ScratchLm<C> {
                     below => self.project(below, &ids, &w_xs[l], &p.b()),
                 };
                 let xa = xa.view([t, b, -1]);
-                let tape = match self.on_cpu_engine(&xa) {
-                    true => self.cell.forward_tape_cpu(p, xa, &s0[l]),
-                    false => self.cell.forward_tape(p, xa, &s0[l]),
-                };
+                let tape = self.forward_tape(p, xa, &s0[l]);
                 let out = tape.out();
                 ups.push(masks.get(l).map_or(out.shallow_clone(), |m| &out * m).view([t * b, hd]));
                 tapes.push(tape);
@@ -140,10 +156,7 @@ impl<C: Cell> ScratchLm<C> {
             let mut d_out = unmask(d_top.view([t, b, hd]), self.layers.len() - 1);
             for (l, p) in self.layers.iter().enumerate().rev() {
                 let below = l.checked_sub(1).map(|k| &ups[k]);
-                let back = match self.on_cpu_engine(&d_out) {
-                    true => self.cell.backward_tape_cpu(p, &tapes[l], &d_out),
-                    false => self.cell.backward_tape(p, &tapes[l], &d_out),
-                };
+                let back = self.backward_tape(p, &tapes[l], &d_out);
                 if let Some(d) = self.weight_grads(p, &w_xs[l], &back, below, &ids) {
                     d_out = unmask(d.view([t, b, hd]), l - 1);
                 }

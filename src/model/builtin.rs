@@ -34,7 +34,7 @@
 //! and sampling call libtorch's op. `BuildOptions::libtorch_step` keeps
 //! libtorch's own step.
 use super::layout::{self, BiasHh};
-use super::{CellKind, RecurrentLm, State};
+use super::{BuiltinCell, CellKind, GruGates, RecurrentLm, State};
 use std::collections::HashMap;
 use tch::nn::{self, Init, Module, VarStore};
 use tch::Tensor;
@@ -42,6 +42,8 @@ use tch::Tensor;
 pub(crate) struct BuiltinLm {
     vs: VarStore,
     cell: CellKind,
+    /// libtorch's op for the cell.
+    op: BuiltinCell,
     /// Per layer: weight_ih, weight_hh, bias_ih, bias_hh (the order ATen expects).
     weights: Vec<Tensor>,
     linear: nn::Linear,
@@ -53,20 +55,12 @@ pub(crate) struct BuiltinLm {
     engine: Option<Box<dyn RecurrentLm>>,
 }
 
-/// Gate rows per cell, and cuDNN's mode number (`rnn.cpp`: RNN_TANH 1, LSTM 2, GRU 3).
-fn gates_and_mode(cell: CellKind) -> (i64, i64) {
-    match cell {
-        CellKind::Rnn => (1, 1),
-        CellKind::Lstm => (4, 2),
-        CellKind::Gru => (3, 3),
-    }
-}
-
 impl BuiltinLm {
     pub fn new(vs: VarStore, cell: CellKind, vocab: i64, hidden: i64, layers: i64, dropout: f64) -> BuiltinLm {
         let bound = 1.0 / (hidden as f64).sqrt();
         let u = Init::Uniform { lo: -bound, up: bound };
-        let (gates, mode) = gates_and_mode(cell);
+        let op = cell.builtin().unwrap_or_else(|| panic!("libtorch has no {} cell (the config refuses it)", cell.label()));
+        let (gates, mode) = (cell.gate_count(GruGates::Both) as i64, op.cudnn_mode());
         let root = vs.root();
         let rnn = &root / "rnn";
         let mut weights = vec![];
@@ -83,7 +77,7 @@ impl BuiltinLm {
             let _ = Tensor::internal_cudnn_rnn_flatten_weight(&weights, 4, vocab, mode, hidden, 0, layers, false, false);
         }
         let linear = nn::linear(&root / "linear", hidden, vocab, nn::LinearConfig { ws_init: u, bs_init: Some(u), bias: true });
-        BuiltinLm { vs, cell, weights, linear, vocab, hidden, layers, dropout, engine: None }
+        BuiltinLm { vs, cell, op, weights, linear, vocab, hidden, layers, dropout, engine: None }
     }
 
     /// Trains through `same`, a scratch model of the same function (see the module doc).
@@ -120,26 +114,23 @@ impl BuiltinLm {
 impl RecurrentLm for BuiltinLm {
     fn zero_state(&self, batch: i64) -> State {
         let zeros = || Tensor::zeros([self.layers, batch, self.hidden], (self.linear.ws.kind(), self.linear.ws.device()));
-        State(match self.cell {
-            CellKind::Lstm => vec![zeros(), zeros()],
-            _ => vec![zeros()],
-        })
+        State((0..self.cell.state_count()).map(|_| zeros()).collect())
     }
 
     fn forward_t(&self, tokens: &Tensor, state: &State, train: bool) -> (Tensor, State) {
         let inputs = tokens.tr().one_hot(self.vocab).to_kind(self.linear.ws.kind()); // [T, B, V]
         let (w, l, p) = (&self.weights, self.layers, self.dropout);
         // has_biases, num_layers, dropout, train, bidirectional, batch_first
-        let (outputs, state) = match self.cell {
-            CellKind::Rnn => {
+        let (outputs, state) = match self.op {
+            BuiltinCell::RnnTanh => {
                 let (y, h) = inputs.rnn_tanh(&state.0[0], w, true, l, p, train, false, false);
                 (y, vec![h])
             }
-            CellKind::Gru => {
+            BuiltinCell::Gru => {
                 let (y, h) = inputs.gru(&state.0[0], w, true, l, p, train, false, false);
                 (y, vec![h])
             }
-            CellKind::Lstm => {
+            BuiltinCell::Lstm => {
                 let w: Vec<&Tensor> = w.iter().collect();
                 let (y, h, c) = inputs.lstm(&[&state.0[0], &state.0[1]], &w, true, l, p, train, false, false);
                 (y, vec![h, c])
@@ -165,11 +156,6 @@ impl RecurrentLm for BuiltinLm {
     }
 
     fn describe(&self) -> String {
-        let cell = match self.cell {
-            CellKind::Rnn => "RNN (libtorch, tanh",
-            CellKind::Gru => "GRU (libtorch, reset after",
-            CellKind::Lstm => "LSTM (libtorch",
-        };
-        format!("built-in {cell}, {} layer(s), H={})", self.layers, self.hidden)
+        format!("built-in {}, {} layer(s), H={})", self.cell.builtin_label(), self.layers, self.hidden)
     }
 }

@@ -83,8 +83,9 @@ pub(crate) fn scratch_to_pytorch(
     num_layers: usize,
     bias_hh: BiasHh,
 ) -> Result<Vec<(String, Tensor)>> {
-    if cell == CellKind::Gru {
-        check_gru(s)?;
+    match cell {
+        CellKind::Gru => check_gru(s)?,
+        CellKind::Lstm | CellKind::Rnn => {}
     }
     let blocks = table(cell);
     let mut out = Vec::new();

@@ -17,6 +17,7 @@ pub(crate) mod cpu;
 pub(crate) mod layout;
 mod scratch;
 
+pub use cell::{BuiltinCell, CellKind};
 pub(crate) use builtin::BuiltinLm;
 pub(crate) use scratch::ScratchLm;
 pub use scratch::ScratchPath;
@@ -32,15 +33,6 @@ pub enum ModelKind {
     Scratch,
     /// [`BuiltinLm`]: libtorch's fused cell (cuDNN on CUDA).
     Builtin,
-}
-
-/// The recurrent cell (`model.cell`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CellKind {
-    Gru,
-    Lstm,
-    Rnn,
 }
 
 /// Where the GRU's reset gate acts in the candidate state.
@@ -312,7 +304,7 @@ impl ModelConfig {
                 if !opts.libtorch_step && device == Device::Cpu && matches!(kind, Kind::Float | Kind::Double) {
                     // The scratch cell that computes the same function, weights
                     // zero (no draw) until each step assigns them.
-                    let reset_gate = (c == CellKind::Gru).then_some(ResetGate::After);
+                    let reset_gate = c.has_gru_options().then_some(ResetGate::After);
                     let same = ModelConfig {
                         kind: ModelKind::Scratch,
                         reset_gate,

@@ -180,11 +180,7 @@ fn sgemm_at_step_gflops(dev: Device, (b, t, h, v): (i64, i64, i64, i64), gates: 
 
 /// The gates of a bench model's cell.
 fn gates_of(name: &str) -> i64 {
-    match name.split('-').next() {
-        Some("lstm") => 4,
-        Some("rnn") => 1,
-        _ => 3,
-    }
+    model_for(name, 1).map_or(0, |(m, ..)| m.gate_count() as i64)
 }
 
 /// The model's config, how it is built, and whether its steps may use a CUDA
@@ -202,18 +198,34 @@ fn model_for(name: &str, h: i64) -> Result<(ModelConfig, BuildOptions, bool)> {
         "scratch-ref" => (gru(ModelKind::Scratch, ResetGate::Before), path(ScratchPath::Reference), true),
         "builtin" | "builtin-eager" => (gru(ModelKind::Builtin, ResetGate::After), plain, name == "builtin"),
         "builtin-autograd" => (gru(ModelKind::Builtin, ResetGate::After), BuildOptions { libtorch_step: true, ..plain }, true),
-        "lstm" => (cfg(ModelKind::Scratch, CellKind::Lstm, None), plain, true),
-        "lstm-builtin" => (cfg(ModelKind::Builtin, CellKind::Lstm, None), plain, true),
-        "rnn" => (cfg(ModelKind::Scratch, CellKind::Rnn, None), plain, true),
-        "rnn-builtin" => (cfg(ModelKind::Builtin, CellKind::Rnn, None), plain, true),
-        other => return Err(usage!("--models {other:?}: expected one of {}", MODELS.join(", "))),
+        other => match other_cell(other) {
+            Some((cell, kind)) => (cfg(kind, cell, None), plain, true),
+            None => return Err(usage!("--models {other:?}: expected one of {}", models().join(", "))),
+        },
     })
 }
 
+/// The other cells' rows: `lstm`, `rnn`, ..., and `lstm-builtin`, ... where
+/// libtorch has the cell (the GRU's rows are the named variants above).
+fn other_cells() -> impl Iterator<Item = (String, CellKind, ModelKind)> {
+    CellKind::ALL.into_iter().filter(|c| !c.has_gru_options()).flat_map(|c| {
+        let builtin = c.builtin().map(|_| (format!("{}-builtin", c.name()), c, ModelKind::Builtin));
+        std::iter::once((c.name().to_string(), c, ModelKind::Scratch)).chain(builtin)
+    })
+}
+
+fn other_cell(name: &str) -> Option<(CellKind, ModelKind)> {
+    other_cells().find(|(n, ..)| n == name).map(|(_, c, k)| (c, k))
+}
+
 /// What `--models` takes (see [`model_for`]).
-/// `scratch*` and `builtin*` are GRUs; `lstm`, `rnn` the scratch LSTM and RNN,
-/// `lstm-builtin`, `rnn-builtin` libtorch's (no Python reference for those four).
-const MODELS: &[&str] = &[
+fn models() -> Vec<String> {
+    GRU_MODELS.iter().map(|m| m.to_string()).chain(other_cells().map(|(n, ..)| n)).collect()
+}
+
+/// The GRU's `--models` (`scratch*` the chapter's cell, `builtin*` libtorch's);
+/// the other cells' names follow ([`other_cells`]; no Python reference for those).
+const GRU_MODELS: &[&str] = &[
     "scratch",
     "scratch-eager",
     "scratch-after",
@@ -223,10 +235,6 @@ const MODELS: &[&str] = &[
     "builtin",
     "builtin-eager",
     "builtin-autograd",
-    "lstm",
-    "lstm-builtin",
-    "rnn",
-    "rnn-builtin",
 ];
 
 /// The Python reference's model for a grulm model name (d2l has two).
@@ -434,8 +442,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     tch::set_num_threads(threads as i32);
     let shapes = a.shapes.iter().map(|s| parse_shape(s, a.steps)).collect::<Result<Vec<_>>>()?;
     // A bad name is a usage error before anything runs.
-    if let Some(m) = a.models.iter().find(|m| !MODELS.contains(&m.as_str())) {
-        return Err(usage!("--models {m:?}: expected one of {}", MODELS.join(", ")));
+    if let Some(m) = a.models.iter().find(|m| !models().contains(m)) {
+        return Err(usage!("--models {m:?}: expected one of {}", models().join(", ")));
     }
     let mut json_out = match &a.json_out {
         Some(p) => Some(std::fs::File::create(p).with_context(|| format!("--json-out {}: cannot create", p.display()))?),

@@ -15,7 +15,6 @@
 //! (or the test) can read back what is drawn: per gate (`<g class="gate"
 //! data-gate="z">`), a row per unit (`<g class="row" data-unit="17">`), a cell
 //! per character in order.
-use crate::model::CellKind;
 use crate::run::{RunDir, Weights};
 use crate::platform::{fsutil, tensorfile};
 use crate::{data, usage};
@@ -248,7 +247,7 @@ pub struct Request<'a> {
 pub fn draw(r: &Request) -> Result<String> {
     let (run_dir, flag) = (RunDir::new(r.run), r.flag);
     let cfg = run_dir.load_config()?;
-    if cfg.model.cell == CellKind::Rnn {
+    if !cfg.model.cell.has_sigmoid_gates() {
         return Err(usage!(
             "--run {}: the run's cell is an RNN (model.cell = \"rnn\"), which has no gates; grulm gates draws a GRU's or an LSTM's",
             r.run.display()

@@ -61,11 +61,8 @@ impl ParityReport {
     }
 
     pub fn table(&self) -> String {
-        let cell = match self.cell {
-            CellKind::Gru => "GRU (reset after)",
-            CellKind::Lstm => "LSTM",
-            CellKind::Rnn => "RNN",
-        };
+        // libtorch's GRU is the reset-after one.
+        let cell = format!("{}{}", self.cell.label(), if self.cell.has_gru_options() { " (reset after)" } else { "" });
         let mut s = format!(
             "scratch {cell} vs built-in on {} in {:?}, {} layer(s), B={BATCH} T={STEPS} V={VOCAB} H={HIDDEN}{}\n",
             crate::platform::device::describe(self.device),
@@ -122,7 +119,7 @@ pub fn compare(
         cell,
         hidden_size: HIDDEN as usize,
         num_layers: layers,
-        reset_gate: (cell == CellKind::Gru).then_some(ResetGate::After),
+        reset_gate: cell.has_gru_options().then_some(ResetGate::After),
         init_sigma: Some(SCALE),
         dropout,
         ..ModelConfig::default()
@@ -136,7 +133,7 @@ pub fn compare(
 
     let tokens = Tensor::randint(VOCAB, [BATCH, STEPS], (Kind::Int64, device));
     let targets = Tensor::randint(VOCAB, [BATCH, STEPS], (Kind::Int64, device));
-    let states = if cell == CellKind::Lstm { 2 } else { 1 };
+    let states = cell.state_count();
     let s0: Vec<Tensor> = (0..states).map(|_| Tensor::randn([layers as i64, BATCH, HIDDEN], (kind, device)) * SCALE).collect();
     let state0 = || State::new(s0.iter().map(Tensor::shallow_clone).collect());
 
@@ -156,7 +153,8 @@ pub fn compare(
 
     let row = |name: &str, a: &Tensor, b: &Tensor| (name.to_string(), max_abs_diff(a, b));
     let mut rows = vec![row("logits", &l_s, &l_b), row("final state", s_s.hidden(), s_b.hidden())];
-    if cell == CellKind::Lstm {
+    if states == 2 {
+        // The LSTM's memory cell.
         rows.push(row("final memory cell", &s_s.tensors()[1], &s_b.tensors()[1]));
     }
     rows.push(row("loss", &loss_s, &loss_b));

@@ -22,7 +22,7 @@
 //! `grulm bench` prints this estimate next to the measured peak; see
 //! docs/memory.md for how close it comes.
 use crate::config::{Config, OptimizerKind};
-use crate::model::{CellKind, GruGates, ModelConfig, ModelKind, ResetGate};
+use crate::model::{ModelConfig, ModelKind, ResetGate};
 use crate::usage;
 use anyhow::Result;
 use tch::Device;
@@ -41,12 +41,7 @@ pub(crate) struct Estimate {
 impl ModelConfig {
     /// Gates per layer: 3 for the GRU (2 for its one-gate ablations), 4 LSTM, 1 RNN.
     pub(crate) fn gate_count(&self) -> u64 {
-        match (self.cell, self.gru_gates) {
-            (CellKind::Gru, GruGates::Both) => 3,
-            (CellKind::Gru, _) => 2,
-            (CellKind::Lstm, _) => 4,
-            (CellKind::Rnn, _) => 1,
-        }
+        self.cell.gate_count(self.gru_gates)
     }
 
     /// The parameter count for a vocabulary of `v`, from the config alone.
@@ -75,7 +70,7 @@ impl Estimate {
     pub fn training(m: &ModelConfig, optimizer: OptimizerKind, b: u64, t: u64, v: u64, data: u64) -> Estimate {
         let p = m.parameter_count(v);
         let (h, l, g) = (m.hidden_size as u64, m.num_layers as u64, m.gate_count());
-        let s = if m.cell == CellKind::Lstm { 2 } else { 1 };
+        let s = m.cell.state_count() as u64;
         // Dropout keeps each layer's mask and its masked output.
         let d = if m.dropout > 0.0 { 2 } else { 0 };
         Estimate {

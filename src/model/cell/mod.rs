@@ -27,7 +27,123 @@ pub use gru::Gru;
 pub use lstm::Lstm;
 pub use rnn::Rnn;
 
+use crate::model::cpu::gemm::Packed;
+use crate::model::cpu::Real;
+use serde::Serialize;
 use tch::Tensor;
+
+/// The recurrent cell (`model.cell`). Everything grulm needs to know about a
+/// cell outside its own folder is a method here, each one exhaustive match: a
+/// new cell is a new variant, and the compiler lists every fact it must state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CellKind {
+    Gru,
+    Lstm,
+    Rnn,
+}
+
+/// libtorch's own op for a cell (`model.kind = "builtin"`), and cuDNN's mode
+/// number for it (`rnn.cpp`: RNN_TANH 1, LSTM 2, GRU 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuiltinCell {
+    RnnTanh,
+    Gru,
+    Lstm,
+}
+
+impl BuiltinCell {
+    /// cuDNN's mode number.
+    pub(crate) fn cudnn_mode(self) -> i64 {
+        match self {
+            BuiltinCell::RnnTanh => 1,
+            BuiltinCell::Lstm => 2,
+            BuiltinCell::Gru => 3,
+        }
+    }
+}
+
+impl CellKind {
+    /// Every cell, in the order help texts list them.
+    pub const ALL: [CellKind; 3] = [CellKind::Gru, CellKind::Lstm, CellKind::Rnn];
+
+    /// Its `model.cell` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            CellKind::Gru => "gru",
+            CellKind::Lstm => "lstm",
+            CellKind::Rnn => "rnn",
+        }
+    }
+
+    /// The cell `model.cell = name` names.
+    pub fn from_name(name: &str) -> Option<CellKind> {
+        CellKind::ALL.into_iter().find(|c| c.name() == name)
+    }
+
+    /// Its name in logs and tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            CellKind::Gru => "GRU",
+            CellKind::Lstm => "LSTM",
+            CellKind::Rnn => "RNN",
+        }
+    }
+
+    /// Tensors in its state: `H`, and the LSTM's memory cell `C`.
+    pub fn state_count(self) -> usize {
+        match self {
+            CellKind::Gru | CellKind::Rnn => 1,
+            CellKind::Lstm => 2,
+        }
+    }
+
+    /// Gates per layer (a weight unit `W_x, W_h, b` each, the candidate
+    /// included): the GRU's 3, or 2 for its one-gate ablations.
+    pub fn gate_count(self, gru_gates: super::GruGates) -> u64 {
+        match self {
+            CellKind::Gru if gru_gates == super::GruGates::Both => 3,
+            CellKind::Gru => 2,
+            CellKind::Lstm => 4,
+            CellKind::Rnn => 1,
+        }
+    }
+
+    /// Whether the GRU's own keys (`model.reset_gate`, `model.gru_gates`) apply.
+    pub fn has_gru_options(self) -> bool {
+        match self {
+            CellKind::Gru => true,
+            CellKind::Lstm | CellKind::Rnn => false,
+        }
+    }
+
+    /// Whether it has sigmoid gates to draw (`grulm gates`).
+    pub fn has_sigmoid_gates(self) -> bool {
+        match self {
+            CellKind::Gru | CellKind::Lstm => true,
+            CellKind::Rnn => false,
+        }
+    }
+
+    /// libtorch's op for it, if libtorch has one (and so `model.kind = "builtin"`,
+    /// `parity` and `export --format pytorch`).
+    pub fn builtin(self) -> Option<BuiltinCell> {
+        match self {
+            CellKind::Gru => Some(BuiltinCell::Gru),
+            CellKind::Lstm => Some(BuiltinCell::Lstm),
+            CellKind::Rnn => Some(BuiltinCell::RnnTanh),
+        }
+    }
+
+    /// How libtorch's op describes itself in logs: the GRU's is reset-after.
+    pub fn builtin_label(self) -> &'static str {
+        match self {
+            CellKind::Gru => "GRU (libtorch, reset after",
+            CellKind::Lstm => "LSTM (libtorch",
+            CellKind::Rnn => "RNN (libtorch, tanh",
+        }
+    }
+}
 
 /// Gates `k..k+n` of a tensor whose last dimension is the fused columns
 /// (`[B, G·H]` or `[T, B, G·H]`): a view, no copy.
@@ -89,6 +205,12 @@ impl Layer {
     /// `[W_h]` of gates `first..first+n`: `[H, n·H]`.
     pub(crate) fn w_h_of(&self, first: usize, n: usize) -> Tensor {
         Tensor::cat(&self.gates[first..first + n].iter().map(|g| &g.w_h).collect::<Vec<_>>(), 1)
+    }
+
+    /// The hidden weights of gates `range` (`[W_h ...]`), or their transpose,
+    /// packed for the CPU engine's products.
+    pub(crate) fn packed_w_h<T: Real>(&self, range: std::ops::Range<usize>, transpose: bool) -> Packed<T> {
+        Packed::of(&self.gates[range].iter().map(|g| &g.w_h).collect::<Vec<_>>(), transpose)
     }
 
     /// `[b of each gate]`: `[G·H]`.
@@ -201,10 +323,12 @@ pub(crate) trait Cell {
     /// sequence started from is detached (truncated BPTT): no gradient for it.
     fn backward_tape(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward;
 
-    /// [`Cell::forward_tape`] on the CPU engine (`model::cpu`): the same tape and
-    /// numbers, for CPU tensors of f32 or f64 ([`crate::model::cpu::supports`]).
-    fn forward_tape_cpu(&self, p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape;
+    /// [`Cell::forward_tape`] on the CPU engine (`model::cpu`), in the cell's
+    /// `cpu.rs`: the same tape and numbers, for contiguous CPU tensors of `T`
+    /// (f32 or f64: the engine picks `T` from the tensors, in one place,
+    /// `ScratchLm::forward_tape` in `bptt.rs`).
+    fn forward_rows<T: Real>(&self, p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape;
 
     /// [`Cell::backward_tape`] on the CPU engine.
-    fn backward_tape_cpu(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward;
+    fn backward_rows<T: Real>(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward;
 }

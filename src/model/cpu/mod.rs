@@ -27,7 +27,6 @@
 //! (relative error a few ulp, so libtorch parity holds to 1e-5, see the tests).
 //! The hidden and input weights' gradients (one product over all T·B rows)
 //! stay libtorch's: MKL is faster at those shapes than this kernel.
-pub mod cells;
 pub mod gemm;
 pub mod output;
 
@@ -63,7 +62,7 @@ fn embed_as<T: Real>(w: &Tensor, b: &Tensor, ids: &Tensor) -> Tensor {
         // SAFETY: contiguous tensors of these kinds and sizes, alive for the job.
         ids: unsafe { std::slice::from_raw_parts(ids.data_ptr() as *const i64, n) },
         w: View::<T>::of(&w),
-        b: cells::values(b),
+        b: values(b),
         out: View::of(&out),
     };
     par_rows(n, &job);
@@ -369,4 +368,20 @@ impl<T: Real> View<T> {
         debug_assert!(col + len <= self.w && r < self.b);
         std::slice::from_raw_parts_mut(self.row(s, r).add(col), len)
     }
+}
+
+pub(crate) fn empty(dims: &[usize], like: &Tensor) -> Tensor {
+    Tensor::empty(dims.iter().map(|&d| d as i64).collect::<Vec<_>>(), (like.kind(), like.device()))
+}
+
+/// A `[n]` tensor's values.
+pub(crate) fn values<T: Real>(t: &Tensor) -> Vec<T> {
+    let t = t.contiguous();
+    // SAFETY: a contiguous CPU tensor of kind T (checked by View::of's caller).
+    unsafe { std::slice::from_raw_parts(t.data_ptr() as *const T, t.numel()) }.to_vec()
+}
+
+/// `(T, B, H)` of a tape over `[T, B, ·]`.
+pub(crate) fn dims(x: &Tensor, h: &Tensor) -> (usize, usize, usize) {
+    (x.size()[0] as usize, x.size()[1] as usize, *h.size().last().unwrap() as usize)
 }

@@ -36,7 +36,7 @@ fn step_as<T: Real>(top: &Tensor, w_hq: &Tensor, b_q: &Tensor, y: &Tensor) -> (T
     let (d_y, d_top, losses) =
         (Tensor::empty([n as i64, v as i64], opts), Tensor::empty([n as i64, h as i64], opts), Tensor::empty([n as i64, 1], opts));
     let (wq, wq_t) = (Packed::<T>::of(&[w_hq], false), Packed::<T>::of(&[w_hq], true));
-    let b_q: Vec<T> = super::cells::values(b_q);
+    let b_q: Vec<T> = super::values(b_q);
     let job = Output {
         n,
         v,

@@ -20,9 +20,11 @@
 //! dI = dC ⊙ C~   dF = dC ⊙ C_{t-1}   dC~ = dC ⊙ I   dC_{t-1} = dC ⊙ F
 //! dA = [dI, dF, dO] ⊙ σ' ,  dC~ ⊙ (1 − C~²)      dH_{t-1} = dA W_hᵀ
 //! ```
+mod cpu;
+
 use super::{block, Backward, Cell, GateDef, Layer, Tape};
-use crate::model::cpu::cells;
-use tch::{Kind, Tensor};
+use crate::model::cpu::Real;
+use tch::Tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Lstm;
@@ -107,18 +109,12 @@ impl Cell for Lstm {
         tape
     }
 
-    fn forward_tape_cpu(&self, p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape {
-        match xa.kind() {
-            Kind::Float => cells::lstm_forward::<f32>(p, xa, state0),
-            _ => cells::lstm_forward::<f64>(p, xa, state0),
-        }
+    fn forward_rows<T: Real>(&self, p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape {
+        cpu::lstm_forward::<T>(p, xa, state0)
     }
 
-    fn backward_tape_cpu(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
-        match d_out.kind() {
-            Kind::Float => cells::lstm_backward::<f32>(p, tape, d_out),
-            _ => cells::lstm_backward::<f64>(p, tape, d_out),
-        }
+    fn backward_rows<T: Real>(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
+        cpu::lstm_backward::<T>(p, tape, d_out)
     }
 
     fn backward_tape(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {

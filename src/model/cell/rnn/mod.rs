@@ -5,9 +5,11 @@
 //! ```
 //!
 //! Backward, per step: `dA = dH ⊙ (1 − H_t²)`, `dH_{t-1} = dA W_hhᵀ`.
+mod cpu;
+
 use super::{Backward, Cell, GateDef, Layer, Tape};
-use crate::model::cpu::cells;
-use tch::{Kind, Tensor};
+use crate::model::cpu::Real;
+use tch::Tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Rnn;
@@ -47,18 +49,12 @@ impl Cell for Rnn {
         tape
     }
 
-    fn forward_tape_cpu(&self, p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape {
-        match xa.kind() {
-            Kind::Float => cells::rnn_forward::<f32>(p, xa, state0),
-            _ => cells::rnn_forward::<f64>(p, xa, state0),
-        }
+    fn forward_rows<T: Real>(&self, p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape {
+        cpu::rnn_forward::<T>(p, xa, state0)
     }
 
-    fn backward_tape_cpu(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
-        match d_out.kind() {
-            Kind::Float => cells::rnn_backward::<f32>(p, tape, d_out),
-            _ => cells::rnn_backward::<f64>(p, tape, d_out),
-        }
+    fn backward_rows<T: Real>(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
+        cpu::rnn_backward::<T>(p, tape, d_out)
     }
 
     fn backward_tape(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {

@@ -26,10 +26,12 @@
 //!         dH_{t-1} = dH ⊙ Z + [dA_z, dA_r, dU] [W_hz, W_hr, W_hh]ᵀ
 //! dA_z = dZ ⊙ Z(1 − Z)      dA_r = dR ⊙ R(1 − R)
 //! ```
+mod cpu;
+
 use super::{block, Backward, Cell, GateDef, Layer, Tape};
-use crate::model::cpu::cells;
+use crate::model::cpu::Real;
 use crate::model::{GruGates, ResetGate};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gru {
@@ -198,18 +200,12 @@ impl Cell for Gru {
         tape
     }
 
-    fn forward_tape_cpu(&self, p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape {
-        match xa.kind() {
-            Kind::Float => cells::gru_forward::<f32>(self, p, xa, state0),
-            _ => cells::gru_forward::<f64>(self, p, xa, state0),
-        }
+    fn forward_rows<T: Real>(&self, p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape {
+        cpu::gru_forward::<T>(self, p, xa, state0)
     }
 
-    fn backward_tape_cpu(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
-        match d_out.kind() {
-            Kind::Float => cells::gru_backward::<f32>(self, p, tape, d_out),
-            _ => cells::gru_backward::<f64>(self, p, tape, d_out),
-        }
+    fn backward_rows<T: Real>(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
+        cpu::gru_backward::<T>(self, p, tape, d_out)
     }
 
     fn backward_tape(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
