@@ -510,7 +510,45 @@ const TRAIN_KEYS: &[&str] = &[
 const SAMPLE_KEYS: &[&str] = &["prefixes", "len", "temperature", "top_k", "top_p", "seed"];
 const SECTIONS: &[&str] = &["data", "model", "train", "sample"];
 
+/// Keys that may change when a run is resumed: how long and where it runs, what
+/// it prints, the step size (to recover from divergence with a lower lr) and
+/// dropout (against overfitting seen late); not the data, the model's shape or
+/// the optimiser.
+pub(crate) const RESUMABLE_KEYS: &[&str] = &[
+    "train.epochs",
+    "train.lr",
+    "train.lr_schedule",
+    "train.lr_decay",
+    "train.lr_decay_every",
+    "train.warmup_epochs",
+    "train.grad_clip",
+    "train.device",
+    "train.threads",
+    "train.predict_every",
+    "train.checkpoint_every",
+    "train.val_every",
+    "train.cuda_graph",
+    "train.tensorboard",
+    "train.patience",
+    "model.dropout",
+];
+
 impl Config {
+    /// Checks a resumed run's config against the run's own (`saved`, from the
+    /// file `saved_path`): only [`RESUMABLE_KEYS`] and `sample.*` may differ.
+    pub(crate) fn check_resumable(&self, saved: &Config, saved_path: &str) -> anyhow::Result<()> {
+        let changed: Vec<String> =
+            self.differing_keys(saved).into_iter().filter(|k| !k.starts_with("sample.") && !RESUMABLE_KEYS.contains(&k.as_str())).collect();
+        if !changed.is_empty() {
+            return Err(crate::usage!(
+                "--resume: {} differ(s) from the run's {saved_path}; a resumed run may only change {} and sample.*",
+                changed.join(", "),
+                RESUMABLE_KEYS.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
     /// Parses a config text (named `source` in errors), applies `--set` overrides
     /// (`section.key=value`, the value in TOML syntax, a bare word taken as a
     /// string), fills in d2l's defaults and validates everything.

@@ -1,5 +1,4 @@
 //! Thin entry point: parse, run, map errors to an exit code and one line.
-use clap::{CommandFactory, Parser};
 use grulm::error::{exit_code, one_line, EXIT_OK, EXIT_RUNTIME, EXIT_USAGE};
 
 /// Keeps freed tensor memory for reuse instead of handing it back to the kernel.
@@ -46,7 +45,7 @@ fn main() {
         eprintln!("grulm: internal error: {first} (please report this)");
     }));
     keep_freed_memory();
-    let cli = match grulm::cli::Cli::try_parse() {
+    let cli = match grulm::cli::parse() {
         Ok(cli) => cli,
         // --help and --version print as clap has them.
         Err(e) if !e.use_stderr() => e.exit(),
@@ -56,7 +55,7 @@ fn main() {
             let first: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
             let first = first.join(" ");
             let first = first.trim_start_matches("error: ");
-            let sub = std::env::args().nth(1).filter(|a| grulm::cli::Cli::command().find_subcommand(a).is_some());
+            let sub = std::env::args().nth(1).filter(|a| grulm::cli::command().find_subcommand(a).is_some());
             eprintln!("grulm: error: {first} (see grulm {}--help)", sub.map(|s| format!("{s} ")).unwrap_or_default());
             std::process::exit(EXIT_USAGE);
         }

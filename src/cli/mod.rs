@@ -1,12 +1,16 @@
-//! The command line (clap). Everything clap-shaped stays here: each command turns
-//! its arguments into a validated [`Config`] or plain values and calls the library.
+//! The command line: [`args`] holds its clap types; each command here turns its
+//! arguments into a validated [`Config`] or plain values and hands over to the
+//! layer that owns the policy.
+mod args;
+
+pub use args::*;
 use crate::config::{Config, MAX_SAMPLE_LEN};
 use crate::platform::console::Console;
 use crate::data;
 use crate::error::libtorch;
 use crate::train::memory::{self, Estimate};
-use crate::model::layout::{scratch_to_pytorch, BiasHh};
-use crate::model::{CellKind, ModelKind, ScratchPath};
+use crate::model::layout::{self, BiasHh};
+use crate::model::ModelKind;
 use crate::run::{self, RunDir};
 use crate::infer::sample::{self, Decode};
 use crate::train::{self, TrainOptions};
@@ -14,335 +18,8 @@ use crate::platform::device;
 use crate::tools::{bench, gates, parity};
 use crate::{sweep, usage};
 use anyhow::{Context, Result};
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::PathBuf;
-
-const EXIT_CODES: &str = "Exit codes: 0 success; 1 runtime failure (I/O, download, corrupt checkpoint, diverged training, a libtorch failure); 2 usage or config error (bad flag, key or value, unknown prefix characters, existing run, too large for the memory at hand); 130, 143 training stopped by SIGINT, SIGTERM (resumable).";
-
-/// Character-level GRU language models on libtorch: d2l.ai's "Gated Recurrent
-/// Units" chapter, from scratch and with libtorch's fused GRU.
-#[derive(Parser, Debug)]
-#[command(name = "grulm", version, after_help = EXIT_CODES)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Print grulm's and libtorch's versions, CUDA and cuDNN availability, CPU threads.
-    #[command(after_help = EXIT_CODES)]
-    Info,
-    /// Train an experiment (a TOML config; defaults are d2l's GRU chapter).
-    #[command(after_help = EXIT_CODES)]
-    Train(TrainArgs),
-    /// Generate text from a trained run: greedy by default, or sampled.
-    #[command(after_help = EXIT_CODES)]
-    Sample(SampleArgs),
-    /// Perplexity of a trained run on a text.
-    #[command(after_help = EXIT_CODES)]
-    Eval(EvalArgs),
-    /// Compare a scratch cell with libtorch's (GRU reset-after, LSTM, RNN): outputs and every gradient.
-    #[command(after_help = EXIT_CODES)]
-    Parity(ParityArgs),
-    /// Draw a trained GRU's or LSTM's gates over a text: a heatmap per gate of the top layer and their means (SVG).
-    #[command(after_help = EXIT_CODES)]
-    Gates(GatesArgs),
-    /// Many runs of one experiment: expand a sweep file into run directories and train them; status; report.
-    #[command(after_help = EXIT_CODES)]
-    Sweep(SweepArgs),
-    /// Write a run's weights under PyTorch's names (nn.RNN/nn.GRU/nn.LSTM + nn.Linear), for d2l's RNNModel.
-    #[command(after_help = EXIT_CODES)]
-    Export(ExportArgs),
-    /// Print a shell completion script: `grulm completions bash > ~/.local/share/bash-completion/completions/grulm`.
-    #[command(after_help = EXIT_CODES)]
-    Completions(CompletionsArgs),
-    /// Time training steps of the models and cells (tokens/s, peak memory), optionally beside Python PyTorch.
-    #[command(after_help = EXIT_CODES)]
-    Bench(bench::BenchArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct TrainArgs {
-    /// Experiment file (TOML with [data], [model], [train], [sample]); omitted: d2l's defaults.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Override a key, e.g. --set train.lr=0.5 (repeatable; the value in TOML syntax).
-    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
-    pub sets: Vec<String>,
-    /// auto (CUDA if available), cpu, cuda or cuda:N; overrides train.device.
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Run directory [default: runs/<config file name>].
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Continue the run in --out from its last checkpoint (optimizer state included).
-    #[arg(long, conflicts_with = "force")]
-    pub resume: bool,
-    /// Replace an existing run in --out.
-    #[arg(long)]
-    pub force: bool,
-    /// Plain lines instead of a progress bar.
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// Start from another run's weights (best, else last) and vocabulary, with a fresh optimizer: fine-tuning.
-    /// Sets train.init_from.
-    #[arg(long, value_name = "RUN", conflicts_with = "resume")]
-    pub init_from: Option<PathBuf>,
-    /// Print the parameter count and the memory estimate, and whether it fits; train nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct SampleArgs {
-    /// Run directory of a trained model.
-    #[arg(long)]
-    pub run: PathBuf,
-    /// Which weights: best (the lowest validation perplexity; the run must validate) or last [default: best where the run has it, else last].
-    #[arg(long, value_enum)]
-    pub checkpoint: Option<CheckpointArg>,
-    /// Text to start from [default: the run's first sample.prefixes].
-    #[arg(long, conflicts_with_all = ["prefix_file", "interactive"])]
-    pub prefix: Option<String>,
-    /// Read the prefix from a file (one trailing newline is dropped).
-    #[arg(long, value_name = "FILE", conflicts_with = "interactive")]
-    pub prefix_file: Option<PathBuf>,
-    /// Read a prefix per line from stdin and print a sample for each (the model loads once).
-    #[arg(long)]
-    pub interactive: bool,
-    /// Independent samples, generated together (one forward per character for all); separated by a blank line.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub num_samples: usize,
-    /// Stop a sample once this text appears in what it generates (the text is kept).
-    #[arg(long, value_name = "STRING")]
-    pub stop: Option<String>,
-    /// Characters to generate [default: the run's sample.len].
-    #[arg(long)]
-    pub len: Option<usize>,
-    /// Sample from softmax(logits / T) instead of taking the argmax.
-    #[arg(long)]
-    pub temperature: Option<f64>,
-    /// Sample among the K most likely characters only.
-    #[arg(long = "top-k", value_name = "K")]
-    pub top_k: Option<usize>,
-    /// Sample among the fewest most likely characters whose probabilities sum to P (nucleus sampling).
-    #[arg(long = "top-p", value_name = "P")]
-    pub top_p: Option<f64>,
-    /// Seed for sampling [default: the run's sample.seed].
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Take the argmax even if the run's config sets a temperature or top-k.
-    #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p"])]
-    pub greedy: bool,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-}
-
-#[derive(Args, Debug)]
-pub struct EvalArgs {
-    /// Run directory of a trained model.
-    #[arg(long)]
-    pub run: PathBuf,
-    /// Which weights: best (the lowest validation perplexity; the run must validate) or last [default: best where the run has it, else last].
-    #[arg(long, value_enum)]
-    pub checkpoint: Option<CheckpointArg>,
-    /// `timemachine` or a path to a text [default: the run's data.corpus]. The whole text is read.
-    #[arg(long, conflicts_with = "split")]
-    pub corpus: Option<String>,
-    /// The run's own split of its corpus: train, val (its validation split) or all (the whole text) [default: all].
-    #[arg(long, value_enum)]
-    pub split: Option<Split>,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Print one JSON object (perplexity, bits per character, tokens) instead of a sentence.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct GatesArgs {
-    /// Run directory of a trained GRU or LSTM.
-    #[arg(long)]
-    pub run: PathBuf,
-    /// The text to run the model over, from a zero state (preprocessed as the run's data.preprocess; at most 400 characters).
-    #[arg(long, conflicts_with = "text_file", required_unless_present = "text_file")]
-    pub text: Option<String>,
-    /// Read the text from a file instead.
-    #[arg(long)]
-    pub text_file: Option<PathBuf>,
-    /// Where to write the SVG [default: RUN/gates.svg].
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Draw these hidden units, in this order (e.g. 0,5,17) [default: all, or the --max-units whose first gate varies most; sorted by its mean].
-    #[arg(long, value_delimiter = ',')]
-    pub units: Option<Vec<usize>>,
-    /// Draw at most this many units when --units is not given.
-    #[arg(long, default_value_t = 32)]
-    pub max_units: usize,
-    /// Which weights: best (the run must validate) or last [default: best where the run has it, else last].
-    #[arg(long, value_enum)]
-    pub checkpoint: Option<CheckpointArg>,
-}
-
-#[derive(Args, Debug)]
-pub struct SweepArgs {
-    #[command(subcommand)]
-    pub command: SweepCommand,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum SweepCommand {
-    /// Expand FILE into one run directory per point and train them (again: skips finished points, resumes interrupted ones).
-    Run(SweepRunArgs),
-    /// Each point's state: pending, running, done, interrupted or failed (with its error).
-    Status(SweepDirArgs),
-    /// A table of the points (overrides, perplexities, tokens/s, wall time, a sample), best first, and DIR/report.svg.
-    Report(SweepReportArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct SweepRunArgs {
-    /// The sweep file (TOML: base, [set], and [grid], [[runs]] or [random]).
-    pub file: PathBuf,
-    /// The sweep directory [default: sweeps/<file stem>].
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Trainings at a time [default: one per 2 CPU cores]; the threads are split between them.
-    #[arg(long)]
-    pub jobs: Option<usize>,
-    /// The device every point trains on (auto, cpu, cuda, cuda:N) [default: each point's train.device; cuda with --gpus].
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Where the points run: here (local), or as a Slurm job array (slurm: writes DIR/sweep.sbatch and submits it).
-    #[arg(long, value_enum, default_value = "local")]
-    pub executor: Executor,
-    /// Slurm: array tasks at a time (%M) [default: as many as Slurm allows].
-    #[arg(long)]
-    pub max_concurrent: Option<usize>,
-    /// Slurm: CPUs per task (a point leaving train.threads at 0 uses them all).
-    #[arg(long, default_value_t = 1)]
-    pub cpus_per_task: usize,
-    /// Slurm: memory per task (sbatch --mem, e.g. 4G).
-    #[arg(long)]
-    pub mem: Option<String>,
-    /// Slurm: time limit per task (sbatch --time, e.g. 2:00:00); grulm checkpoints 120 s before it.
-    #[arg(long)]
-    pub time: Option<String>,
-    /// Slurm: the partition.
-    #[arg(long)]
-    pub partition: Option<String>,
-    /// Slurm: GPUs per task (--gres=gpu:N), and --device cuda.
-    #[arg(long, default_value_t = 0)]
-    pub gpus: usize,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Executor {
-    Local,
-    Slurm,
-}
-
-#[derive(Args, Debug)]
-pub struct SweepDirArgs {
-    /// The sweep directory.
-    pub dir: PathBuf,
-}
-
-#[derive(Args, Debug)]
-pub struct SweepReportArgs {
-    /// The sweep directory.
-    pub dir: PathBuf,
-    /// CSV instead of a Markdown table.
-    #[arg(long)]
-    pub csv: bool,
-}
-
-/// `--checkpoint`: which of a run's weights (see [`run::Weights`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum CheckpointArg {
-    Best,
-    Last,
-}
-
-impl From<Option<CheckpointArg>> for run::Weights {
-    fn from(c: Option<CheckpointArg>) -> run::Weights {
-        match c {
-            Some(CheckpointArg::Best) => run::Weights::Best,
-            Some(CheckpointArg::Last) => run::Weights::Last,
-            None => run::Weights::BestElseLast,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Split {
-    Train,
-    Val,
-    All,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Dtype {
-    F32,
-    F64,
-}
-
-#[derive(Args, Debug)]
-pub struct ParityArgs {
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    #[arg(long, value_enum, default_value = "f64")]
-    pub dtype: Dtype,
-    /// Layers to compare (each count from 1 to this).
-    #[arg(long, default_value_t = 2)]
-    pub layers: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: i64,
-    /// The cell to compare (those libtorch has).
-    #[arg(long, default_value = "gru", value_parser = parity_cells())]
-    pub cell: CellKind,
-    /// Dropout in the compared training step, from 0 to below 1 (CPU only): the
-    /// scratch masks must be libtorch's own.
-    #[arg(long, default_value_t = 0.0)]
-    pub dropout: f64,
-}
-
-#[derive(Args, Debug)]
-pub struct ExportArgs {
-    /// Run directory of a trained model.
-    #[arg(long)]
-    pub run: PathBuf,
-    /// The format: PyTorch's state_dict names and layouts, as safetensors.
-    #[arg(long, value_enum, default_value = "pytorch")]
-    pub format: ExportFormat,
-    /// Output file [default: RUN/pytorch.safetensors].
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Which weights: best (the lowest validation perplexity; the run must validate) or last [default: best where the run has it, else last].
-    #[arg(long, value_enum)]
-    pub checkpoint: Option<CheckpointArg>,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug)]
-pub enum ExportFormat {
-    Pytorch,
-}
-
-#[derive(Args, Debug)]
-pub struct CompletionsArgs {
-    /// The shell to complete for.
-    #[arg(value_enum)]
-    pub shell: clap_complete::Shell,
-}
-
-/// `parity --cell`: the cells libtorch has a twin of.
-fn parity_cells() -> impl clap::builder::TypedValueParser<Value = CellKind> {
-    use clap::builder::TypedValueParser;
-    let names: Vec<&'static str> = CellKind::ALL.into_iter().filter(|c| c.builtin().is_some()).map(CellKind::name).collect();
-    clap::builder::PossibleValuesParser::new(names).map(|n: String| CellKind::from_name(&n).expect("a listed cell"))
-}
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -360,34 +37,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => libtorch(|| "benchmarking".into(), || bench::run(a))?,
         Command::Export(a) => libtorch(|| "exporting".into(), || export_cmd(a))?,
         Command::Completions(a) => {
-            clap_complete::generate(a.shell, &mut Cli::command(), "grulm", &mut std::io::stdout());
+            clap_complete::generate(a.shell, &mut command(), "grulm", &mut std::io::stdout());
             Ok(())
         }
     }
 }
-
-/// Keys that may change when a run is resumed: how long and where it runs, what
-/// it prints, the step size (to recover from divergence with a lower lr) and
-/// dropout (against overfitting seen late); not the data, the model's shape or
-/// the optimiser.
-const RESUMABLE_KEYS: &[&str] = &[
-    "train.epochs",
-    "train.lr",
-    "train.lr_schedule",
-    "train.lr_decay",
-    "train.lr_decay_every",
-    "train.warmup_epochs",
-    "train.grad_clip",
-    "train.device",
-    "train.threads",
-    "train.predict_every",
-    "train.checkpoint_every",
-    "train.val_every",
-    "train.cuda_graph",
-    "train.tensorboard",
-    "train.patience",
-    "model.dropout",
-];
 
 fn train_cmd(a: TrainArgs) -> Result<()> {
     let out = a.out.clone().unwrap_or_else(|| run::default_run_dir(a.config.as_deref()));
@@ -402,16 +56,7 @@ fn train_cmd(a: TrainArgs) -> Result<()> {
             Some(p) => from_file(p)?,
             None => Config::parse(&saved.to_toml(), &run_dir.file(run::CONFIG).display().to_string(), &a.sets)?,
         };
-        let changed: Vec<String> =
-            cfg.differing_keys(&saved).into_iter().filter(|k| !k.starts_with("sample.") && !RESUMABLE_KEYS.contains(&k.as_str())).collect();
-        if !changed.is_empty() {
-            return Err(usage!(
-                "--resume: {} differ(s) from the run's {}; a resumed run may only change {} and sample.*",
-                changed.join(", "),
-                run_dir.file(run::CONFIG).display(),
-                RESUMABLE_KEYS.join(", ")
-            ));
-        }
+        cfg.check_resumable(&saved, &run_dir.file(run::CONFIG).display().to_string())?;
         cfg
     } else {
         match &a.config {
@@ -736,20 +381,9 @@ fn export_cmd(a: ExportArgs) -> Result<()> {
     let tensors = match cfg.model.kind {
         ModelKind::Builtin => model.named_parameters(),
         ModelKind::Scratch => {
-            if cfg.model.cell == CellKind::Gru && cfg.model.gru_gates != crate::model::GruGates::Both {
-                return Err(usage!(
-                    "--run {}: a GRU with only one of its gates (model.gru_gates) has no PyTorch module to load into",
-                    a.run.display()
-                ));
-            }
-            if cfg.model.cell == CellKind::Gru && cfg.model.reset_gate != Some(crate::model::ResetGate::After) {
-                return Err(usage!(
-                    "--run {}: the scratch GRU with model.reset_gate = \"before\" (d2l's) is not the function PyTorch's nn.GRU computes; train with model.reset_gate = \"after\" to export",
-                    a.run.display()
-                ));
-            }
+            layout::exportable(&cfg.model).map_err(|why| usage!("--run {}: {why}", a.run.display()))?;
             let params = model.named_parameters().into_iter().collect();
-            scratch_to_pytorch(&params, cfg.model.cell, cfg.model.num_layers, BiasHh::Zero)?
+            layout::scratch_to_pytorch(&params, cfg.model.cell, cfg.model.num_layers, BiasHh::Zero)?
         }
     };
     weights.say_notes();
@@ -761,56 +395,10 @@ fn export_cmd(a: ExportArgs) -> Result<()> {
 }
 
 fn parity_cmd(a: ParityArgs) -> Result<()> {
-    let dev = device::resolve(&a.device)?;
-    if a.layers == 0 {
-        return Err(usage!("--layers 0: expected at least 1"));
-    }
-    if !(0.0..1.0).contains(&a.dropout) {
-        return Err(usage!("--dropout {}: expected a number from 0 to below 1", a.dropout));
-    }
-    if a.dropout > 0.0 && dev.is_cuda() {
-        return Err(usage!("--dropout {}: parity with dropout is checked on the CPU only (on CUDA, cuDNN draws its own masks)", a.dropout));
-    }
     let kind = match a.dtype {
         Dtype::F32 => tch::Kind::Float,
         Dtype::F64 => tch::Kind::Double,
     };
-    // On CUDA, cuDNN may run the built-in GRU's float32 products in TF32
-    // (libtorch's default, as PyTorch's torch.backends.cudnn.allow_tf32): parity
-    // checks the function, so TF32 is off for the asserted comparison, and the
-    // default's differences are shown after it.
-    let tf32_default = match (dev, kind) {
-        (tch::Device::Cuda(_), tch::Kind::Float) => crate::platform::cuda::tf32().ok(),
-        _ => None,
-    };
-    if tf32_default.is_some() {
-        crate::platform::cuda::set_tf32(false, false)?;
-    } else if dev.is_cuda() && kind == tch::Kind::Float {
-        println!(
-            "note: {}; TF32 cannot be switched off, so cuDNN's float32 cells may differ by more than the tolerance",
-            crate::platform::cuda::shim_status()
-        );
-    }
-    // One table per layer count; true when every asserted one passed.
-    let tables = |asserted: bool| -> Result<bool> {
-        let mut ok = true;
-        for layers in 1..=a.layers {
-            let cell = a.cell;
-            let mut report = parity::compare(dev, kind, cell, layers, ScratchPath::Bptt, a.seed, a.dropout)?;
-            report.asserted = asserted;
-            print!("{}", report.table());
-            ok &= !asserted || report.passed();
-        }
-        Ok(ok)
-    };
-    let ok = tables(true)?;
-    if let Some((cublas, cudnn)) = tf32_default {
-        crate::platform::cuda::set_tf32(cublas, cudnn)?;
-        println!("\nwith libtorch's default TF32 settings (cuBLAS {cublas}, cuDNN {cudnn}): shown, not asserted");
-        tables(false)?;
-    }
-    if !ok {
-        anyhow::bail!("parity failed: a difference is above the tolerance");
-    }
-    Ok(())
+    let check = parity::Check { device: device::resolve(&a.device)?, kind, cell: a.cell, layers: a.layers, seed: a.seed, dropout: a.dropout };
+    parity::run(&check)
 }

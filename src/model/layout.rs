@@ -23,7 +23,7 @@
 //! matters, so scratch → PyTorch puts it in `bias_ih` and PyTorch → scratch adds
 //! the two. Both biases of a gate receive the same gradient, so for gradients the
 //! `bias_hh` rows carry the scratch bias's gradient ([`BiasHh::Gradient`]).
-use crate::model::CellKind;
+use crate::model::{CellKind, GruGates, ModelConfig, ResetGate};
 use anyhow::{anyhow, bail, Result};
 use std::collections::HashMap;
 use tch::Tensor;
@@ -63,6 +63,21 @@ pub fn table(cell: CellKind) -> &'static [Block] {
 
 fn get<'a>(m: &'a HashMap<String, Tensor>, name: &str) -> Result<&'a Tensor> {
     m.get(name).ok_or_else(|| anyhow!("tensor {name} is missing"))
+}
+
+/// Whether a scratch model's weights have a PyTorch module to load into
+/// (`grulm export`); the error says why not.
+pub(crate) fn exportable(m: &ModelConfig) -> std::result::Result<(), String> {
+    if m.cell.builtin().is_none() {
+        return Err(format!("libtorch and PyTorch have no {} cell (model.cell = \"{}\") to load its weights into", m.cell.label(), m.cell.name()));
+    }
+    if m.cell.has_gru_options() && m.gru_gates != GruGates::Both {
+        return Err("a GRU with only one of its gates (model.gru_gates) has no PyTorch module to load into".into());
+    }
+    if m.cell.has_gru_options() && m.reset_gate != Some(ResetGate::After) {
+        return Err("the scratch GRU with model.reset_gate = \"before\" (d2l's) is not the function PyTorch's nn.GRU computes; train with model.reset_gate = \"after\" to export".into());
+    }
+    Ok(())
 }
 
 /// Checks that a scratch GRU is one PyTorch computes.

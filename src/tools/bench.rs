@@ -1,6 +1,7 @@
 //! `grulm bench`: tokens/s of training steps (forward, backward, clip, update),
 //! median over repeats after a warm-up, and peak memory; optionally side by side
 //! with the same step in Python PyTorch (`bench/pytorch_reference.py`).
+use crate::cli::BenchArgs;
 use crate::config::OptimizerKind;
 use crate::data::{self, Ids, SeqPartition};
 use crate::platform::device;
@@ -11,52 +12,11 @@ use crate::train::step::Stepper;
 use crate::train;
 use crate::usage;
 use anyhow::{bail, Context, Result};
-use clap::Args;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Shapes: d2l (B=32 T=35 H=256 V=28), large (B=128 T=64 H=1024 V=28), gpu (B=512 T=128 H=1024 V=28), or B,T,H,V. Repeatable.
-    #[arg(long = "shape", default_values_t = ["d2l".to_string(), "large".to_string()])]
-    pub shapes: Vec<String>,
-    /// Models: scratch (the trainer's path: fused forward, hand-written BPTT; a CUDA graph on CUDA), scratch-after (the
-    /// same, reset-after), scratch-ops (the same step in libtorch operations, as CUDA runs it), scratch-autograd (fused forward, autograd), scratch-ref (the readable reference), builtin (its
-    /// training step on the CPU engine on the CPU), builtin-autograd (libtorch's own op and autograd everywhere);
-    /// scratch-eager and builtin-eager are scratch and builtin without the CUDA graph; those are GRUs. lstm, rnn:
-    /// the scratch LSTM and RNN; lstm-builtin, rnn-builtin: libtorch's.
-    #[arg(long, value_delimiter = ',', default_values_t = ["scratch".to_string(), "builtin".to_string()])]
-    pub models: Vec<String>,
-    /// Timed repeats per round; the median over all rounds is reported.
-    #[arg(long, default_value_t = 5)]
-    pub repeats: usize,
-    /// Rounds, alternating grulm and Python for each model, so that a slow spell
-    /// of the machine hits both sides alike.
-    #[arg(long, default_value_t = 2)]
-    pub rounds: usize,
-    #[arg(long, default_value_t = 1)]
-    pub warmup: usize,
-    /// Training steps per repeat [default: 8 for d2l's shape (one epoch), 2 for larger ones].
-    #[arg(long)]
-    pub steps: Option<usize>,
-    /// CPU threads for both sides [default: one per core].
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
-    /// Print JSON lines instead of a table.
-    #[arg(long)]
-    pub json: bool,
-    /// Also write the results as JSON lines to this file.
-    #[arg(long, value_name = "FILE")]
-    pub json_out: Option<PathBuf>,
-    /// Also run bench/pytorch_reference.py with this Python (same shapes and threads) and print ratios.
-    #[arg(long, value_name = "PYTHON")]
-    pub compare_python: Option<PathBuf>,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct BenchResult {

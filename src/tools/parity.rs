@@ -10,6 +10,8 @@
 use crate::platform::tensorfile;
 use crate::model::layout::{pytorch_to_scratch, scratch_to_pytorch, BiasHh};
 use crate::model::{BuildOptions, CellKind, ModelConfig, ModelKind, RecurrentLm, ResetGate, ScratchPath, State};
+use crate::platform::cuda;
+use crate::usage;
 use anyhow::{anyhow, Result};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
@@ -165,4 +167,67 @@ pub fn compare(
         rows.push(row(&format!("grad {name}"), &g, &p.grad()));
     }
     Ok(ParityReport { cell, device, kind, layers, dropout, tolerance: tolerance(kind, device), rows, asserted: true })
+}
+
+/// What `grulm parity` compares.
+pub(crate) struct Check {
+    pub device: Device,
+    pub kind: Kind,
+    pub cell: CellKind,
+    /// Each layer count from 1 to this gets its table.
+    pub layers: usize,
+    pub seed: i64,
+    pub dropout: f64,
+}
+
+/// `grulm parity`: prints one table per layer count; fails when an asserted
+/// difference is above the tolerance.
+pub(crate) fn run(c: &Check) -> Result<()> {
+    let dev = c.device;
+    if c.layers == 0 {
+        return Err(usage!("--layers 0: expected at least 1"));
+    }
+    if !(0.0..1.0).contains(&c.dropout) {
+        return Err(usage!("--dropout {}: expected a number from 0 to below 1", c.dropout));
+    }
+    if c.dropout > 0.0 && dev.is_cuda() {
+        return Err(usage!("--dropout {}: parity with dropout is checked on the CPU only (on CUDA, cuDNN draws its own masks)", c.dropout));
+    }
+    if c.cell.builtin().is_none() {
+        return Err(usage!("--cell {}: libtorch has no {} cell to compare with", c.cell.name(), c.cell.label()));
+    }
+    // On CUDA, cuDNN may run the built-in GRU's float32 products in TF32
+    // (libtorch's default, as PyTorch's torch.backends.cudnn.allow_tf32): parity
+    // checks the function, so TF32 is off for the asserted comparison, and the
+    // default's differences are shown after it.
+    let tf32_default = match (dev, c.kind) {
+        (Device::Cuda(_), Kind::Float) => cuda::tf32().ok(),
+        _ => None,
+    };
+    if tf32_default.is_some() {
+        cuda::set_tf32(false, false)?;
+    } else if dev.is_cuda() && c.kind == Kind::Float {
+        println!("note: {}; TF32 cannot be switched off, so cuDNN's float32 cells may differ by more than the tolerance", cuda::shim_status());
+    }
+    // One table per layer count; true when every asserted one passed.
+    let tables = |asserted: bool| -> Result<bool> {
+        let mut ok = true;
+        for layers in 1..=c.layers {
+            let mut report = compare(dev, c.kind, c.cell, layers, ScratchPath::Bptt, c.seed, c.dropout)?;
+            report.asserted = asserted;
+            print!("{}", report.table());
+            ok &= !asserted || report.passed();
+        }
+        Ok(ok)
+    };
+    let ok = tables(true)?;
+    if let Some((cublas, cudnn)) = tf32_default {
+        cuda::set_tf32(cublas, cudnn)?;
+        println!("\nwith libtorch's default TF32 settings (cuBLAS {cublas}, cuDNN {cudnn}): shown, not asserted");
+        tables(false)?;
+    }
+    if !ok {
+        anyhow::bail!("parity failed: a difference is above the tolerance");
+    }
+    Ok(())
 }
