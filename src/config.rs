@@ -132,7 +132,7 @@ impl Default for Config {
 // Upper bounds of the integer keys. Each lies far above what trains on one
 // machine today, so a real need never meets it, and low enough that a typo (a
 // few zeros too many) is told the key's range instead of trying to allocate
-// terabytes. Between them and what the machine holds, `grulm::memory`'s estimate
+// terabytes. Between them and what the machine holds, `train::memory`'s estimate
 // answers before anything is allocated.
 
 /// B (`data.batch_size`): GPU throughput saturates at a few thousand rows.
@@ -371,8 +371,7 @@ impl Reader<'_> {
     fn model(&self, mut t: Table, d: &ModelConfig) -> Result<ModelConfig, UsageError> {
         let (r, s) = (self, "model");
         let kind = r.choice(&mut t, s, "kind", &[("scratch", ModelKind::Scratch), ("builtin", ModelKind::Builtin)])?.unwrap_or(d.kind);
-        let cell =
-            r.choice(&mut t, s, "cell", &CellKind::ALL.map(|c| (c.name(), c)))?.unwrap_or(d.cell);
+        let cell = r.choice(&mut t, s, "cell", &CellKind::ALL.map(|c| (c.name(), c)))?.unwrap_or(d.cell);
         let reset_value = t.get("reset_gate").cloned();
         let reset_gate = r.choice(&mut t, s, "reset_gate", &[("before", ResetGate::Before), ("after", ResetGate::After)])?;
         let gates_value = t.get("gru_gates").cloned();
@@ -386,12 +385,7 @@ impl Reader<'_> {
         if !cell.has_gru_options() {
             for (key, value) in [("reset_gate", &reset_value), ("gru_gates", &gates_value)] {
                 if let Some(v) = value {
-                    return Err(r.err(
-                        s,
-                        key,
-                        v,
-                        format!("no value for model.cell = \"{}\" ({key} applies to the GRU only)", cell.name()),
-                    ));
+                    return Err(r.err(s, key, v, format!("no value for model.cell = \"{}\" ({key} applies to the GRU only)", cell.name())));
                 }
             }
         }
@@ -464,7 +458,6 @@ impl Reader<'_> {
         Ok(model)
     }
 }
-
 
 /// The range a key takes; `i64::MAX` means no upper bound of grulm's.
 fn range_text(min: i64, max: i64) -> String {

@@ -16,10 +16,10 @@
 //! | `sweep`     | many runs: grids, a local pool, Slurm, the report                     |
 //! | `tools`     | bench, parity, gates                                                  |
 //! | `cli`       | the command line: clap types and each command's few lines             |
-pub mod error;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod error;
 pub mod infer;
 pub mod model;
 pub mod platform;

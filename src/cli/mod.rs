@@ -3,21 +3,21 @@
 //! layer that owns the policy.
 mod args;
 
-pub use args::*;
 use crate::config::{Config, MAX_SAMPLE_LEN};
-use crate::platform::console::Console;
 use crate::data;
 use crate::error::libtorch;
-use crate::train::memory::{self, Estimate};
+use crate::infer::sample::{self, Decode};
 use crate::model::layout::{self, BiasHh};
 use crate::model::ModelKind;
-use crate::run::{self, RunDir};
-use crate::infer::sample::{self, Decode};
-use crate::train::{self, TrainOptions};
+use crate::platform::console::Console;
 use crate::platform::device;
+use crate::run::{self, RunDir};
 use crate::tools::{bench, gates, parity};
+use crate::train::memory::{self, Estimate};
+use crate::train::{self, TrainOptions};
 use crate::{sweep, usage};
 use anyhow::{Context, Result};
+pub use args::*;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -399,6 +399,7 @@ fn parity_cmd(a: ParityArgs) -> Result<()> {
         Dtype::F32 => tch::Kind::Float,
         Dtype::F64 => tch::Kind::Double,
     };
-    let check = parity::Check { device: device::resolve(&a.device)?, kind, cell: a.cell, layers: a.layers, seed: a.seed, dropout: a.dropout };
+    let check =
+        parity::Check { device: device::resolve(&a.device)?, kind, cell: a.cell, layers: a.layers, seed: a.seed, dropout: a.dropout };
     parity::run(&check)
 }

@@ -69,7 +69,11 @@ fn get<'a>(m: &'a HashMap<String, Tensor>, name: &str) -> Result<&'a Tensor> {
 /// (`grulm export`); the error says why not.
 pub(crate) fn exportable(m: &ModelConfig) -> std::result::Result<(), String> {
     if m.cell.builtin().is_none() {
-        return Err(format!("libtorch and PyTorch have no {} cell (model.cell = \"{}\") to load its weights into", m.cell.label(), m.cell.name()));
+        return Err(format!(
+            "libtorch and PyTorch have no {} cell (model.cell = \"{}\") to load its weights into",
+            m.cell.label(),
+            m.cell.name()
+        ));
     }
     if m.cell.has_gru_options() && m.gru_gates != GruGates::Both {
         return Err("a GRU with only one of its gates (model.gru_gates) has no PyTorch module to load into".into());

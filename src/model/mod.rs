@@ -17,8 +17,8 @@ pub(crate) mod cpu;
 pub(crate) mod layout;
 mod scratch;
 
-pub use cell::{BuiltinCell, CellKind};
 pub(crate) use builtin::BuiltinLm;
+pub use cell::{BuiltinCell, CellKind};
 pub(crate) use scratch::ScratchLm;
 pub use scratch::ScratchPath;
 

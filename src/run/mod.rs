@@ -18,14 +18,14 @@ pub mod metrics;
 pub(crate) mod plot;
 pub(crate) mod tensorboard;
 
-use crate::platform::tensorfile;
 use crate::config::Config;
 use crate::data::Vocab;
-use crate::platform::fsutil;
-use metrics::{best_of, BestVal, EpochMetrics};
 use crate::model::RecurrentLm;
+use crate::platform::fsutil;
+use crate::platform::tensorfile;
 use crate::usage;
 use anyhow::{bail, Context, Result};
+use metrics::{best_of, BestVal, EpochMetrics};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
@@ -309,6 +309,17 @@ impl RunDir {
             }
         }
         Ok(best_of(history))
+    }
+
+    /// Cuts a resumed run's files back to its checkpoint's `epoch`: the metrics
+    /// of later epochs, their TensorBoard events and a best file from after it
+    /// go. Returns the kept metrics and the best validation among them. The one
+    /// place that says what a resumed run's history is.
+    pub(crate) fn cut_back_to(&self, epoch: usize) -> Result<(Vec<EpochMetrics>, Option<BestVal>)> {
+        let history = self.truncate_metrics(epoch)?;
+        tensorboard::truncate(&self.file(tensorboard::DIR), epoch)?;
+        let best = self.resume_best(&history, epoch)?;
+        Ok((history, best))
     }
 
     /// Removes temporary files a killed writer left behind (see [`fsutil::temp_path`]).

@@ -2,9 +2,9 @@
 //! read from its manifest and its points' run directories.
 use super::local::{state, State};
 use super::Manifest;
+use crate::infer::sample::{predict, Decode};
 use crate::run::metrics::EpochMetrics;
 use crate::run::{RunDir, Weights};
-use crate::infer::sample::{predict, Decode};
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 use std::path::Path;

@@ -4,12 +4,12 @@
 use crate::cli::BenchArgs;
 use crate::config::OptimizerKind;
 use crate::data::{self, Ids, SeqPartition};
-use crate::platform::device;
-use crate::train::memory::Estimate;
 use crate::model::{BuildOptions, CellKind, ModelConfig, ModelKind, ResetGate, ScratchPath};
+use crate::platform::device;
+use crate::train;
+use crate::train::memory::Estimate;
 use crate::train::optim::Optimizer;
 use crate::train::step::Stepper;
-use crate::train;
 use crate::usage;
 use anyhow::{bail, Context, Result};
 use rand::{Rng, SeedableRng};
@@ -48,7 +48,7 @@ pub(crate) struct BenchResult {
     /// Kernels (graph nodes) of one training step, when it ran as a CUDA graph.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_nodes: Option<usize>,
-    /// grulm's memory estimate for this step (`grulm::memory`), MiB.
+    /// grulm's memory estimate for this step (`train::memory`), MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimate_mib: Option<f64>,
     /// On CPU, the process's RSS before the model was built (libtorch and what
@@ -420,52 +420,68 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         Ok(())
     };
-    let mut results = vec![];
-    let mut python = vec![];
-    // The cells (by gate count) benchmarked, for the sgemm line.
-    let mut gate_counts: Vec<i64> = a.models.iter().map(|m| gates_of(m)).collect();
-    gate_counts.sort();
-    gate_counts.dedup();
-    // Per shape, libtorch's sgemm at the step's products per gate count: the
-    // median over rounds, each measured right after that round's grulm models
-    // (like Python's side, so a fast or slow spell of the machine hits both).
-    let mut sgemms: Vec<Vec<(i64, f64)>> = vec![];
+    let mut measured = vec![];
     for &shape in &shapes {
-        // The Python reference has the chapter's two models; each runs once per round.
-        let mut py_models: Vec<&str> = a.models.iter().filter_map(|m| python_model(m)).collect();
-        py_models.dedup();
-        let (mut ours, mut theirs): (Vec<Vec<BenchResult>>, Vec<Vec<BenchResult>>) = (vec![], vec![]);
-        let mut sgemm_rounds: Vec<Vec<f64>> = vec![];
-        for _ in 0..a.rounds {
-            ours.push(a.models.iter().map(|m| bench_one(m, shape, a.repeats, a.warmup, dev)).collect::<Result<_>>()?);
-            if !a.json {
-                let (b, t, h, v, _) = shape;
-                sgemm_rounds.push(gate_counts.iter().map(|&g| sgemm_at_step_gflops(dev, (b, t, h, v), g)).collect::<Result<_>>()?);
-            }
-            if let (Some(py), false) = (&a.compare_python, py_models.is_empty()) {
-                theirs.push(run_python(py, &a, shape, &py_models, threads)?);
-            }
+        let m = measure_shape(&a, shape, dev, threads)?;
+        m.ours.iter().chain(&m.python).try_for_each(&mut emit)?;
+        measured.push(m);
+    }
+    if !a.json {
+        print_report(&a, dev, threads, &measured)?;
+    }
+    Ok(())
+}
+
+/// One shape's results: grulm's models, Python's, and libtorch's sgemm at the
+/// step's products per gate count (GFLOP/s).
+struct ShapeResults {
+    shape: (i64, i64, i64, i64, usize),
+    ours: Vec<BenchResult>,
+    python: Vec<BenchResult>,
+    sgemm: Vec<(i64, f64)>,
+}
+
+/// The gate counts of the benchmarked models, each once (for the sgemm line).
+fn gate_counts(a: &BenchArgs) -> Vec<i64> {
+    let mut g: Vec<i64> = a.models.iter().map(|m| gates_of(m)).collect();
+    g.sort();
+    g.dedup();
+    g
+}
+
+/// Every round of one shape: grulm's models, then (unless `--json`) sgemm at
+/// the step's products, then the Python reference, so that a fast or slow
+/// spell of the machine hits every side alike; each result the median over rounds.
+fn measure_shape(a: &BenchArgs, shape: (i64, i64, i64, i64, usize), dev: Device, threads: usize) -> Result<ShapeResults> {
+    let gates = gate_counts(a);
+    // The Python reference has the chapter's two models; each runs once per round.
+    let mut py_models: Vec<&str> = a.models.iter().filter_map(|m| python_model(m)).collect();
+    py_models.dedup();
+    let (mut ours, mut theirs): (Vec<Vec<BenchResult>>, Vec<Vec<BenchResult>>) = (vec![], vec![]);
+    let mut sgemm_rounds: Vec<Vec<f64>> = vec![];
+    for _ in 0..a.rounds {
+        ours.push(a.models.iter().map(|m| bench_one(m, shape, a.repeats, a.warmup, dev)).collect::<Result<_>>()?);
+        if !a.json {
+            let (b, t, h, v, _) = shape;
+            sgemm_rounds.push(gates.iter().map(|&g| sgemm_at_step_gflops(dev, (b, t, h, v), g)).collect::<Result<_>>()?);
         }
-        for (i, _) in a.models.iter().enumerate() {
-            let r = merge(ours.iter().map(|round| round[i].clone()).collect());
-            emit(&r)?;
-            results.push(r);
-        }
-        sgemms.push(
-            gate_counts.iter().enumerate().map(|(i, &g)| (g, median(&sgemm_rounds.iter().map(|r| r[i]).collect::<Vec<_>>()))).collect(),
-        );
-        for m in &py_models {
-            let rounds: Vec<BenchResult> = theirs.iter().filter_map(|round| round.iter().find(|r| r.model == *m).cloned()).collect();
-            if !rounds.is_empty() {
-                let p = merge(rounds);
-                emit(&p)?;
-                python.push(p);
-            }
+        if let (Some(py), false) = (&a.compare_python, py_models.is_empty()) {
+            theirs.push(run_python(py, a, shape, &py_models, threads)?);
         }
     }
-    if a.json {
-        return Ok(());
-    }
+    let ours = (0..a.models.len()).map(|i| merge(ours.iter().map(|round| round[i].clone()).collect())).collect();
+    let sgemm = gates.iter().enumerate().map(|(i, &g)| (g, median(&sgemm_rounds.iter().map(|r| r[i]).collect::<Vec<_>>()))).collect();
+    let python = py_models
+        .iter()
+        .map(|m| theirs.iter().filter_map(|round| round.iter().find(|r| r.model == *m).cloned()).collect::<Vec<_>>())
+        .filter(|rounds| !rounds.is_empty())
+        .map(merge)
+        .collect();
+    Ok(ShapeResults { shape, ours, python, sgemm })
+}
+
+/// The table of every shape, beside this machine's matrix-product rates.
+fn print_report(a: &BenchArgs, dev: Device, threads: usize, measured: &[ShapeResults]) -> Result<()> {
     let gemm = gemm_gflops(dev)?;
     println!(
         "grulm bench on {} ({} threads, libtorch {}): median of {} rounds x {} repeats (each after {} warm-up), grulm and Python alternating; training steps (forward, backward, clip, SGD update)",
@@ -477,49 +493,61 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.warmup
     );
     println!("FP32 GEMM (2048x2048 matmul) reaches {gemm:.1} GFLOP/s here");
-    for (&(b, t, h, v, steps), sgemm) in shapes.iter().zip(&sgemms) {
-        println!("\nshape B={b} T={t} H={h} V={v}, {steps} steps per repeat");
-        let cell_name = |g: i64| match g {
-            1 => "RNN",
-            4 => "LSTM",
-            _ => "GRU",
-        };
-        let rates: Vec<String> = sgemm.iter().map(|(g, r)| format!("{} {r:.1}", cell_name(*g))).collect();
-        println!("libtorch sgemm at this shape's step products (GFLOP/s): {}", rates.join(", "));
-        println!(
-            "{:<16} {:>12} {:>12} {:>8} {:>10} {:>10} {:>10} {:>8} {:>11} {:>8}  steps",
-            "model", "grulm tok/s", "python tok/s", "ratio", "grulm MiB", "python MiB", "est. MiB", "used/est", "GFLOP/s", "/sgemm"
-        );
-        let same = |r: &&BenchResult| (r.b, r.t, r.h, r.v) == (b, t, h, v);
-        for r in results.iter().filter(same) {
-            let p = python.iter().filter(same).find(|p| Some(p.model.as_str()) == python_model(&r.model));
-            let gflops = step_flops(b, t, h, v, gates_of(&r.model)) * steps as f64 / r.seconds_median / 1e9;
-            let of_sgemm = sgemm.iter().find(|(g, _)| *g == gates_of(&r.model)).map_or(f64::NAN, |(_, s)| gflops / s);
-            println!(
-                "{:<16} {:>12.0} {:>12} {:>8} {:>10.0} {:>10} {:>10.0} {:>8} {:>11.1} {:>7.0}%  {}",
-                r.model,
-                r.tokens_per_s,
-                p.map(|p| format!("{:.0}", p.tokens_per_s)).unwrap_or_else(|| "-".into()),
-                p.map(|p| format!("{:.2}x", r.tokens_per_s / p.tokens_per_s)).unwrap_or_else(|| "-".into()),
-                r.peak_mib,
-                p.map(|p| format!("{:.0}", p.peak_mib)).unwrap_or_else(|| "-".into()),
-                r.estimate_mib.unwrap_or(f64::NAN),
-                r.used_over_estimate().map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
-                gflops,
-                of_sgemm * 100.0,
-                match r.graph_nodes {
-                    Some(n) => format!("CUDA graph of {n} launches, {:.2} us each", r.seconds_median / steps as f64 / n as f64 * 1e6),
-                    None => r.step.clone().unwrap_or_default(),
-                }
-            );
-        }
-        let get = |m: &str| results.iter().filter(same).find(|r| r.model == m).map(|r| r.tokens_per_s);
-        if let (Some(s), Some(bi)) = (get("scratch"), get("builtin")) {
-            println!("grulm scratch / grulm builtin: {:.2}x", s / bi);
-        }
+    for m in measured {
+        print_shape(a, m);
     }
-    if let Some(r) = results.first() {
-        println!("\nmemory: {}; used/est: (peak - RSS before the model) / grulm's estimate on CPU, peak / estimate on CUDA; GFLOP/s counts the step's matrix products (see grulm::bench::step_flops)", r.peak_kind);
+    if let Some(r) = measured.first().and_then(|m| m.ours.first()) {
+        println!("\nmemory: {}; used/est: (peak - RSS before the model) / grulm's estimate on CPU, peak / estimate on CUDA; GFLOP/s counts the step's matrix products (see step_flops in src/tools/bench.rs)", r.peak_kind);
     }
     Ok(())
+}
+
+/// The cells of the benchmarked models with `g` gates, by name (`GRU`, `LSTM/...`).
+fn cells_with_gates(a: &BenchArgs, g: i64) -> String {
+    let mut labels: Vec<&str> = a
+        .models
+        .iter()
+        .filter_map(|m| model_for(m, 1).ok())
+        .filter(|(c, ..)| c.gate_count() as i64 == g)
+        .map(|(c, ..)| c.cell.label())
+        .collect();
+    labels.dedup();
+    labels.join("/")
+}
+
+fn print_shape(a: &BenchArgs, m: &ShapeResults) {
+    let (b, t, h, v, steps) = m.shape;
+    println!("\nshape B={b} T={t} H={h} V={v}, {steps} steps per repeat");
+    let rates: Vec<String> = m.sgemm.iter().map(|(g, r)| format!("{} {r:.1}", cells_with_gates(a, *g))).collect();
+    println!("libtorch sgemm at this shape's step products (GFLOP/s): {}", rates.join(", "));
+    println!(
+        "{:<16} {:>12} {:>12} {:>8} {:>10} {:>10} {:>10} {:>8} {:>11} {:>8}  steps",
+        "model", "grulm tok/s", "python tok/s", "ratio", "grulm MiB", "python MiB", "est. MiB", "used/est", "GFLOP/s", "/sgemm"
+    );
+    for r in &m.ours {
+        let p = m.python.iter().find(|p| Some(p.model.as_str()) == python_model(&r.model));
+        let gflops = step_flops(b, t, h, v, gates_of(&r.model)) * steps as f64 / r.seconds_median / 1e9;
+        let of_sgemm = m.sgemm.iter().find(|(g, _)| *g == gates_of(&r.model)).map_or(f64::NAN, |(_, s)| gflops / s);
+        println!(
+            "{:<16} {:>12.0} {:>12} {:>8} {:>10.0} {:>10} {:>10.0} {:>8} {:>11.1} {:>7.0}%  {}",
+            r.model,
+            r.tokens_per_s,
+            p.map(|p| format!("{:.0}", p.tokens_per_s)).unwrap_or_else(|| "-".into()),
+            p.map(|p| format!("{:.2}x", r.tokens_per_s / p.tokens_per_s)).unwrap_or_else(|| "-".into()),
+            r.peak_mib,
+            p.map(|p| format!("{:.0}", p.peak_mib)).unwrap_or_else(|| "-".into()),
+            r.estimate_mib.unwrap_or(f64::NAN),
+            r.used_over_estimate().map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
+            gflops,
+            of_sgemm * 100.0,
+            match r.graph_nodes {
+                Some(n) => format!("CUDA graph of {n} launches, {:.2} us each", r.seconds_median / steps as f64 / n as f64 * 1e6),
+                None => r.step.clone().unwrap_or_default(),
+            }
+        );
+    }
+    let get = |name: &str| m.ours.iter().find(|r| r.model == name).map(|r| r.tokens_per_s);
+    if let (Some(s), Some(bi)) = (get("scratch"), get("builtin")) {
+        println!("grulm scratch / grulm builtin: {:.2}x", s / bi);
+    }
 }

@@ -15,8 +15,8 @@
 //! (or the test) can read back what is drawn: per gate (`<g class="gate"
 //! data-gate="z">`), a row per unit (`<g class="row" data-unit="17">`), a cell
 //! per character in order.
-use crate::run::{RunDir, Weights};
 use crate::platform::{fsutil, tensorfile};
+use crate::run::{RunDir, Weights};
 use crate::{data, usage};
 use anyhow::Result;
 use std::fmt::Write;

@@ -7,10 +7,10 @@
 //! starts from one generator seed, so the scratch model's masks must be the
 //! ones libtorch's RNN and `dropout` draw, at the same places. On CUDA cuDNN
 //! draws its masks with its own generator, so there is nothing to compare.
-use crate::platform::tensorfile;
 use crate::model::layout::{pytorch_to_scratch, scratch_to_pytorch, BiasHh};
 use crate::model::{BuildOptions, CellKind, ModelConfig, ModelKind, RecurrentLm, ResetGate, ScratchPath, State};
 use crate::platform::cuda;
+use crate::platform::tensorfile;
 use crate::usage;
 use anyhow::{anyhow, Result};
 use std::collections::HashMap;
@@ -207,7 +207,10 @@ pub(crate) fn run(c: &Check) -> Result<()> {
     if tf32_default.is_some() {
         cuda::set_tf32(false, false)?;
     } else if dev.is_cuda() && c.kind == Kind::Float {
-        println!("note: {}; TF32 cannot be switched off, so cuDNN's float32 cells may differ by more than the tolerance", cuda::shim_status());
+        println!(
+            "note: {}; TF32 cannot be switched off, so cuDNN's float32 cells may differ by more than the tolerance",
+            cuda::shim_status()
+        );
     }
     // One table per layer count; true when every asserted one passed.
     let tables = |asserted: bool| -> Result<bool> {

@@ -153,7 +153,9 @@ pub(crate) struct Available {
 /// the device's free memory. None when it cannot be read.
 pub fn available(device: Device) -> Option<Available> {
     match device {
-        Device::Cuda(i) => crate::platform::cuda::mem_get_info().map(|(free, _)| Available { bytes: free as u64, what: format!("cuda:{i} has") }),
+        Device::Cuda(i) => {
+            crate::platform::cuda::mem_get_info().map(|(free, _)| Available { bytes: free as u64, what: format!("cuda:{i} has") })
+        }
         _ => host_available().map(|bytes| Available { bytes, what: "this machine has".into() }),
     }
 }

@@ -6,9 +6,9 @@
 //!
 //! Nothing here reads a value back to the host: the clipping coefficient and the
 //! gradient norm stay on the device, so a training step never synchronises.
-use anyhow::{bail, Result};
 use crate::config::OptimizerKind;
 use crate::run::OptimizerState;
+use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
 /// d2l's `grad_clipping`: with ‖g‖ the L2 norm over all gradients together,

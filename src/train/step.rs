@@ -18,8 +18,8 @@
 //! training steps: capture changes no number, replay runs the same kernels.
 //! Adam is not captured (its bias correction is computed on the host per step),
 //! and if a capture fails grulm says why and goes on eagerly.
-use crate::platform::cuda::{Graph, SideStream};
 use crate::model::{RecurrentLm, State};
+use crate::platform::cuda::{Graph, SideStream};
 use crate::train::optim::Optimizer;
 use anyhow::Result;
 use tch::{Device, Tensor};

@@ -411,8 +411,10 @@ fn best_checkpoint_and_early_stopping() {
     export(&["--checkpoint", "last", "--out", "last.safetensors"]);
     // Compared tensor by tensor: the files' metadata order varies from run to run.
     let same = |a: &str, b: &str| {
-        let (mut x, mut y) =
-            (grulm::platform::tensorfile::load(&dir.join(a)).unwrap().tensors, grulm::platform::tensorfile::load(&dir.join(b)).unwrap().tensors);
+        let (mut x, mut y) = (
+            grulm::platform::tensorfile::load(&dir.join(a)).unwrap().tensors,
+            grulm::platform::tensorfile::load(&dir.join(b)).unwrap().tensors,
+        );
         x.sort_by(|p, q| p.0.cmp(&q.0));
         y.sort_by(|p, q| p.0.cmp(&q.0));
         x.len() == y.len() && x.iter().zip(&y).all(|(p, q)| p.0 == q.0 && p.1.equal(&q.1))

@@ -4,8 +4,8 @@
 //! computed by PyTorch in Python.
 #![allow(clippy::needless_range_loop)] // index loops read like the equations
 use crate::helpers::alone;
-use grulm::platform::tensorfile::assign;
 use grulm::model::{dropout_masks, BuildOptions, CellKind, GruGates, ModelConfig, ModelKind, RecurrentLm, ResetGate, ScratchPath, State};
+use grulm::platform::tensorfile::assign;
 use grulm::tools::parity;
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};

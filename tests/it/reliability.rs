@@ -134,7 +134,8 @@ fn cuda_where_there_is_none_says_why() {
     }
     let dir = TempDir::new("cuda");
     let o = grulm(dir.path(), &["parity", "--device", "cuda"]);
-    let why = if grulm::platform::device::libtorch_has_cuda() { "libtorch has CUDA, but no GPU was found" } else { "was built without CUDA" };
+    let why =
+        if grulm::platform::device::libtorch_has_cuda() { "libtorch has CUDA, but no GPU was found" } else { "was built without CUDA" };
     assert_fails(&o, USAGE, &["device \"cuda\"", why, "--device cpu"]);
 }
 

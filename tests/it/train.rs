@@ -2,8 +2,8 @@
 use crate::helpers::{alone, grulm, metrics_without_timing, small_config, stdout, timemachine, TempDir};
 use grulm::config::Config;
 use grulm::platform::console::Console;
-use grulm::train::optim::clip_grad_norm;
 use grulm::run::RunDir;
+use grulm::train::optim::clip_grad_norm;
 use grulm::train::{train, TrainOptions};
 use tch::{Device, Kind, Tensor};
 

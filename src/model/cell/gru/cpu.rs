@@ -252,4 +252,3 @@ impl<T: Real> RowJob for GruBackward<'_, T> {
         }
     }
 }
-

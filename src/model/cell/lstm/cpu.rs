@@ -122,4 +122,3 @@ impl<T: Real> RowJob for LstmBackward<'_, T> {
         }
     }
 }
-
