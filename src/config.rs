@@ -368,15 +368,15 @@ impl Reader<'_> {
     }
 
     /// `[model]`.
-    fn model(&self, mut t: Table, d: &ModelConfig) -> Result<ModelConfig, UsageError> {
+    /// The GRU's own keys, `model.reset_gate` and `model.gru_gates`, checked
+    /// against the cell and the model kind.
+    fn gru_options(&self, t: &mut Table, cell: CellKind, kind: ModelKind) -> Result<(Option<ResetGate>, GruGates), UsageError> {
         let (r, s) = (self, "model");
-        let kind = r.choice(&mut t, s, "kind", &[("scratch", ModelKind::Scratch), ("builtin", ModelKind::Builtin)])?.unwrap_or(d.kind);
-        let cell = r.choice(&mut t, s, "cell", &CellKind::ALL.map(|c| (c.name(), c)))?.unwrap_or(d.cell);
         let reset_value = t.get("reset_gate").cloned();
-        let reset_gate = r.choice(&mut t, s, "reset_gate", &[("before", ResetGate::Before), ("after", ResetGate::After)])?;
+        let reset_gate = r.choice(t, s, "reset_gate", &[("before", ResetGate::Before), ("after", ResetGate::After)])?;
         let gates_value = t.get("gru_gates").cloned();
         let gru_gates = r.choice(
-            &mut t,
+            t,
             s,
             "gru_gates",
             &[("both", GruGates::Both), ("reset-only", GruGates::ResetOnly), ("update-only", GruGates::UpdateOnly)],
@@ -388,15 +388,6 @@ impl Reader<'_> {
                     return Err(r.err(s, key, v, format!("no value for model.cell = \"{}\" ({key} applies to the GRU only)", cell.name())));
                 }
             }
-        }
-        if kind == ModelKind::Builtin && cell.builtin().is_none() {
-            let v = t.get("kind").cloned().unwrap_or(Value::String("builtin".into()));
-            return Err(r.err(
-                s,
-                "kind",
-                &v,
-                format!("\"scratch\" for model.cell = \"{}\" (libtorch has no {} cell)", cell.name(), cell.label()),
-            ));
         }
         let gru_gates = gru_gates.unwrap_or(GruGates::Both);
         if kind == ModelKind::Builtin && gru_gates != GruGates::Both {
@@ -431,6 +422,23 @@ impl Reader<'_> {
             }
             (_, _, _, g) => Some(g.unwrap_or(ResetGate::Before)),
         };
+        Ok((reset_gate, gru_gates))
+    }
+
+    fn model(&self, mut t: Table, d: &ModelConfig) -> Result<ModelConfig, UsageError> {
+        let (r, s) = (self, "model");
+        let kind = r.choice(&mut t, s, "kind", &[("scratch", ModelKind::Scratch), ("builtin", ModelKind::Builtin)])?.unwrap_or(d.kind);
+        let cell = r.choice(&mut t, s, "cell", &CellKind::ALL.map(|c| (c.name(), c)))?.unwrap_or(d.cell);
+        if kind == ModelKind::Builtin && cell.builtin().is_none() {
+            let v = Value::String("builtin".into());
+            return Err(r.err(
+                s,
+                "kind",
+                &v,
+                format!("\"scratch\" for model.cell = \"{}\" (libtorch has no {} cell)", cell.name(), cell.label()),
+            ));
+        }
+        let (reset_gate, gru_gates) = r.gru_options(&mut t, cell, kind)?;
         let sigma_value = t.get("init_sigma").cloned();
         let init_sigma = r.float(&mut t, s, "init_sigma", |x| x > 0.0, "> 0")?;
         if let (ModelKind::Builtin, Some(v)) = (kind, sigma_value.filter(|_| init_sigma.is_some())) {

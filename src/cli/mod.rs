@@ -34,7 +34,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Parity(a) => libtorch(|| "checking parity".into(), || parity_cmd(a))?,
         Command::Gates(a) => libtorch(|| "drawing the gates".into(), || gates_cmd(a))?,
         Command::Sweep(a) => libtorch(|| "running the sweep".into(), || sweep_cmd(a))?,
-        Command::Bench(a) => libtorch(|| "benchmarking".into(), || bench::run(a))?,
+        Command::Bench(a) => libtorch(|| "benchmarking".into(), || bench::run(bench_options(a)))?,
         Command::Export(a) => libtorch(|| "exporting".into(), || export_cmd(a))?,
         Command::Completions(a) => {
             clap_complete::generate(a.shell, &mut command(), "grulm", &mut std::io::stdout());
@@ -402,4 +402,9 @@ fn parity_cmd(a: ParityArgs) -> Result<()> {
     let check =
         parity::Check { device: device::resolve(&a.device)?, kind, cell: a.cell, layers: a.layers, seed: a.seed, dropout: a.dropout };
     parity::run(&check)
+}
+
+fn bench_options(a: BenchArgs) -> bench::Options {
+    let BenchArgs { device, shapes, models, repeats, rounds, warmup, steps, threads, json, json_out, compare_python } = a;
+    bench::Options { device, shapes, models, repeats, rounds, warmup, steps, threads, json, json_out, compare_python }
 }

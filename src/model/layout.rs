@@ -23,7 +23,7 @@
 //! matters, so scratch → PyTorch puts it in `bias_ih` and PyTorch → scratch adds
 //! the two. Both biases of a gate receive the same gradient, so for gradients the
 //! `bias_hh` rows carry the scratch bias's gradient ([`BiasHh::Gradient`]).
-use crate::model::{CellKind, GruGates, ModelConfig, ResetGate};
+use crate::model::{BuiltinCell, CellKind, GruGates, ModelConfig, ResetGate};
 use anyhow::{anyhow, bail, Result};
 use std::collections::HashMap;
 use tch::Tensor;
@@ -49,15 +49,23 @@ const fn folded(gate: &'static str, bias: &'static str) -> Block {
     Block { gate, bias, hidden_bias: None }
 }
 
-/// The row blocks of each cell, in PyTorch's gate order.
-pub fn table(cell: CellKind) -> &'static [Block] {
+/// The row blocks of libtorch's op, in PyTorch's gate order.
+fn blocks(op: BuiltinCell) -> &'static [Block] {
     const GRU: &[Block] = &[folded("r", "b_r"), folded("z", "b_z"), Block { gate: "h", bias: "b_xh", hidden_bias: Some("b_hh") }];
     const LSTM: &[Block] = &[folded("i", "b_i"), folded("f", "b_f"), folded("c", "b_c"), folded("o", "b_o")];
     const RNN: &[Block] = &[folded("h", "b_h")];
-    match cell {
-        CellKind::Gru => GRU,
-        CellKind::Lstm => LSTM,
-        CellKind::Rnn => RNN,
+    match op {
+        BuiltinCell::Gru => GRU,
+        BuiltinCell::Lstm => LSTM,
+        BuiltinCell::RnnTanh => RNN,
+    }
+}
+
+/// The row blocks of a cell that PyTorch computes (the others have no layout).
+fn table(cell: CellKind) -> Result<&'static [Block]> {
+    match cell.builtin() {
+        Some(op) => Ok(blocks(op)),
+        None => bail!("PyTorch has no {} cell, so it has no PyTorch layout", cell.label()),
     }
 }
 
@@ -102,11 +110,10 @@ pub(crate) fn scratch_to_pytorch(
     num_layers: usize,
     bias_hh: BiasHh,
 ) -> Result<Vec<(String, Tensor)>> {
-    match cell {
-        CellKind::Gru => check_gru(s)?,
-        CellKind::Lstm | CellKind::Rnn => {}
+    let blocks = table(cell)?;
+    if cell.builtin() == Some(BuiltinCell::Gru) {
+        check_gru(s)?;
     }
-    let blocks = table(cell);
     let mut out = Vec::new();
     for k in 0..num_layers {
         let g = |n: &str| get(s, &format!("{n}_l{k}"));
@@ -134,7 +141,7 @@ pub(crate) fn scratch_to_pytorch(
 
 /// PyTorch's names and layout -> scratch.
 pub(crate) fn pytorch_to_scratch(p: &HashMap<String, Tensor>, cell: CellKind, num_layers: usize) -> Result<Vec<(String, Tensor)>> {
-    let blocks = table(cell);
+    let blocks = table(cell)?;
     let n = blocks.len() as i64;
     let mut out = Vec::new();
     for k in 0..num_layers {

@@ -119,15 +119,21 @@ pub fn run(sweep: &Sweep, dir: &Path, jobs: usize, device: Option<&str>) -> Resu
     prepare(sweep, dir, "local")?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = jobs.max(1);
-    let threads = (cores / jobs).max(1);
-    let exe = std::env::current_exe().context("cannot find grulm's own binary")?;
+    let pool = Pool {
+        sweep,
+        dir,
+        exe: std::env::current_exe().context("cannot find grulm's own binary")?,
+        threads: (cores / jobs).max(1),
+        device,
+    };
     let n = sweep.points.len();
     let (queue, already) = to_train(sweep, dir)?;
     println!(
-        "sweep {}: {n} point(s) in {}: {already} already done, {} to run, {jobs} at a time with {threads} thread(s) each",
+        "sweep {}: {n} point(s) in {}: {already} already done, {} to run, {jobs} at a time with {} thread(s) each",
         sweep.file.display(),
         dir.display(),
-        queue.len()
+        queue.len(),
+        pool.threads
     );
     interrupt::install();
     let mut queue = queue.into_iter();
@@ -136,41 +142,7 @@ pub fn run(sweep: &Sweep, dir: &Path, jobs: usize, device: Option<&str>) -> Resu
     loop {
         while running.len() < jobs && interrupt::requested().is_none() {
             let Some(i) = queue.next() else { break };
-            let p = &sweep.points[i];
-            let run = RunDir::new(dir.join(&p.name));
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(run.file(LOG))
-                .with_context(|| format!("cannot open {}", run.file(LOG).display()))?;
-            let mut cmd = Command::new(&exe);
-            cmd.arg("train");
-            // A checkpoint (interrupted, or failed late) resumes; otherwise the
-            // point starts over (--force: its directory holds only its config).
-            let resume = run.file(crate::run::CHECKPOINT).exists();
-            if resume {
-                cmd.args(["--out".as_ref(), run.path.as_os_str(), "--resume".as_ref()]);
-            } else {
-                cmd.args([
-                    "--config".as_ref(),
-                    run.file(crate::run::CONFIG).as_os_str(),
-                    "--out".as_ref(),
-                    run.path.as_os_str(),
-                    "--force".as_ref(),
-                ]);
-            }
-            cmd.arg("--quiet");
-            if p.config.train.threads == 0 {
-                cmd.args(["--set", &format!("train.threads={threads}")]);
-            }
-            if let Some(d) = device {
-                cmd.args(["--device", d]);
-            }
-            cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
-            let child = cmd.spawn().with_context(|| format!("cannot start {}", exe.display()))?;
-            let how = if resume { "resume" } else { "start" };
-            println!("sweep: {how} {} ({} of {n})", p.name, i + 1);
-            running.push((i, child, Instant::now()));
+            running.push((i, pool.start(i)?, Instant::now()));
         }
         if running.is_empty() {
             break;
@@ -190,25 +162,10 @@ pub fn run(sweep: &Sweep, dir: &Path, jobs: usize, device: Option<&str>) -> Resu
                 continue;
             };
             let (i, _, t0) = running.swap_remove(k);
-            let p = &sweep.points[i];
-            let run = RunDir::new(dir.join(&p.name));
-            let secs = t0.elapsed().as_secs_f64();
-            match state(&run, &p.config) {
-                State::Done => {
-                    let last = run.load_metrics().ok().and_then(|m| m.last().cloned());
-                    let ppl = last.map_or(String::new(), |m| {
-                        format!(": perplexity {:.2}{}", m.train_ppl, m.val_ppl.map_or(String::new(), |v| format!(", val {v:.2}")))
-                    });
-                    println!("sweep: done {} in {secs:.1} s{ppl}", p.name);
-                }
-                State::Failed(line) => {
-                    println!("sweep: failed {} ({status}): {line}", p.name);
-                    failed.push(p.name.clone());
-                }
-                _ => {
-                    stopped += 1;
-                    println!("sweep: stopped {} ({status}); the next sweep run resumes it", p.name);
-                }
+            match pool.ended(i, status, t0.elapsed().as_secs_f64()) {
+                Ended::Done => {}
+                Ended::Failed(name) => failed.push(name),
+                Ended::Stopped => stopped += 1,
             }
         }
     }
@@ -224,4 +181,88 @@ pub fn run(sweep: &Sweep, dir: &Path, jobs: usize, device: Option<&str>) -> Resu
     }
     println!("sweep: all {n} point(s) done; grulm sweep report {}", dir.display());
     Ok(())
+}
+
+/// How a point's `grulm train` ended.
+enum Ended {
+    Done,
+    /// Its name.
+    Failed(String),
+    /// By a signal, checkpointed.
+    Stopped,
+}
+
+/// What the local executor starts each point's `grulm train` with.
+struct Pool<'a> {
+    sweep: &'a Sweep,
+    dir: &'a Path,
+    exe: std::path::PathBuf,
+    /// CPU threads per point (unless its config sets them).
+    threads: usize,
+    device: Option<&'a str>,
+}
+
+impl Pool<'_> {
+    /// Starts point `i`'s training in its directory, its output in its log.
+    fn start(&self, i: usize) -> Result<Child> {
+        let p = &self.sweep.points[i];
+        let run = RunDir::new(self.dir.join(&p.name));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(run.file(LOG))
+            .with_context(|| format!("cannot open {}", run.file(LOG).display()))?;
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("train");
+        // A checkpoint (interrupted, or failed late) resumes; otherwise the
+        // point starts over (--force: its directory holds only its config).
+        let resume = run.file(crate::run::CHECKPOINT).exists();
+        if resume {
+            cmd.args(["--out".as_ref(), run.path.as_os_str(), "--resume".as_ref()]);
+        } else {
+            cmd.args([
+                "--config".as_ref(),
+                run.file(crate::run::CONFIG).as_os_str(),
+                "--out".as_ref(),
+                run.path.as_os_str(),
+                "--force".as_ref(),
+            ]);
+        }
+        cmd.arg("--quiet");
+        if p.config.train.threads == 0 {
+            cmd.args(["--set", &format!("train.threads={}", self.threads)]);
+        }
+        if let Some(d) = self.device {
+            cmd.args(["--device", d]);
+        }
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).process_group(0);
+        let child = cmd.spawn().with_context(|| format!("cannot start {}", self.exe.display()))?;
+        let how = if resume { "resume" } else { "start" };
+        println!("sweep: {how} {} ({} of {})", p.name, i + 1, self.sweep.points.len());
+        Ok(child)
+    }
+
+    /// Says how point `i` ended, from what its run directory holds.
+    fn ended(&self, i: usize, status: std::process::ExitStatus, secs: f64) -> Ended {
+        let p = &self.sweep.points[i];
+        let run = RunDir::new(self.dir.join(&p.name));
+        match state(&run, &p.config) {
+            State::Done => {
+                let last = run.load_metrics().ok().and_then(|m| m.last().cloned());
+                let ppl = last.map_or(String::new(), |m| {
+                    format!(": perplexity {:.2}{}", m.train_ppl, m.val_ppl.map_or(String::new(), |v| format!(", val {v:.2}")))
+                });
+                println!("sweep: done {} in {secs:.1} s{ppl}", p.name);
+                Ended::Done
+            }
+            State::Failed(line) => {
+                println!("sweep: failed {} ({status}): {line}", p.name);
+                Ended::Failed(p.name.clone())
+            }
+            _ => {
+                println!("sweep: stopped {} ({status}); the next sweep run resumes it", p.name);
+                Ended::Stopped
+            }
+        }
+    }
 }

@@ -1,7 +1,6 @@
 //! `grulm bench`: tokens/s of training steps (forward, backward, clip, update),
 //! median over repeats after a warm-up, and peak memory; optionally side by side
 //! with the same step in Python PyTorch (`bench/pytorch_reference.py`).
-use crate::cli::BenchArgs;
 use crate::config::OptimizerKind;
 use crate::data::{self, Ids, SeqPartition};
 use crate::model::{BuildOptions, CellKind, ModelConfig, ModelKind, ResetGate, ScratchPath};
@@ -17,6 +16,22 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
+
+/// What `grulm bench` measures (the command line's `bench` flags, see
+/// `cli/args.rs` for what each means).
+pub(crate) struct Options {
+    pub device: String,
+    pub shapes: Vec<String>,
+    pub models: Vec<String>,
+    pub repeats: usize,
+    pub rounds: usize,
+    pub warmup: usize,
+    pub steps: Option<usize>,
+    pub threads: usize,
+    pub json: bool,
+    pub json_out: Option<PathBuf>,
+    pub compare_python: Option<PathBuf>,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct BenchResult {
@@ -366,13 +381,7 @@ fn gemm_gflops(dev: Device) -> Result<f64> {
 }
 
 /// Runs the Python reference once for `models` at one shape: one JSON line each.
-fn run_python(
-    py: &PathBuf,
-    a: &BenchArgs,
-    shape: (i64, i64, i64, i64, usize),
-    models: &[&str],
-    threads: usize,
-) -> Result<Vec<BenchResult>> {
+fn run_python(py: &PathBuf, a: &Options, shape: (i64, i64, i64, i64, usize), models: &[&str], threads: usize) -> Result<Vec<BenchResult>> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/pytorch_reference.py");
     let script = if script.is_file() { script } else { PathBuf::from("bench/pytorch_reference.py") };
     let (b, t, h, v, steps) = shape;
@@ -392,7 +401,7 @@ fn run_python(
         .collect()
 }
 
-pub fn run(a: BenchArgs) -> Result<()> {
+pub fn run(a: Options) -> Result<()> {
     let dev = device::resolve(&a.device)?;
     if a.repeats == 0 || a.rounds == 0 {
         return Err(usage!("--repeats and --rounds: expected at least 1"));
@@ -442,7 +451,7 @@ struct ShapeResults {
 }
 
 /// The gate counts of the benchmarked models, each once (for the sgemm line).
-fn gate_counts(a: &BenchArgs) -> Vec<i64> {
+fn gate_counts(a: &Options) -> Vec<i64> {
     let mut g: Vec<i64> = a.models.iter().map(|m| gates_of(m)).collect();
     g.sort();
     g.dedup();
@@ -452,7 +461,7 @@ fn gate_counts(a: &BenchArgs) -> Vec<i64> {
 /// Every round of one shape: grulm's models, then (unless `--json`) sgemm at
 /// the step's products, then the Python reference, so that a fast or slow
 /// spell of the machine hits every side alike; each result the median over rounds.
-fn measure_shape(a: &BenchArgs, shape: (i64, i64, i64, i64, usize), dev: Device, threads: usize) -> Result<ShapeResults> {
+fn measure_shape(a: &Options, shape: (i64, i64, i64, i64, usize), dev: Device, threads: usize) -> Result<ShapeResults> {
     let gates = gate_counts(a);
     // The Python reference has the chapter's two models; each runs once per round.
     let mut py_models: Vec<&str> = a.models.iter().filter_map(|m| python_model(m)).collect();
@@ -481,7 +490,7 @@ fn measure_shape(a: &BenchArgs, shape: (i64, i64, i64, i64, usize), dev: Device,
 }
 
 /// The table of every shape, beside this machine's matrix-product rates.
-fn print_report(a: &BenchArgs, dev: Device, threads: usize, measured: &[ShapeResults]) -> Result<()> {
+fn print_report(a: &Options, dev: Device, threads: usize, measured: &[ShapeResults]) -> Result<()> {
     let gemm = gemm_gflops(dev)?;
     println!(
         "grulm bench on {} ({} threads, libtorch {}): median of {} rounds x {} repeats (each after {} warm-up), grulm and Python alternating; training steps (forward, backward, clip, SGD update)",
@@ -503,7 +512,7 @@ fn print_report(a: &BenchArgs, dev: Device, threads: usize, measured: &[ShapeRes
 }
 
 /// The cells of the benchmarked models with `g` gates, by name (`GRU`, `LSTM/...`).
-fn cells_with_gates(a: &BenchArgs, g: i64) -> String {
+fn cells_with_gates(a: &Options, g: i64) -> String {
     let mut labels: Vec<&str> = a
         .models
         .iter()
@@ -515,7 +524,7 @@ fn cells_with_gates(a: &BenchArgs, g: i64) -> String {
     labels.join("/")
 }
 
-fn print_shape(a: &BenchArgs, m: &ShapeResults) {
+fn print_shape(a: &Options, m: &ShapeResults) {
     let (b, t, h, v, steps) = m.shape;
     println!("\nshape B={b} T={t} H={h} V={v}, {steps} steps per repeat");
     let rates: Vec<String> = m.sgemm.iter().map(|(g, r)| format!("{} {r:.1}", cells_with_gates(a, *g))).collect();

@@ -112,68 +112,101 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// The picture's measures, in pixels.
+struct Frame {
+    /// Characters (columns).
+    t: usize,
+    /// One unit's row.
+    row_h: usize,
+    heat_h: usize,
+    /// A gate's panel: title, heatmap, characters.
+    panel_h: usize,
+    /// Where the first panel starts (under the title and notes).
+    head: usize,
+}
+
 /// The picture: a heatmap per gate (rows `units`, a column per character) and
 /// the mean lines, as an SVG document. `notes` go under the title, a line each.
 pub fn svg(chars: &[char], gates: &[GateValues], units: &[usize], title: &str, notes: &[String]) -> String {
     let t = chars.len();
     let row_h = (360 / units.len().max(1)).clamp(3, 10);
     let heat_h = row_h * units.len();
-    let panel_h = 22 + heat_h + 22; // title, heatmap, characters
-                                    // Wide enough for the title and notes (about 7 pixels a character).
-    let text_w = std::iter::once(title.chars().count() * 8).chain(notes.iter().map(|n| n.chars().count() * 7)).max().unwrap_or(0);
-    let width = (LEFT + t * CELL_W + RIGHT).max(LEFT + text_w);
-    let head = 30 + 16 * notes.len();
-    let height = head + gates.len() * (panel_h + 8) + 30 + MEAN_H + 22 + 10;
+    let f = Frame { t, row_h, heat_h, panel_h: 22 + heat_h + 22, head: 30 + 16 * notes.len() };
     let mut s = String::with_capacity(60 * t * units.len() * gates.len() + 4096);
+    header(&mut s, &f, gates.len(), title, notes);
+    let mut y0 = f.head;
+    for g in gates {
+        gate_panel(&mut s, &f, chars, g, units, y0);
+        y0 += f.panel_h + 8;
+    }
+    colour_bar(&mut s, &f);
+    mean_panel(&mut s, &f, chars, gates, y0);
+    s += "</svg>\n";
+    s
+}
+
+/// The document's start: its size, the shared cell, the title and notes.
+fn header(s: &mut String, f: &Frame, panels: usize, title: &str, notes: &[String]) {
+    // Wide enough for the title and notes (about 7 pixels a character).
+    let text_w = std::iter::once(title.chars().count() * 8).chain(notes.iter().map(|n| n.chars().count() * 7)).max().unwrap_or(0);
+    let width = (LEFT + f.t * CELL_W + RIGHT).max(LEFT + text_w);
+    let height = f.head + panels * (f.panel_h + 8) + 30 + MEAN_H + 22 + 10;
     let _ = write!(
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif">"#
     );
     let _ = write!(
         s,
-        "\n<defs><rect id=\"c\" width=\"{CELL_W}\" height=\"{row_h}\"/></defs>\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+        "\n<defs><rect id=\"c\" width=\"{CELL_W}\" height=\"{}\"/></defs>\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+        f.row_h
     );
     let _ = writeln!(s, r#"<text x="{LEFT}" y="20" font-size="15">{}</text>"#, escape(title));
     for (k, n) in notes.iter().enumerate() {
         let _ = writeln!(s, r##"<text x="{LEFT}" y="{}" font-size="12" fill="#444">{}</text>"##, 38 + 16 * k, escape(n));
     }
-    let chars_row = |s: &mut String, y: usize| {
-        for (k, &c) in chars.iter().enumerate() {
-            let x = LEFT + k * CELL_W + CELL_W / 2;
-            let _ = writeln!(s, r#"<text class="char" x="{x}" y="{y}" font-size="11" text-anchor="middle">{}</text>"#, shown(c));
-        }
-    };
-    let mut y0 = head;
-    for g in gates {
-        let _ = writeln!(s, r#"<g class="gate" data-gate="{}">"#, g.name);
-        let _ = writeln!(s, r#"<text class="panel-title" x="{LEFT}" y="{}" font-size="13">{}</text>"#, y0 + 15, label(g.name));
-        let top = y0 + 22;
-        for (r, &u) in units.iter().enumerate() {
-            let y = top + r * row_h;
-            if row_h >= 8 || r % 5 == 0 {
-                let _ = writeln!(
-                    s,
-                    r#"<text class="unit" x="{}" y="{}" font-size="{}" text-anchor="end">{u}</text>"#,
-                    LEFT - 4,
-                    y + row_h.min(9),
-                    row_h.clamp(7, 9)
-                );
-            }
-            // A row of cells: one shared rectangle (`#c`) placed per character,
-            // which keeps the file about 55 bytes per cell.
-            let _ = writeln!(s, r#"<g class="row" data-unit="{u}" transform="translate(0,{y})">"#);
-            for (k, row) in g.values.iter().enumerate() {
-                let v = row[u] as f64;
-                let _ = writeln!(s, r##"<use xlink:href="#c" x="{}" fill="{}" data-v="{v:.3}"/>"##, LEFT + k * CELL_W, color(v));
-            }
-            s += "</g>\n";
-        }
-        chars_row(&mut s, top + heat_h + 15);
-        s += "</g>\n";
-        y0 += panel_h + 8;
+}
+
+/// The text's characters under a panel, at height `y`.
+fn chars_row(s: &mut String, chars: &[char], y: usize) {
+    for (k, &c) in chars.iter().enumerate() {
+        let x = LEFT + k * CELL_W + CELL_W / 2;
+        let _ = writeln!(s, r#"<text class="char" x="{x}" y="{y}" font-size="11" text-anchor="middle">{}</text>"#, shown(c));
     }
-    // The colour bar, beside the first heatmap.
-    let (bx, by, bh) = (LEFT + t * CELL_W + 16, head + 22, 120);
+}
+
+/// One gate's heatmap, from height `y0`: a row per unit, a cell per character.
+fn gate_panel(s: &mut String, f: &Frame, chars: &[char], g: &GateValues, units: &[usize], y0: usize) {
+    let row_h = f.row_h;
+    let _ = writeln!(s, r#"<g class="gate" data-gate="{}">"#, g.name);
+    let _ = writeln!(s, r#"<text class="panel-title" x="{LEFT}" y="{}" font-size="13">{}</text>"#, y0 + 15, label(g.name));
+    let top = y0 + 22;
+    for (r, &u) in units.iter().enumerate() {
+        let y = top + r * row_h;
+        if row_h >= 8 || r % 5 == 0 {
+            let _ = writeln!(
+                s,
+                r#"<text class="unit" x="{}" y="{}" font-size="{}" text-anchor="end">{u}</text>"#,
+                LEFT - 4,
+                y + row_h.min(9),
+                row_h.clamp(7, 9)
+            );
+        }
+        // A row of cells: one shared rectangle (`#c`) placed per character,
+        // which keeps the file about 55 bytes per cell.
+        let _ = writeln!(s, r#"<g class="row" data-unit="{u}" transform="translate(0,{y})">"#);
+        for (k, row) in g.values.iter().enumerate() {
+            let v = row[u] as f64;
+            let _ = writeln!(s, r##"<use xlink:href="#c" x="{}" fill="{}" data-v="{v:.3}"/>"##, LEFT + k * CELL_W, color(v));
+        }
+        *s += "</g>\n";
+    }
+    chars_row(s, chars, top + f.heat_h + 15);
+    *s += "</g>\n";
+}
+
+/// The colour bar, beside the first heatmap.
+fn colour_bar(s: &mut String, f: &Frame) {
+    let (bx, by, bh) = (LEFT + f.t * CELL_W + 16, f.head + 22, 120);
     for k in 0..bh {
         let v = 1.0 - k as f64 / (bh - 1) as f64;
         let _ = writeln!(s, r#"<rect x="{bx}" y="{}" width="14" height="1" fill="{}"/>"#, by + k, color(v));
@@ -181,7 +214,11 @@ pub fn svg(chars: &[char], gates: &[GateValues], units: &[usize], title: &str, n
     for (v, y) in [("1", by + 4), ("0.5", by + bh / 2 + 4), ("0", by + bh)] {
         let _ = writeln!(s, r#"<text x="{}" y="{y}" font-size="10">{v}</text>"#, bx + 18);
     }
-    // The mean of each gate over all units, per character, on a 0..1 axis.
+}
+
+/// The mean of each gate over all units, per character, on a 0..1 axis, from height `y0`.
+fn mean_panel(s: &mut String, f: &Frame, chars: &[char], gates: &[GateValues], y0: usize) {
+    let t = f.t;
     let h_all = gates.first().and_then(|g| g.values.first()).map_or(0, Vec::len);
     let _ = writeln!(s, r#"<text class="panel-title" x="{LEFT}" y="{}" font-size="13">mean over all {h_all} units</text>"#, y0 + 15);
     let top = y0 + 22;
@@ -224,9 +261,7 @@ pub fn svg(chars: &[char], gates: &[GateValues], units: &[usize], title: &str, n
             g.name.to_uppercase()
         );
     }
-    chars_row(&mut s, top + MEAN_H + 15);
-    s += "</svg>\n";
-    s
+    chars_row(s, chars, top + MEAN_H + 15);
 }
 
 /// What `grulm gates` was asked for (flags already checked for form).

@@ -6,6 +6,7 @@ mod config;
 mod data;
 mod docs;
 mod gpu;
+mod layers;
 mod models;
 mod props;
 mod reliability;

@@ -1,7 +1,7 @@
-//! The CPU engine of the scratch cells' training step: [`super::cell::Cell`]'s
-//! `forward_tape` / `backward_tape`, the same buffers and the same numbers,
-//! computed in Rust over the tensors' memory instead of a dozen libtorch calls
-//! per step. What it does differently, and why (`make bench` measures it):
+//! The CPU engine of the scratch cells' training step: the kernels that each
+//! cell's `cpu.rs` (in `model/cell/NAME/`) runs its tapes on, the same buffers
+//! and the same numbers as the cell's libtorch tape, computed in Rust over the
+//! tensors' memory instead of a dozen libtorch calls per step. What it does differently, and why (`make bench` measures it):
 //!
 //! * **Rows split over the cores.** The batch's rows are independent through
 //!   the whole time loop, so thread k runs rows `k·B/n..(k+1)·B/n` of every step,
@@ -11,7 +11,7 @@
 //! * **Weights packed once per step** ([`gemm::Packed`]), shared by all T steps
 //!   and all threads; a register-blocked micro-kernel multiplies each thread's
 //!   rows by them ([`gemm::gemm_acc`]).
-//! * **Gate math fused**: each step's sigmoids, tanh, products and state update
+//! * **Gate math fused** (in each cell's `cpu.rs`): each step's sigmoids, tanh, products and state update
 //!   (and their backward) are one pass over a row, in registers, instead of one
 //!   libtorch kernel (with its dispatch and its pass over memory) each.
 //! * **The output layer fused** (`output.rs`): logits, softmax, loss and their
