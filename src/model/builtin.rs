@@ -156,6 +156,6 @@ impl RecurrentLm for BuiltinLm {
     }
 
     fn describe(&self) -> String {
-        format!("built-in {}, {} layer(s), H={})", self.cell.builtin_label(), self.layers, self.hidden)
+        format!("built-in {}, {} layer(s), H={})", self.op.label(), self.layers, self.hidden)
     }
 }

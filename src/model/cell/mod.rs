@@ -53,6 +53,15 @@ pub enum BuiltinCell {
 }
 
 impl BuiltinCell {
+    /// How the built-in model names its op in logs: the GRU's is reset-after.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            BuiltinCell::Gru => "GRU (libtorch, reset after",
+            BuiltinCell::Lstm => "LSTM (libtorch",
+            BuiltinCell::RnnTanh => "RNN (libtorch, tanh",
+        }
+    }
+
     /// cuDNN's mode number.
     pub(crate) fn cudnn_mode(self) -> i64 {
         match self {
@@ -132,15 +141,6 @@ impl CellKind {
             CellKind::Gru => Some(BuiltinCell::Gru),
             CellKind::Lstm => Some(BuiltinCell::Lstm),
             CellKind::Rnn => Some(BuiltinCell::RnnTanh),
-        }
-    }
-
-    /// How libtorch's op describes itself in logs: the GRU's is reset-after.
-    pub fn builtin_label(self) -> &'static str {
-        match self {
-            CellKind::Gru => "GRU (libtorch, reset after",
-            CellKind::Lstm => "LSTM (libtorch",
-            CellKind::Rnn => "RNN (libtorch, tanh",
         }
     }
 }
