@@ -6,6 +6,7 @@ mod args;
 use crate::config::{Config, MAX_SAMPLE_LEN};
 use crate::data;
 use crate::error::libtorch;
+use crate::infer::eval;
 use crate::infer::sample::{self, Decode};
 use crate::model::layout::{self, BiasHh};
 use crate::model::ModelKind;
@@ -18,7 +19,6 @@ use crate::train::{self, TrainOptions};
 use crate::{sweep, usage};
 use anyhow::{Context, Result};
 pub use args::*;
-use std::io::Write;
 use std::path::PathBuf;
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -125,7 +125,8 @@ fn decode_for(a: &SampleArgs, cfg: &Config) -> Decode {
     Decode::from_options(temperature, top_k, top_p, a.seed.unwrap_or(cfg.sample.seed))
 }
 
-fn sample_cmd(a: SampleArgs) -> Result<()> {
+/// `sample`'s flags, each in its range (before the run is read).
+fn check_sample_flags(a: &SampleArgs) -> Result<()> {
     if let Some(t) = a.temperature {
         if t.is_nan() || t <= 0.0 {
             return Err(usage!("--temperature {t}: expected a number > 0"));
@@ -150,12 +151,17 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     if a.stop.as_deref() == Some("") {
         return Err(usage!("--stop: the text is empty"));
     }
+    Ok(())
+}
+
+fn sample_cmd(a: SampleArgs) -> Result<()> {
+    check_sample_flags(&a)?;
     let dev = device::resolve(&a.device)?;
     let run_dir = RunDir::new(&a.run);
     let run::Trained { cfg, vocab, mut model, weights } = run_dir.load_model(dev, a.checkpoint.into())?;
     let decode = decode_for(&a, &cfg);
     decode.check(vocab.len())?;
-    let len = a.len.unwrap_or(cfg.sample.len);
+    let how = sample::Sampling { len: a.len.unwrap_or(cfg.sample.len), rows: a.num_samples, stop: a.stop.clone(), decode };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if a.interactive {
@@ -167,7 +173,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
                 continue;
             }
             match sample::encode_prefix(&vocab, &line) {
-                Ok(ids) => write_samples(model.as_mut(), &vocab, &line, &ids, len, &a, decode, dev, &mut out)?,
+                Ok(ids) => sample::write(model.as_mut(), &vocab, &line, &ids, &how, dev, &mut out)?,
                 Err(e) => eprintln!("grulm: {e:#}"),
             }
         }
@@ -183,71 +189,11 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
     };
     let ids = sample::encode_prefix(&vocab, &prefix)?;
     weights.say_notes();
-    write_samples(model.as_mut(), &vocab, &prefix, &ids, len, &a, decode, dev, &mut out)
+    sample::write(model.as_mut(), &vocab, &prefix, &ids, &how, dev, &mut out)
 }
 
 /// Most samples `--num-samples` makes at once (a batch of that many rows).
 const MAX_SAMPLES: usize = 4096;
-
-/// Prints `a.num_samples` samples after `prefix`, each ending at `a.stop` if it
-/// appears. One sample is streamed as it is made; several are batched and printed
-/// when done, separated by a blank line.
-#[allow(clippy::too_many_arguments)]
-fn write_samples(
-    model: &mut dyn crate::model::RecurrentLm,
-    vocab: &data::Vocab,
-    prefix: &str,
-    ids: &[i64],
-    len: usize,
-    a: &SampleArgs,
-    decode: Decode,
-    dev: tch::Device,
-    out: &mut impl Write,
-) -> Result<()> {
-    let rows = a.num_samples;
-    let stop = a.stop.as_deref();
-    // Per row: the text generated so far (kept whole only when batched) and done.
-    let mut texts = vec![String::new(); rows];
-    let mut done = vec![false; rows];
-    if rows == 1 {
-        write!(out, "{prefix}")?;
-    }
-    sample::generate(model, ids, len, rows, decode, dev, &mut |chunk, width| {
-        for r in 0..rows {
-            if done[r] {
-                continue;
-            }
-            let new = vocab.decode(&chunk[r * width..(r + 1) * width]);
-            let from = texts[r].len();
-            texts[r].push_str(&new);
-            let end = stop.and_then(|s| sample::stop_end(&texts[r], s, from));
-            if let Some(end) = end {
-                texts[r].truncate(end);
-                done[r] = true;
-            }
-            if rows == 1 {
-                // Streamed: only the new part, and the text stays bounded.
-                out.write_all(&texts[0].as_bytes()[from..])?;
-                out.flush()?;
-                let keep = texts[0].len().saturating_sub(stop.map_or(0, str::len));
-                let keep = (keep..=texts[0].len()).find(|&i| texts[0].is_char_boundary(i)).unwrap_or(texts[0].len());
-                texts[0].drain(..keep);
-            }
-        }
-        Ok(done.iter().any(|d| !d))
-    })?;
-    if rows == 1 {
-        writeln!(out)?;
-    } else {
-        for (i, t) in texts.iter().enumerate() {
-            if i > 0 {
-                writeln!(out)?;
-            }
-            writeln!(out, "{prefix}{t}")?;
-        }
-    }
-    Ok(())
-}
 
 fn sweep_cmd(a: SweepArgs) -> Result<()> {
     match a.command {
@@ -326,27 +272,14 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let name = a.corpus.clone().unwrap_or_else(|| cfg.data.corpus.clone());
     let path = data::resolve_corpus(&name)?;
     let split = a.split.unwrap_or(Split::All);
-    let (ids, unknown) = match split {
-        Split::All => vocab.encode_text(&data::read_text(&path)?, cfg.data.preprocess),
-        // The run's split, as training made it (data.max_tokens, data.val_fraction).
-        Split::Train | Split::Val => {
-            let corpus = data::Corpus::load(&cfg.data)?;
-            if corpus.vocab != vocab {
-                return Err(usage!(
-                    "--split: corpus {} no longer gives the run's vocabulary ({}); it changed since the run was trained",
-                    path.display(),
-                    run_dir.file(run::VOCAB).display()
-                ));
-            }
-            match (split, corpus.val) {
-                (Split::Train, _) => (corpus.train, 0),
-                (_, Some(val)) => (val, 0),
-                (_, None) => return Err(usage!("--split val: the run has no validation split (data.val_fraction = 0)")),
-            }
-        }
+    let part = match split {
+        Split::All => eval::Part::Whole,
+        Split::Train => eval::Part::Train,
+        Split::Val => eval::Part::Val,
     };
+    let (ids, unknown) = eval::ids_to_score(&cfg.data, &vocab, &path, part, &run_dir.file(run::VOCAB))?;
     weights.say_notes();
-    let ppl = crate::infer::eval::perplexity(model.as_mut(), &ids, cfg.data.batch_size, cfg.data.num_steps, dev)
+    let ppl = eval::perplexity(model.as_mut(), &ids, cfg.data.batch_size, cfg.data.num_steps, dev)
         .with_context(|| format!("corpus {}", path.display()))?;
     let split_name = format!("{split:?}").to_lowercase();
     if a.json {

@@ -1,9 +1,10 @@
 //! Perplexity of a trained model on a text (d2l's `exp` of the mean
 //! cross-entropy per token): validation during training, and `grulm eval`.
-use crate::data::{self, Ids, TokenData};
+use crate::data::{self, DataConfig, Ids, TokenData, Vocab};
 use crate::model::RecurrentLm;
 use crate::usage;
 use anyhow::Result;
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Perplexity of `model` on `ids`: exp of the mean cross-entropy per token, the
@@ -37,4 +38,36 @@ pub fn perplexity(model: &mut dyn RecurrentLm, ids: &Ids, batch: usize, steps: u
         f64::try_from(sum)
     })?;
     Ok((total / (mb.n * b * t) as f64).exp())
+}
+
+/// Which text `grulm eval` scores.
+pub(crate) enum Part {
+    /// A file, whole, in the run's vocabulary.
+    Whole,
+    /// The run's training split, as training made it (`data.max_tokens`, `data.val_fraction`).
+    Train,
+    /// The run's validation split.
+    Val,
+}
+
+/// The ids of `part` of the corpus file `path` for a run with `data` and
+/// `vocab` (`vocab_file` names it in errors), and how many of the characters
+/// fell outside the vocabulary (`<unk>`).
+pub(crate) fn ids_to_score(data: &DataConfig, vocab: &Vocab, path: &Path, part: Part, vocab_file: &Path) -> Result<(Ids, usize)> {
+    if let Part::Whole = part {
+        return Ok(vocab.encode_text(&data::read_text(path)?, data.preprocess));
+    }
+    let corpus = data::Corpus::load(data)?;
+    if corpus.vocab != *vocab {
+        return Err(usage!(
+            "--split: corpus {} no longer gives the run's vocabulary ({}); it changed since the run was trained",
+            path.display(),
+            vocab_file.display()
+        ));
+    }
+    match (part, corpus.val) {
+        (Part::Train, _) => Ok((corpus.train, 0)),
+        (_, Some(val)) => Ok((val, 0)),
+        (_, None) => Err(usage!("--split val: the run has no validation split (data.val_fraction = 0)")),
+    }
 }

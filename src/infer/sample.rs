@@ -165,3 +165,71 @@ pub(crate) fn stop_end(text: &str, stop: &str, from: usize) -> Option<usize> {
     }
     text[start..].find(stop).map(|i| start + i + stop.len())
 }
+
+/// How `grulm sample` continues a prefix.
+pub(crate) struct Sampling {
+    /// Characters to generate.
+    pub len: usize,
+    /// Samples, made as one batch.
+    pub rows: usize,
+    /// Where a sample ends early, if it appears.
+    pub stop: Option<String>,
+    pub decode: Decode,
+}
+
+/// Prints `how.rows` samples after `prefix`, each ending at `how.stop` if it
+/// appears. One sample is streamed as it is made; several are batched and printed
+/// when done, separated by a blank line.
+pub(crate) fn write(
+    model: &mut dyn RecurrentLm,
+    vocab: &Vocab,
+    prefix: &str,
+    ids: &[i64],
+    how: &Sampling,
+    dev: Device,
+    out: &mut impl std::io::Write,
+) -> Result<()> {
+    let rows = how.rows;
+    let stop = how.stop.as_deref();
+    // Per row: the text generated so far (kept whole only when batched) and done.
+    let mut texts = vec![String::new(); rows];
+    let mut done = vec![false; rows];
+    if rows == 1 {
+        write!(out, "{prefix}")?;
+    }
+    generate(model, ids, how.len, rows, how.decode, dev, &mut |chunk, width| {
+        for r in 0..rows {
+            if done[r] {
+                continue;
+            }
+            let new = vocab.decode(&chunk[r * width..(r + 1) * width]);
+            let from = texts[r].len();
+            texts[r].push_str(&new);
+            let end = stop.and_then(|s| stop_end(&texts[r], s, from));
+            if let Some(end) = end {
+                texts[r].truncate(end);
+                done[r] = true;
+            }
+            if rows == 1 {
+                // Streamed: only the new part, and the text stays bounded.
+                out.write_all(&texts[0].as_bytes()[from..])?;
+                out.flush()?;
+                let keep = texts[0].len().saturating_sub(stop.map_or(0, str::len));
+                let keep = (keep..=texts[0].len()).find(|&i| texts[0].is_char_boundary(i)).unwrap_or(texts[0].len());
+                texts[0].drain(..keep);
+            }
+        }
+        Ok(done.iter().any(|d| !d))
+    })?;
+    if rows == 1 {
+        writeln!(out)?;
+    } else {
+        for (i, t) in texts.iter().enumerate() {
+            if i > 0 {
+                writeln!(out)?;
+            }
+            writeln!(out, "{prefix}{t}")?;
+        }
+    }
+    Ok(())
+}
