@@ -360,6 +360,9 @@ pub struct BenchArgs {
     /// Also run bench/pytorch_reference.py with this Python (same shapes and threads) and print ratios.
     #[arg(long, value_name = "PYTHON")]
     pub compare_python: Option<PathBuf>,
+    /// The CPU engine's kernels: portable, avx2 or avx512 [default: the widest this CPU has].
+    #[arg(long, value_name = "KERNELS")]
+    pub cpu_kernels: Option<String>,
 }
 
 /// The command line, with the exit codes under every command's `--help` (set

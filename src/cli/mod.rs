@@ -338,6 +338,6 @@ fn parity_cmd(a: ParityArgs) -> Result<()> {
 }
 
 fn bench_options(a: BenchArgs) -> bench::Options {
-    let BenchArgs { device, shapes, models, repeats, rounds, warmup, steps, threads, json, json_out, compare_python } = a;
-    bench::Options { device, shapes, models, repeats, rounds, warmup, steps, threads, json, json_out, compare_python }
+    let BenchArgs { device, shapes, models, repeats, rounds, warmup, steps, threads, json, json_out, compare_python, cpu_kernels } = a;
+    bench::Options { device, shapes, models, repeats, rounds, warmup, steps, threads, json, json_out, compare_python, cpu_kernels }
 }

@@ -1,4 +1,5 @@
 //! Devices and the `grulm info` report.
+use crate::platform::cpu::{cpu_kernels, CpuKernels};
 use crate::usage;
 use anyhow::Result;
 use tch::Device;
@@ -128,6 +129,8 @@ pub(crate) fn info_report() -> String {
     }
     s += &format!("CUDA shim        {} (CUDA graphs, GPU memory statistics)\n", crate::platform::cuda::shim_status());
     s += &format!("CPU threads      {}\n", tch::get_num_threads());
+    let runs: Vec<&str> = CpuKernels::ALL.into_iter().filter(|k| k.available()).map(CpuKernels::name).collect();
+    s += &format!("CPU kernels      {} (this CPU runs {})\n", cpu_kernels().name(), runs.join(", "));
     s += &format!("default device   {}\n", describe(Device::cuda_if_available()));
     s
 }

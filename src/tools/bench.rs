@@ -4,6 +4,7 @@
 use crate::config::OptimizerKind;
 use crate::data::{self, Ids, SeqPartition};
 use crate::model::{BuildOptions, CellKind, ModelConfig, ModelKind, ResetGate, ScratchPath};
+use crate::platform::cpu::{cpu_kernels, set_cpu_kernels, CpuKernels};
 use crate::platform::device;
 use crate::train;
 use crate::train::memory::Estimate;
@@ -31,6 +32,7 @@ pub(crate) struct Options {
     pub json: bool,
     pub json_out: Option<PathBuf>,
     pub compare_python: Option<PathBuf>,
+    pub cpu_kernels: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +62,9 @@ pub(crate) struct BenchResult {
     pub step: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// The CPU engine's kernels (`portable`, `avx2`, `avx512`), on the CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_kernels: Option<String>,
     /// Kernels (graph nodes) of one training step, when it ran as a CUDA graph.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_nodes: Option<usize>,
@@ -292,6 +297,7 @@ fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, war
         threads: tch::get_num_threads() as i64,
         step: Some(step),
         device: Some(device::describe(dev)),
+        cpu_kernels: (!dev.is_cuda()).then(|| cpu_kernels().name().to_string()),
         graph_nodes,
         estimate_mib: Some(estimate.total() as f64 / (1u64 << 20) as f64),
         baseline_mib: baseline,
@@ -410,6 +416,13 @@ pub fn run(a: Options) -> Result<()> {
     let threads = if a.threads > 0 { a.threads } else { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) };
     tch::set_num_threads(threads as i32);
     let shapes = a.shapes.iter().map(|s| parse_shape(s, a.steps)).collect::<Result<Vec<_>>>()?;
+    if let Some(name) = &a.cpu_kernels {
+        let k = CpuKernels::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| usage!("--cpu-kernels {name:?}: expected one of {}", CpuKernels::ALL.map(CpuKernels::name).join(", ")))?;
+        set_cpu_kernels(k).map_err(|e| usage!("--cpu-kernels {name}: {e}"))?;
+    }
     // A bad name is a usage error before anything runs.
     if let Some(m) = a.models.iter().find(|m| !models().contains(m)) {
         return Err(usage!("--models {m:?}: expected one of {}", models().join(", ")));
@@ -502,6 +515,9 @@ fn print_report(a: &Options, dev: Device, threads: usize, measured: &[ShapeResul
         a.warmup
     );
     println!("FP32 GEMM (2048x2048 matmul) reaches {gemm:.1} GFLOP/s here");
+    if !dev.is_cuda() {
+        println!("CPU engine kernels: {} (--cpu-kernels picks another)", cpu_kernels().name());
+    }
     for m in measured {
         print_shape(a, m);
     }

@@ -8,7 +8,7 @@ fn info_reports_libtorch_2_11() {
     assert!(o.status.success());
     let s = stdout(&o);
     assert!(s.contains("libtorch         2.11.0"), "{s}");
-    for key in ["CUDA available", "CUDA devices", "cuDNN available", "CPU threads", "grulm "] {
+    for key in ["CUDA available", "CUDA devices", "cuDNN available", "CPU threads", "CPU kernels", "grulm "] {
         assert!(s.contains(key), "{key}: {s}");
     }
 }

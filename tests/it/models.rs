@@ -5,6 +5,7 @@
 #![allow(clippy::needless_range_loop)] // index loops read like the equations
 use crate::helpers::alone;
 use grulm::model::{dropout_masks, BuildOptions, CellKind, GruGates, ModelConfig, ModelKind, RecurrentLm, ResetGate, ScratchPath, State};
+use grulm::platform::cpu::{set_cpu_kernels, CpuKernels};
 use grulm::platform::tensorfile::assign;
 use grulm::tools::parity;
 use std::collections::HashMap;
@@ -816,42 +817,77 @@ fn initialisation_follows_d2l_and_pytorch() {
     }
 }
 
-/// Two builds of one model config (`one`, `other`), the same weights (N(0,
-/// 0.3²): at H=37 the recurrence amplifies f32 rounding about as much as
-/// `grulm parity`'s N(0, 0.5²) at H=16 does), one training step each with `threads` libtorch threads and the same
-/// dropout masks: (name, max abs difference) of the loss, every state tensor
-/// and every gradient.
-fn two_steps(cfg: &ModelConfig, one: BuildOptions, other: BuildOptions, kind: Kind, threads: i32) -> Vec<(String, f64)> {
+/// One training step of `cfg` built with `opts`, with `threads` libtorch
+/// threads, from fixed weights (N(0, 0.3²): at H=37 the recurrence amplifies
+/// f32 rounding about as much as `grulm parity`'s N(0, 0.5²) at H=16 does),
+/// tokens, state and dropout masks: the loss, every state tensor and every
+/// gradient, by name.
+fn step_outputs(cfg: &ModelConfig, opts: BuildOptions, kind: Kind, threads: i32) -> Vec<(String, Tensor)> {
     tch::set_num_threads(threads);
     // B=13 rows split unevenly over the threads and over the micro-kernel's
     // row blocks; H=37 (cfg) leaves a partial column panel.
     let (b, t, v, h, layers) = (13, 6, 11, cfg.hidden_size as i64, cfg.num_layers as i64);
-    let build = |opts| {
-        tch::manual_seed(7);
-        let m = cfg.build(v, Device::Cpu, kind, opts);
-        parity::randomize(m.as_ref(), 0.3);
-        m
-    };
-    let (m1, m2) = (build(one), build(other));
+    tch::manual_seed(7);
+    let m = cfg.build(v, Device::Cpu, kind, opts);
+    parity::randomize(m.as_ref(), 0.3);
     tch::manual_seed(11);
     let tokens = Tensor::randint(v, [b, t], (Kind::Int64, Device::Cpu));
     let targets = Tensor::randint(v, [b, t], (Kind::Int64, Device::Cpu));
-    let s0: Vec<Tensor> = (0..m1.zero_state(1).tensors().len()).map(|_| Tensor::randn([layers, b, h], (kind, Device::Cpu)) * 0.3).collect();
-    let step = |m: &dyn RecurrentLm| {
-        tch::manual_seed(5); // the same dropout masks
-        m.train_step(&tokens, &targets, &State::new(s0.iter().map(Tensor::shallow_clone).collect()))
-    };
-    let ((l1, s1), (l2, s2)) = (step(m1.as_ref()), step(m2.as_ref()));
-    let diff = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max().to_kind(Kind::Double)).unwrap();
-    let mut rows = vec![("loss".to_string(), diff(&l1, &l2))];
-    for (k, (a, b)) in s1.tensors().iter().zip(s2.tensors()).enumerate() {
-        rows.push((format!("state {k}"), diff(a, b)));
+    let s0: Vec<Tensor> = (0..m.zero_state(1).tensors().len()).map(|_| Tensor::randn([layers, b, h], (kind, Device::Cpu)) * 0.3).collect();
+    tch::manual_seed(5); // the same dropout masks
+    let (loss, state) = m.train_step(&tokens, &targets, &State::new(s0.iter().map(Tensor::shallow_clone).collect()));
+    let mut out = vec![("loss".to_string(), loss)];
+    for (k, s) in state.tensors().iter().enumerate() {
+        out.push((format!("state {k}"), s.shallow_clone()));
     }
-    for ((name, p), (_, q)) in m1.named_parameters().iter().zip(m2.named_parameters()) {
+    for (name, p) in m.named_parameters() {
         assert!(f64::try_from(p.grad().abs().sum(Kind::Double)).unwrap() > 0.0, "{name} has a gradient");
-        rows.push((format!("grad {name}"), diff(&p.grad(), &q.grad())));
+        out.push((format!("grad {name}"), p.grad()));
     }
-    rows
+    out
+}
+
+/// Two builds of one model config (`one`, `other`), one training step each
+/// ([`step_outputs`]): (name, max abs difference) of the loss, every state
+/// tensor and every gradient.
+fn two_steps(cfg: &ModelConfig, one: BuildOptions, other: BuildOptions, kind: Kind, threads: i32) -> Vec<(String, f64)> {
+    let (a, b) = (step_outputs(cfg, one, kind, threads), step_outputs(cfg, other, kind, threads));
+    let diff = |a: &Tensor, b: &Tensor| f64::try_from((a - b).abs().max().to_kind(Kind::Double)).unwrap();
+    a.iter().zip(&b).map(|((name, x), (_, y))| (name.clone(), diff(x, y))).collect()
+}
+
+#[test]
+fn cpu_engine_kernel_sets_compute_the_same_numbers() {
+    // Every kernel set of the CPU engine that this CPU can run (portable, AVX2
+    // and FMA, AVX-512) gives the same training step, bit for bit: each product
+    // element sums in the same order with one rounding per FMA, whatever the
+    // vector width and the register block. Every cell, two layers, f64 and f32,
+    // 1 and 3 threads, with dropout.
+    alone("models::cpu_engine_kernel_sets_compute_the_same_numbers", || {
+        let sets: Vec<CpuKernels> = CpuKernels::ALL.into_iter().filter(|k| k.available()).collect();
+        println!("kernel sets this CPU runs: {}", sets.iter().map(|k| k.name()).collect::<Vec<_>>().join(", "));
+        assert!(sets.contains(&CpuKernels::Portable) && set_cpu_kernels(CpuKernels::Portable).is_ok());
+        let engine = BuildOptions { path: Some(ScratchPath::Bptt), ..BuildOptions::default() };
+        for c in CELLS {
+            for kind in [Kind::Double, Kind::Float] {
+                for threads in [1, 3] {
+                    let cfg = ModelConfig { dropout: 0.3, ..c.config(2, 37) };
+                    let runs: Vec<Vec<(String, Tensor)>> = sets
+                        .iter()
+                        .map(|&k| {
+                            set_cpu_kernels(k).unwrap();
+                            step_outputs(&cfg, engine, kind, threads)
+                        })
+                        .collect();
+                    for (k, run) in sets.iter().zip(&runs).skip(1) {
+                        for ((name, x), (_, y)) in run.iter().zip(&runs[0]) {
+                            assert!(x.equal(y), "{c:?} {kind:?} {threads} thread(s): {name} on {} differs from portable", k.name());
+                        }
+                    }
+                }
+            }
+        }
+    });
 }
 
 #[test]

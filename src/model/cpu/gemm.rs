@@ -10,10 +10,14 @@
 //!
 //! Packed layout: column panels of [`NR`] columns, each `[k, NR]` row-major
 //! (zero-padded past n), so the micro-kernel reads B sequentially. The
-//! micro-kernel keeps an `MR × NR` block of C in registers (MR = 6 for f32:
-//! 12 AVX2 accumulators; 3 for f64) and is plain Rust that the compiler
-//! vectorises under `avx2,fma` (see [`super::RowJob`]).
+//! micro-kernel keeps an `MR × NR` block of C in registers (AVX2: MR = 6 for
+//! f32, 12 accumulators of its 16 registers, and 3 for f64; AVX-512: twice
+//! those rows, [`super::Real::MR_WIDE`]) and is plain Rust that the compiler
+//! vectorises for the kernel set chosen at run time (see [`super::RowJob`] and
+//! `platform::cpu`). A taller block (16 rows of f32) spills and runs at half
+//! the speed.
 use super::{Real, RowJob};
+use crate::platform::cpu::{cpu_kernels, CpuKernels};
 use std::ops::Range;
 use tch::Tensor;
 
@@ -170,26 +174,31 @@ pub unsafe fn gemm_tn_acc<T: Real>(m: usize, a: *const T, lda: usize, b: &Packed
     gemm_strided(m, a, 1, lda, b, c, ldc)
 }
 
+/// `kernel::<T, MR>(args)` for the block's height `rows` (1 to the largest listed).
+macro_rules! block_rows {
+    ($rows:expr, kernel::<$t:ty> $args:tt, $($mr:literal)*) => {
+        match $rows {
+            $($mr => kernel::<$t, $mr> $args,)*
+            _ => kernel::<$t, 1> $args,
+        }
+    };
+}
+
 /// `C += A · B` with A's element `(i, kk)` at `a[i·ars + kk·aks]`: per panel
 /// of B, every block of `MR` rows.
 #[inline(always)]
 unsafe fn gemm_strided<T: Real>(m: usize, a: *const T, ars: usize, aks: usize, b: &Packed<T>, c: *mut T, ldc: usize) {
     let k = b.k;
+    // The register block's height: twice as many rows with AVX-512's registers.
+    let mr = if cpu_kernels() == CpuKernels::Avx512 { T::MR_WIDE } else { T::MR };
     for panel in 0..b.n.div_ceil(NR) {
         let bp = b.data.as_ptr().add(panel * k * NR);
         let cols = (b.n - panel * NR).min(NR);
         let mut i = 0;
         while i < m {
             let (aa, cc) = (a.add(i * ars), c.add(i * ldc + panel * NR));
-            let rows = (m - i).min(T::MR);
-            match rows {
-                6 => kernel::<T, 6>(k, aa, ars, aks, bp, cc, ldc, cols),
-                5 => kernel::<T, 5>(k, aa, ars, aks, bp, cc, ldc, cols),
-                4 => kernel::<T, 4>(k, aa, ars, aks, bp, cc, ldc, cols),
-                3 => kernel::<T, 3>(k, aa, ars, aks, bp, cc, ldc, cols),
-                2 => kernel::<T, 2>(k, aa, ars, aks, bp, cc, ldc, cols),
-                _ => kernel::<T, 1>(k, aa, ars, aks, bp, cc, ldc, cols),
-            }
+            let rows = (m - i).min(mr);
+            block_rows!(rows, kernel::<T>(k, aa, ars, aks, bp, cc, ldc, cols), 12 11 10 9 8 7 6 5 4 3 2);
             i += rows;
         }
     }

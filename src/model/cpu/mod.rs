@@ -30,6 +30,7 @@
 pub mod gemm;
 pub mod output;
 
+use crate::platform::cpu::{cpu_kernels, CpuKernels};
 use std::ops::{Add, Div, Mul, Neg, Sub};
 use tch::{Device, Kind, Tensor};
 
@@ -106,8 +107,10 @@ pub(crate) trait Real:
     const KIND: Kind;
     const ZERO: Self;
     const ONE: Self;
-    /// Rows of the GEMM micro-kernel's register block.
+    /// Rows of the GEMM micro-kernel's register block (AVX2: 16 registers).
     const MR: usize;
+    /// The same with AVX-512 (32 registers of twice the width).
+    const MR_WIDE: usize;
     /// `self · b + c`, one rounding where the CPU has FMA.
     fn fma(self, b: Self, c: Self) -> Self;
     fn sigmoid(self) -> Self;
@@ -122,6 +125,7 @@ impl Real for f64 {
     const ZERO: f64 = 0.0;
     const ONE: f64 = 1.0;
     const MR: usize = 3;
+    const MR_WIDE: usize = 6;
     #[inline(always)]
     fn fma(self, b: f64, c: f64) -> f64 {
         self.mul_add(b, c)
@@ -151,6 +155,7 @@ impl Real for f32 {
     const ZERO: f32 = 0.0;
     const ONE: f32 = 1.0;
     const MR: usize = 6;
+    const MR_WIDE: usize = 12;
     #[inline(always)]
     fn fma(self, b: f32, c: f32) -> f32 {
         self.mul_add(b, c)
@@ -218,19 +223,20 @@ pub(crate) fn tanh_f32(x: f32) -> f32 {
 
 /// One thread's share of a time loop: rows `rows` of the batch, every step.
 /// Implementations mark `run` `#[inline(always)]`, so that [`par_rows`]
-/// compiles it into a function built for AVX2 and FMA.
+/// compiles it into one function per kernel set (AVX-512, AVX2 and FMA, as built).
 pub(crate) trait RowJob: Sync {
     fn run(&self, rows: std::ops::Range<usize>);
 }
 
-/// Runs `job` on `rows`, with AVX2 and FMA where the CPU has them (every x86-64
-/// CPU since 2013-2015), else as built.
+/// Runs `job` on `rows`, compiled for the chosen kernels ([`cpu_kernels`]).
 fn run<J: RowJob>(job: &J, rows: std::ops::Range<usize>) {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { run_avx2(job, rows) };
+        // SAFETY: cpu_kernels() only returns kernels the CPU has.
+        match cpu_kernels() {
+            CpuKernels::Avx512 => return unsafe { run_avx512(job, rows) },
+            CpuKernels::Avx2 => return unsafe { run_avx2(job, rows) },
+            CpuKernels::Portable => {}
         }
     }
     job.run(rows)
@@ -239,6 +245,12 @@ fn run<J: RowJob>(job: &J, rows: std::ops::Range<usize>) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2<J: RowJob>(job: &J, rows: std::ops::Range<usize>) {
+    job.run(rows)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+unsafe fn run_avx512<J: RowJob>(job: &J, rows: std::ops::Range<usize>) {
     job.run(rows)
 }
 
