@@ -1,12 +1,13 @@
 //! grulm: character-level GRU language models on libtorch, a port of d2l.ai's
 //! "Gated Recurrent Units" chapter (0.17). See README.md and docs/.
 //!
-//! The layers, bottom to top; each uses only those above it in this list:
+//! The layers, lowest first; each uses only the layers listed before it
+//! (`tests/it/layers.rs` checks it):
 //!
 //! | layer       | what                                                                  |
 //! |-------------|-----------------------------------------------------------------------|
 //! | `error`     | one-line errors, exit codes, the libtorch guard                       |
-//! | `platform`  | the machine: devices, CUDA, signals, atomic files, tensor files       |
+//! | `platform`  | the machine: devices, CPU kernels, CUDA, signals, files, tensor files |
 //! | `data`      | the corpus, its vocabulary and its minibatches                        |
 //! | `model`     | the recurrent language models (scratch cells and libtorch's own)      |
 //! | `config`    | an experiment: the sections of the TOML file, validated               |
