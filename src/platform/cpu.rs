@@ -53,14 +53,13 @@ static KERNELS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0
 /// [`set_cpu_kernels`] chose others.
 pub fn cpu_kernels() -> CpuKernels {
     use std::sync::atomic::Ordering;
-    const ALL: [CpuKernels; 3] = CpuKernels::ALL;
     match KERNELS.load(Ordering::Relaxed) {
         0 => {
-            let best = ALL.into_iter().rev().find(|k| k.available()).unwrap_or(CpuKernels::Portable);
+            let best = CpuKernels::ALL.into_iter().rev().find(|k| k.available()).unwrap_or(CpuKernels::Portable);
             KERNELS.store(1 + best as u8, Ordering::Relaxed);
             best
         }
-        n => ALL[(n - 1) as usize],
+        n => CpuKernels::ALL[(n - 1) as usize],
     }
 }
 

@@ -147,6 +147,21 @@ fn bench_runs_each_step_variant_and_names_them() {
     assert_fails(&o, 2, &["--models \"transformer\"", "scratch-eager", "lstm-builtin"]);
     let o = grulm(dir.path(), &["bench", "--shape", "gpus"]);
     assert_fails(&o, 2, &["--shape \"gpus\"", "d2l, large, gpu or B,T,H,V"]);
+    // The CPU engine's kernel set: the widest by default (as `grulm info` names
+    // it), another with --cpu-kernels, recorded in each result.
+    let info = crate::helpers::stdout(&grulm(dir.path(), &["info"]));
+    let default = info.lines().find_map(|l| l.strip_prefix("CPU kernels")).map(|l| l.split_whitespace().next().unwrap().to_string());
+    let default = default.unwrap_or_else(|| panic!("grulm info names no CPU kernels: {info}"));
+    for (flag, want) in [(None, default.as_str()), (Some("portable"), "portable")] {
+        let mut args = vec!["bench", "--shape", "2,3,4,5", "--models", "scratch", "--repeats", "1", "--rounds", "1", "--json"];
+        args.extend(flag.map(|k| ["--cpu-kernels", k]).into_iter().flatten());
+        let o = grulm(dir.path(), &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let line: serde_json::Value = serde_json::from_str(crate::helpers::stdout(&o).lines().next().unwrap()).unwrap();
+        assert_eq!(line["cpu_kernels"], want, "{flag:?}");
+    }
+    let o = grulm(dir.path(), &["bench", "--shape", "2,3,4,5", "--cpu-kernels", "avx9"]);
+    assert_fails(&o, 2, &["--cpu-kernels \"avx9\"", "portable, avx2, avx512"]);
 }
 
 #[test]
