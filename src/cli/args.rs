@@ -278,7 +278,7 @@ pub struct ParityArgs {
     pub layers: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
-    /// The cell to compare (those libtorch has).
+    /// The cell to compare (libtorch has the GRU, LSTM and RNN; any other is refused, saying so).
     #[arg(long, default_value = "gru", value_parser = parity_cells())]
     pub cell: CellKind,
     /// Dropout in the compared training step, from 0 to below 1 (CPU only): the
@@ -315,10 +315,11 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
-/// `parity --cell`: the cells libtorch has a twin of.
+/// `parity --cell`: every cell, so that one without a libtorch twin is told so
+/// in one line (`parity::run`) rather than left out of a list.
 fn parity_cells() -> impl clap::builder::TypedValueParser<Value = CellKind> {
     use clap::builder::TypedValueParser;
-    let names: Vec<&'static str> = CellKind::ALL.into_iter().filter(|c| c.builtin().is_some()).map(CellKind::name).collect();
+    let names: Vec<&'static str> = CellKind::ALL.into_iter().map(CellKind::name).collect();
     clap::builder::PossibleValuesParser::new(names).map(|n: String| CellKind::from_name(&n).expect("a listed cell"))
 }
 

@@ -93,7 +93,7 @@ impl<C: Cell> ScratchLm<C> {
             let g_w = rows(m).tr().mm(&d); // [H, n·H]
             let gates = &p.gates[*first..*first + (d.size()[1] / hd) as usize];
             for (k, gate) in gates.iter().enumerate() {
-                add_grad(&gate.w_h, &g_w.narrow(1, k as i64 * hd, hd));
+                add_grad(gate.w_h(), &g_w.narrow(1, k as i64 * hd, hd));
                 if let Some(b_h) = &gate.b_h {
                     add_grad(b_h, &d.narrow(1, k as i64 * hd, hd).sum_dim_intlist(0, false, d.kind()));
                 }

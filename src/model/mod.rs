@@ -1,7 +1,8 @@
 //! Character-level recurrent language models behind one trait.
 //!
 //! * [`ScratchLm`]: a cell of d2l's chapters written by hand (`cell/`: RNN, GRU
-//!   and its ablations, LSTM), parameters as plain tensors with `requires_grad`
+//!   and its ablations, LSTM; and past the chapter, the parallel-in-time minGRU
+//!   and minLSTM), parameters as plain tensors with `requires_grad`
 //!   (the readable reference, plus a fused fast path and a hand-written BPTT step
 //!   that compute the same function).
 //! * [`BuiltinLm`]: libtorch's fused RNN, GRU or LSTM (cuDNN on CUDA) and a linear
@@ -251,6 +252,8 @@ pub(crate) fn top_layer_gates(
             trace(ScratchLm::new(vs(), cell::Gru::new(reset, cfg.gru_gates), vocab, h, l, 0.0), &params, tokens)
         }
         CellKind::Lstm => trace(ScratchLm::new(vs(), cell::Lstm, vocab, h, l, 0.0), &params, tokens),
+        CellKind::MinGru => trace(ScratchLm::new(vs(), cell::MinGru, vocab, h, l, 0.0), &params, tokens),
+        CellKind::MinLstm => trace(ScratchLm::new(vs(), cell::MinLstm, vocab, h, l, 0.0), &params, tokens),
         CellKind::Rnn => Ok(vec![]),
     }
 }
@@ -299,6 +302,8 @@ impl ModelConfig {
             }
             (ModelKind::Scratch, CellKind::Lstm) => scratch(ScratchLm::new(vs, cell::Lstm, vocab_size, h, l, sigma), opts, p),
             (ModelKind::Scratch, CellKind::Rnn) => scratch(ScratchLm::new(vs, cell::Rnn, vocab_size, h, l, sigma), opts, p),
+            (ModelKind::Scratch, CellKind::MinGru) => scratch(ScratchLm::new(vs, cell::MinGru, vocab_size, h, l, sigma), opts, p),
+            (ModelKind::Scratch, CellKind::MinLstm) => scratch(ScratchLm::new(vs, cell::MinLstm, vocab_size, h, l, sigma), opts, p),
             (ModelKind::Builtin, c) => {
                 let mut m = BuiltinLm::new(vs, c, vocab_size, h, l, p);
                 if !opts.libtorch_step && device == Device::Cpu && matches!(kind, Kind::Float | Kind::Double) {

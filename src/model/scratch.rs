@@ -91,7 +91,7 @@ impl<C: Cell> ScratchLm<C> {
                     .into_iter()
                     .map(|def| Gate {
                         w_x: w(format!("W_x{}", def.name), input),
-                        w_h: w(format!("W_h{}", def.name), hidden),
+                        w_h: def.hidden.then(|| w(format!("W_h{}", def.name), hidden)),
                         b: b(def.bias),
                         b_h: def.hidden_bias.map(b),
                         def,

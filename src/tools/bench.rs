@@ -107,7 +107,8 @@ fn bad_shape(s: &str) -> anyhow::Error {
 }
 
 /// FLOPs of one training step's matrix products (forward ×3 for forward +
-/// backward) for a cell of `gates` gates (RNN 1, GRU 3, LSTM 4): per step and
+/// backward) for a cell of `gates` gates with hidden weights (RNN 1, GRU 3, LSTM
+/// 4; minGRU and minLSTM 0): per step and
 /// layer, the hidden products `2·B·H·gates·H`, the output layer `2·B·H·V`.
 /// Layer 0's input projection is a row gather in grulm's fast path and is not
 /// counted (d2l's one-hot product spends `2·B·V·gates·H` on it).
@@ -136,7 +137,7 @@ fn step_products(b: i64, t: i64, h: i64, v: i64, gates: i64) -> [(i64, i64, i64,
 /// The bench measures it once per round, after that round's grulm models.
 fn sgemm_at_step_gflops(dev: Device, (b, t, h, v): (i64, i64, i64, i64), gates: i64) -> Result<f64> {
     let (mut flops, mut seconds) = (0.0, 0.0);
-    for (count, m, k, n) in step_products(b, t, h, v, gates) {
+    for (count, m, k, n) in step_products(b, t, h, v, gates).into_iter().filter(|&(_, m, k, n)| m * k * n > 0) {
         let (x, y) = (Tensor::randn([m, k], (Kind::Float, dev)), Tensor::randn([k, n], (Kind::Float, dev)));
         let out = Tensor::empty([m, n], (Kind::Float, dev));
         let f = 2.0 * (m * k * n) as f64;
@@ -158,9 +159,15 @@ fn sgemm_at_step_gflops(dev: Device, (b, t, h, v): (i64, i64, i64, i64), gates: 
     Ok(flops / seconds / 1e9)
 }
 
-/// The gates of a bench model's cell.
+/// The gates with hidden weights of a bench model's cell: what its step's
+/// products count ([`step_products`]; none for the minGRU and minLSTM, whose
+/// only products are the input projection and the output layer's).
 fn gates_of(name: &str) -> i64 {
-    model_for(name, 1).map_or(0, |(m, ..)| m.gate_count() as i64)
+    model_for(name, 1).map_or(0, |(m, ..)| hidden_gates(&m))
+}
+
+fn hidden_gates(m: &ModelConfig) -> i64 {
+    m.cell.hidden_gate_count(m.gru_gates) as i64
 }
 
 /// The model's config, how it is built, and whether its steps may use a CUDA
@@ -527,15 +534,10 @@ fn print_report(a: &Options, dev: Device, threads: usize, measured: &[ShapeResul
     Ok(())
 }
 
-/// The cells of the benchmarked models with `g` gates, by name (`GRU`, `LSTM/...`).
+/// The cells of the benchmarked models with `g` gates with hidden weights, by name (`GRU`, `LSTM/...`).
 fn cells_with_gates(a: &Options, g: i64) -> String {
-    let mut labels: Vec<&str> = a
-        .models
-        .iter()
-        .filter_map(|m| model_for(m, 1).ok())
-        .filter(|(c, ..)| c.gate_count() as i64 == g)
-        .map(|(c, ..)| c.cell.label())
-        .collect();
+    let mut labels: Vec<&str> =
+        a.models.iter().filter_map(|m| model_for(m, 1).ok()).filter(|(c, ..)| hidden_gates(c) == g).map(|(c, ..)| c.cell.label()).collect();
     labels.dedup();
     labels.join("/")
 }

@@ -39,7 +39,8 @@ pub(crate) struct Estimate {
 }
 
 impl ModelConfig {
-    /// Gates per layer: 3 for the GRU (2 for its one-gate ablations), 4 LSTM, 1 RNN.
+    /// Gates per layer: 3 for the GRU (2 for its one-gate ablations), 4 LSTM, 1 RNN,
+    /// 2 minGRU, 3 minLSTM.
     pub(crate) fn gate_count(&self) -> u64 {
         self.cell.gate_count(self.gru_gates)
     }
@@ -47,13 +48,14 @@ impl ModelConfig {
     /// The parameter count for a vocabulary of `v`, from the config alone.
     pub fn parameter_count(&self, v: u64) -> u64 {
         let (h, l, g) = (self.hidden_size as u64, self.num_layers as u64, self.gate_count());
+        let hidden_gates = self.cell.hidden_gate_count(self.gru_gates);
         let biases = match self.kind {
             // b per gate, and the reset-after GRU's candidate keeps b_hh apart.
             ModelKind::Scratch => g * h + if self.reset_gate == Some(ResetGate::After) { h } else { 0 },
             // PyTorch's bias_ih and bias_hh.
             ModelKind::Builtin => 2 * g * h,
         };
-        let layer = |input: u64| (input + h) * g * h + biases;
+        let layer = |input: u64| input * g * h + hidden_gates * h * h + biases;
         layer(v) + (l - 1) * layer(h) + h * v + v
     }
 }

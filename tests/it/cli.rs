@@ -873,3 +873,87 @@ fn gates_picture_draws_the_models_own_activations() {
     assert_fails(&gates(&["--run", "gru", "--text", &"time".repeat(101)]), 2, &["--text: 404 characters; grulm gates draws at most 400"]);
     assert_fails(&gates(&["--run", "gru", "--text", "123"]), 2, &["--text: nothing is left of the text after the run's preprocessing"]);
 }
+
+#[test]
+fn minimal_cells_through_the_binary() {
+    // model.cell = "mingru" | "minlstm": trained, sampled, evaluated and drawn
+    // by the binary; what they cannot do is refused in one line each.
+    let dir = TempDir::new("mincells");
+    dir.write("x.txt", "the time traveller for so it will be convenient to speak of him ".repeat(20));
+    let c = cfg_on(&dir, "x.txt", "");
+    let train = |out: &str, sets: &[&str]| {
+        let mut args = vec!["train", "--config", &c, "--out", out, "--set", "train.epochs=3", "--set", "data.val_fraction=0.2"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        grulm(dir.path(), &args)
+    };
+    for (cell, name) in [("mingru", "minGRU"), ("minlstm", "minLSTM")] {
+        let o = train(cell, &[&format!("model.cell=\"{cell}\""), "model.num_layers=2", "model.dropout=0.2"]);
+        assert!(o.status.success(), "{cell}: {}", crate::helpers::stderr(&o));
+        assert!(stdout(&o).contains(&format!("scratch {name} (2 layer(s), H=8)")), "{}", stdout(&o));
+        let m = metrics_without_timing(&dir.join(cell));
+        let ppl = |k: &str| m.iter().map(|e| e[k].as_f64().unwrap()).collect::<Vec<_>>();
+        assert!(ppl("train_ppl")[2] < ppl("train_ppl")[0], "{cell} learns: {:?}", ppl("train_ppl"));
+        assert!(std::fs::read_to_string(dir.join(&format!("{cell}/config.toml"))).unwrap().contains(&format!("cell = \"{cell}\"")));
+        let o = grulm(dir.path(), &["eval", "--run", cell, "--split", "val", "--json", "--checkpoint", "last"]);
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+        let eval: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        assert_eq!(eval["perplexity"].as_f64(), m[2]["val_ppl"].as_f64(), "eval is the trainer's own validation");
+        let o = grulm(dir.path(), &["sample", "--run", cell, "--len", "30", "--prefix", "time "]);
+        assert!(o.status.success() && stdout(&o).starts_with("time "), "{}", crate::helpers::stderr(&o));
+        assert_fails(&grulm(dir.path(), &["export", "--run", cell]), 2, &[&format!("no {name} cell (model.cell = \"{cell}\")")]);
+        assert_fails(
+            &grulm(dir.path(), &["parity", "--cell", cell]),
+            2,
+            &[&format!("--cell {cell}: libtorch has no {name} cell to compare with")],
+        );
+    }
+    // The minGRU's update gate Z in `grulm gates`, computed here from the
+    // weights file by the paper's equations (two layers, f64).
+    let o = grulm(dir.path(), &["gates", "--run", "mingru", "--text", "time to speak", "--out", "g.svg", "--checkpoint", "last"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    assert!(stdout(&o).contains("update gate Z of the top layer over 13 characters"), "{}", stdout(&o));
+    let w: std::collections::HashMap<String, tch::Tensor> = grulm::platform::tensorfile::load(&dir.join("mingru/model.safetensors"))
+        .unwrap()
+        .tensors
+        .into_iter()
+        .map(|(n, t)| (n, t.to_kind(tch::Kind::Double)))
+        .collect();
+    assert!(!w.keys().any(|n| n.starts_with("W_h") && n != "W_hq"), "no hidden weights: {:?}", w.keys());
+    let vocab = grulm::data::Vocab::load(&dir.join("mingru/vocab.json")).unwrap();
+    let mut hs: Vec<tch::Tensor> = (0..2).map(|_| tch::Tensor::zeros([1, 8], (tch::Kind::Double, tch::Device::Cpu))).collect();
+    let mut expected: Vec<Vec<f64>> = vec![];
+    for ch in "time to speak".chars() {
+        let mut x = tch::Tensor::zeros([1, vocab.len() as i64], (tch::Kind::Double, tch::Device::Cpu));
+        let _ = x.narrow(1, vocab.index(ch), 1).fill_(1.0);
+        for (l, h) in hs.iter_mut().enumerate() {
+            let p = |n: &str| &w[&format!("{n}_l{l}")];
+            let z = (x.mm(p("W_xz")) + p("b_z")).sigmoid();
+            *h = (1.0 - &z) * &*h + &z * (x.mm(p("W_xh")) + p("b_h"));
+            if l == 1 {
+                expected.push(Vec::<Vec<f64>>::try_from(&z).unwrap().remove(0));
+            }
+            x = h.shallow_clone();
+        }
+    }
+    let svg = read_gates_svg(&dir.join("g.svg"));
+    assert_eq!(svg.gates.iter().map(|g| g.0.as_str()).collect::<Vec<_>>(), ["z"]);
+    for (unit, values) in &svg.gates[0].1 {
+        for (t, v) in values.iter().enumerate() {
+            assert!((v - expected[t][*unit]).abs() <= 6e-4, "unit {unit} step {t}: drawn {v}, computed {}", expected[t][*unit]);
+        }
+    }
+    // What the minimal cells do not have: one line each.
+    for (set, needle) in [
+        (
+            "model.kind=\"builtin\"",
+            "model.kind = \"builtin\": expected \"scratch\" for model.cell = \"mingru\" (libtorch has no minGRU cell)",
+        ),
+        ("model.reset_gate=\"after\"", "model.reset_gate = \"after\": expected no value for model.cell = \"mingru\""),
+        ("model.gru_gates=\"reset-only\"", "model.gru_gates"),
+    ] {
+        assert_fails(&train("bad", &["model.cell=\"mingru\"", set]), 2, &[needle]);
+    }
+    assert_fails(&train("bad", &["model.cell=\"mingrux\""]), 2, &["model.cell = \"mingrux\"", "or \"mingru\" or \"minlstm\""]);
+}

@@ -43,11 +43,14 @@ enum RefCell {
     },
     Lstm,
     Rnn,
+    /// Feng et al.'s minimal cells: gates and candidate of X_t alone.
+    MinGru,
+    MinLstm,
 }
 
 /// Every scratch cell: the GRU both ways, its two ablations (reset-only both
-/// ways), the LSTM and the RNN.
-const CELLS: [RefCell; 7] = [
+/// ways), the LSTM, the RNN, the minGRU and the minLSTM.
+const CELLS: [RefCell; 9] = [
     RefCell::Gru { after: false, z: true, r: true },
     RefCell::Gru { after: true, z: true, r: true },
     RefCell::Gru { after: false, z: false, r: true },
@@ -55,6 +58,8 @@ const CELLS: [RefCell; 7] = [
     RefCell::Gru { after: false, z: true, r: false },
     RefCell::Lstm,
     RefCell::Rnn,
+    RefCell::MinGru,
+    RefCell::MinLstm,
 ];
 
 impl RefCell {
@@ -74,7 +79,14 @@ impl RefCell {
             }
             RefCell::Lstm => vec![("i", "b_i", None), ("f", "b_f", None), ("o", "b_o", None), ("c", "b_c", None)],
             RefCell::Rnn => vec![("h", "b_h", None)],
+            RefCell::MinGru => vec![("z", "b_z", None), ("h", "b_h", None)],
+            RefCell::MinLstm => vec![("f", "b_f", None), ("i", "b_i", None), ("h", "b_h", None)],
         }
+    }
+
+    /// Whether its gates have hidden weights W_h (the minimal cells' have none).
+    fn has_hidden(&self) -> bool {
+        !matches!(self, RefCell::MinGru | RefCell::MinLstm)
     }
 
     fn config(&self, layers: usize, h: usize) -> ModelConfig {
@@ -89,6 +101,8 @@ impl RefCell {
             }
             RefCell::Lstm => (CellKind::Lstm, None, GruGates::Both),
             RefCell::Rnn => (CellKind::Rnn, None, GruGates::Both),
+            RefCell::MinGru => (CellKind::MinGru, None, GruGates::Both),
+            RefCell::MinLstm => (CellKind::MinLstm, None, GruGates::Both),
         };
         ModelConfig { cell, reset_gate, gru_gates, hidden_size: h, num_layers: layers, ..ModelConfig::default() }
     }
@@ -183,8 +197,10 @@ impl RefLm {
             for (g, bias, hidden_bias) in self.cell.gates() {
                 names.push(format!("W_x{g}_l{l}"));
                 shapes.push(vec![input, self.h]);
-                names.push(format!("W_h{g}_l{l}"));
-                shapes.push(vec![self.h, self.h]);
+                if self.cell.has_hidden() {
+                    names.push(format!("W_h{g}_l{l}"));
+                    shapes.push(vec![self.h, self.h]);
+                }
                 for b in std::iter::once(bias).chain(hidden_bias) {
                     names.push(format!("{b}_l{l}"));
                     shapes.push(vec![self.h]);
@@ -209,8 +225,28 @@ impl RefLm {
             let b = vec_mat(m, g(&format!("W_h{gate}")), h);
             (0..h).map(|j| a[j] + b[j] + g(bias)[j]).collect()
         };
+        // X W_x + b for a gate of the input alone.
+        let pre_x = |gate: &str, bias: &str| -> Vec<f64> { zip(&vec_mat(x, g(&format!("W_x{gate}")), h), g(bias), |a, b| a + b) };
         let mut c = Cache { x: x.to_vec(), h_prev: hp.to_vec(), c_prev: cp.to_vec(), ..Cache::default() };
         match self.cell {
+            RefCell::MinGru => {
+                // Z = σ(X W_xz + b_z), H~ = X W_xh + b_h, H = (1 − Z) H_{t-1} + Z H~.
+                let z: Vec<f64> = pre_x("z", "b_z").iter().map(|a| sigmoid(*a)).collect();
+                let cand = pre_x("h", "b_h");
+                c.h_new = (0..h).map(|j| (1.0 - z[j]) * hp[j] + z[j] * cand[j]).collect();
+                c.act.insert("z", z);
+                c.act.insert("h", cand);
+            }
+            RefCell::MinLstm => {
+                // F, I = σ(...), H = (F H_{t-1} + I H~) / (F + I).
+                let f: Vec<f64> = pre_x("f", "b_f").iter().map(|a| sigmoid(*a)).collect();
+                let i: Vec<f64> = pre_x("i", "b_i").iter().map(|a| sigmoid(*a)).collect();
+                let cand = pre_x("h", "b_h");
+                c.h_new = (0..h).map(|j| (f[j] * hp[j] + i[j] * cand[j]) / (f[j] + i[j])).collect();
+                c.act.insert("f", f);
+                c.act.insert("i", i);
+                c.act.insert("h", cand);
+            }
             RefCell::Rnn => {
                 c.h_new = pre("h", "b_h", hp).iter().map(|a| a.tanh()).collect();
                 c.act.insert("h", c.h_new.clone());
@@ -343,7 +379,33 @@ impl RefLm {
                 add(dx, &gx);
                 add(dh_prev, &gm);
             };
+        // A gate of the input alone: its W_x and bias; returns dX.
+        let x_gate = |grads: &mut [Vec<f64>], gate: &str, bias: &str, da: &[f64], dx: &mut Vec<f64>| {
+            let n = |s: String| p.idx(&format!("{s}_l{l}"));
+            outer_add(&mut grads[n(format!("W_x{gate}"))], &c.x, da);
+            add(&mut grads[n(bias.to_string())], da);
+            add(dx, &mat_vec(&p.values[n(format!("W_x{gate}"))], da, c.x.len()));
+        };
         match self.cell {
+            RefCell::MinGru => {
+                let (z, cand) = (&c.act["z"], &c.act["h"]);
+                dh_prev = zip(dh, z, |d, z| d * (1.0 - z));
+                let dz: Vec<f64> = (0..h).map(|j| dh[j] * (cand[j] - c.h_prev[j])).collect();
+                x_gate(grads, "z", "b_z", &sig_back(&dz, z), &mut dx);
+                x_gate(grads, "h", "b_h", &zip(dh, z, |d, z| d * z), &mut dx);
+            }
+            RefCell::MinLstm => {
+                // Quotient rule on H = (F H_{t-1} + I H~) / S, S = F + I.
+                let (f, i, cand) = (&c.act["f"], &c.act["i"], &c.act["h"]);
+                let s: Vec<f64> = zip(f, i, |a, b| a + b);
+                let h_new = &c.h_new;
+                dh_prev = (0..h).map(|j| dh[j] * f[j] / s[j]).collect();
+                let df: Vec<f64> = (0..h).map(|j| dh[j] * (c.h_prev[j] - h_new[j]) / s[j]).collect();
+                let di: Vec<f64> = (0..h).map(|j| dh[j] * (cand[j] - h_new[j]) / s[j]).collect();
+                x_gate(grads, "f", "b_f", &sig_back(&df, f), &mut dx);
+                x_gate(grads, "i", "b_i", &sig_back(&di, i), &mut dx);
+                x_gate(grads, "h", "b_h", &(0..h).map(|j| dh[j] * i[j] / s[j]).collect::<Vec<_>>(), &mut dx);
+            }
             RefCell::Rnn => {
                 let da = tanh_back(dh, &c.h_new);
                 std_gate(grads, "h", "b_h", &c.h_prev, &da, &mut dx, &mut dh_prev);
@@ -788,6 +850,22 @@ fn parameter_counts_match_d2l() {
     // 2-layer nn.LSTM (the deep-RNN section).
     let deep = ModelConfig { kind: ModelKind::Builtin, cell: CellKind::Lstm, num_layers: 2, reset_gate: None, ..ModelConfig::default() };
     assert_eq!(deep.init(28, Device::Cpu, Kind::Float).parameter_count(), 826_396);
+    // The minimal cells: W_x [V, H] and b per gate (no W_h), and the output
+    // layer: 2·(28·256 + 256) + 256·28 + 28, and 3·(...) + the same.
+    assert_eq!(count(ModelKind::Scratch, CellKind::MinGru, GruGates::Both), 22_044);
+    assert_eq!(count(ModelKind::Scratch, CellKind::MinLstm, GruGates::Both), 29_468);
+    // The config's own count (`--dry-run`, the memory estimate) is the model's,
+    // for every cell and kind, 1 and 3 layers.
+    for cell in CellKind::ALL {
+        for kind in [ModelKind::Scratch, ModelKind::Builtin].into_iter().filter(|&k| k == ModelKind::Scratch || cell.builtin().is_some()) {
+            for num_layers in [1, 3] {
+                let reset_gate = cell.has_gru_options().then_some(ResetGate::After);
+                let cfg = ModelConfig { kind, cell, reset_gate, num_layers, hidden_size: 19, ..ModelConfig::default() };
+                let built = cfg.init(28, Device::Cpu, Kind::Float).parameter_count() as u64;
+                assert_eq!(cfg.parameter_count(28), built, "{cell:?} {kind:?} {num_layers} layer(s)");
+            }
+        }
+    }
 }
 
 #[test]

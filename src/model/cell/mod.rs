@@ -1,10 +1,12 @@
-//! Recurrent cells for the scratch engine: what varies between the RNN, the GRU
-//! and the LSTM, and nothing else.
+//! Recurrent cells for the scratch engine: what varies between the RNN, the GRU,
+//! the LSTM and the parallel-in-time minGRU and minLSTM, and nothing else.
 //!
 //! Every cell is a list of gates. A gate is one parameter unit (burn's
 //! `GateController`): `W_x [in, H]`, `W_h [H, H]` and a bias `b [H]`, whose
 //! pre-activation is `X W_x + H_{t-1} W_h + b` (the GRU's reset-after candidate
-//! also has a hidden-side bias, `b_hh`). Names, initialisation, the fused weight
+//! also has a hidden-side bias, `b_hh`). The minGRU's and minLSTM's gates read
+//! `X_t` only: they have no `W_h` ([`GateDef::input_only`]), which is what makes
+//! their recurrence linear (`scan.rs`). Names, initialisation, the fused weight
 //! columns and the weight gradients all come from that one list
 //! ([`Cell::gates`]); a cell adds only its equations:
 //!
@@ -21,10 +23,15 @@
 //! G·H wide, gate k at columns k·H..(k+1)·H).
 mod gru;
 mod lstm;
+mod mingru;
+mod minlstm;
 mod rnn;
+mod scan;
 
 pub use gru::Gru;
 pub use lstm::Lstm;
+pub use mingru::MinGru;
+pub use minlstm::MinLstm;
 pub use rnn::Rnn;
 
 use crate::model::cpu::gemm::Packed;
@@ -41,6 +48,10 @@ pub enum CellKind {
     Gru,
     Lstm,
     Rnn,
+    #[serde(rename = "mingru")]
+    MinGru,
+    #[serde(rename = "minlstm")]
+    MinLstm,
 }
 
 /// libtorch's own op for a cell (`model.kind = "builtin"`), and cuDNN's mode
@@ -74,7 +85,7 @@ impl BuiltinCell {
 
 impl CellKind {
     /// Every cell, in the order help texts list them.
-    pub const ALL: [CellKind; 3] = [CellKind::Gru, CellKind::Lstm, CellKind::Rnn];
+    pub const ALL: [CellKind; 5] = [CellKind::Gru, CellKind::Lstm, CellKind::Rnn, CellKind::MinGru, CellKind::MinLstm];
 
     /// Its `model.cell` value.
     pub fn name(self) -> &'static str {
@@ -82,6 +93,8 @@ impl CellKind {
             CellKind::Gru => "gru",
             CellKind::Lstm => "lstm",
             CellKind::Rnn => "rnn",
+            CellKind::MinGru => "mingru",
+            CellKind::MinLstm => "minlstm",
         }
     }
 
@@ -96,13 +109,15 @@ impl CellKind {
             CellKind::Gru => "GRU",
             CellKind::Lstm => "LSTM",
             CellKind::Rnn => "RNN",
+            CellKind::MinGru => "minGRU",
+            CellKind::MinLstm => "minLSTM",
         }
     }
 
     /// Tensors in its state: `H`, and the LSTM's memory cell `C`.
     pub fn state_count(self) -> usize {
         match self {
-            CellKind::Gru | CellKind::Rnn => 1,
+            CellKind::Gru | CellKind::Rnn | CellKind::MinGru | CellKind::MinLstm => 1,
             CellKind::Lstm => 2,
         }
     }
@@ -115,6 +130,17 @@ impl CellKind {
             CellKind::Gru => 2,
             CellKind::Lstm => 4,
             CellKind::Rnn => 1,
+            CellKind::MinGru => 2,
+            CellKind::MinLstm => 3,
+        }
+    }
+
+    /// Gates with hidden weights `W_h` (a product by `H_{t-1}` in every step):
+    /// all of them, or none for the cells whose gates read `X_t` only.
+    pub fn hidden_gate_count(self, gru_gates: super::GruGates) -> u64 {
+        match self {
+            CellKind::Gru | CellKind::Lstm | CellKind::Rnn => self.gate_count(gru_gates),
+            CellKind::MinGru | CellKind::MinLstm => 0,
         }
     }
 
@@ -122,14 +148,14 @@ impl CellKind {
     pub fn has_gru_options(self) -> bool {
         match self {
             CellKind::Gru => true,
-            CellKind::Lstm | CellKind::Rnn => false,
+            CellKind::Lstm | CellKind::Rnn | CellKind::MinGru | CellKind::MinLstm => false,
         }
     }
 
     /// Whether it has sigmoid gates to draw (`grulm gates`).
     pub fn has_sigmoid_gates(self) -> bool {
         match self {
-            CellKind::Gru | CellKind::Lstm => true,
+            CellKind::Gru | CellKind::Lstm | CellKind::MinGru | CellKind::MinLstm => true,
             CellKind::Rnn => false,
         }
     }
@@ -141,6 +167,7 @@ impl CellKind {
             CellKind::Gru => Some(BuiltinCell::Gru),
             CellKind::Lstm => Some(BuiltinCell::Lstm),
             CellKind::Rnn => Some(BuiltinCell::RnnTanh),
+            CellKind::MinGru | CellKind::MinLstm => None,
         }
     }
 }
@@ -152,18 +179,26 @@ pub(crate) fn block(t: &Tensor, k: i64, n: i64, h: i64) -> Tensor {
     t.narrow(dim, k * h, n * h)
 }
 
-/// One gate's names: `W_x{name}`, `W_h{name}`, its bias, and the hidden-side bias
-/// if it has one. Every name gets the layer suffix `_l{k}`.
+/// One gate's names: `W_x{name}`, `W_h{name}` if it has hidden weights, its
+/// bias, and the hidden-side bias if it has one. Every name gets the layer
+/// suffix `_l{k}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct GateDef {
     pub name: &'static str,
     pub bias: &'static str,
     pub hidden_bias: Option<&'static str>,
+    /// Whether it has `W_h`: its pre-activation reads `H_{t-1}`.
+    pub hidden: bool,
 }
 
 impl GateDef {
     pub const fn new(name: &'static str, bias: &'static str) -> GateDef {
-        GateDef { name, bias, hidden_bias: None }
+        GateDef { name, bias, hidden_bias: None, hidden: true }
+    }
+
+    /// A gate of `X_t` alone, `X W_x + b` (the minGRU's and minLSTM's).
+    pub const fn input_only(name: &'static str, bias: &'static str) -> GateDef {
+        GateDef { name, bias, hidden_bias: None, hidden: false }
     }
 }
 
@@ -172,12 +207,19 @@ pub struct Gate {
     pub def: GateDef,
     /// `[in, H]`
     pub w_x: Tensor,
-    /// `[H, H]`
-    pub w_h: Tensor,
+    /// `[H, H]`, for a gate with hidden weights ([`Gate::w_h`]).
+    pub w_h: Option<Tensor>,
     /// `[H]`, added to the input side.
     pub b: Tensor,
     /// `[H]`, added to the hidden product (GRU reset-after candidate only).
     pub b_h: Option<Tensor>,
+}
+
+impl Gate {
+    /// `W_h [H, H]`; only cells whose gates have hidden weights ask.
+    pub fn w_h(&self) -> &Tensor {
+        self.w_h.as_ref().unwrap_or_else(|| panic!("gate {} has no hidden weights", self.def.name))
+    }
 }
 
 /// One layer: its gates, in the cell's column order.
@@ -197,20 +239,24 @@ impl Layer {
         Tensor::cat(&self.gates.iter().map(|g| &g.w_x).collect::<Vec<_>>(), 1)
     }
 
-    /// `[W_h of each gate]`: `[H, G·H]`.
+    /// `[W_h of each gate]`: `[H, G·H]`; `[H, 0]` for a cell without hidden weights.
     pub(crate) fn w_h(&self) -> Tensor {
-        Tensor::cat(&self.gates.iter().map(|g| &g.w_h).collect::<Vec<_>>(), 1)
+        let b = &self.gates[0].b;
+        match self.gates.iter().filter_map(|g| g.w_h.as_ref()).collect::<Vec<_>>() {
+            w if w.is_empty() => Tensor::zeros([b.size()[0], 0], (b.kind(), b.device())),
+            w => Tensor::cat(&w, 1),
+        }
     }
 
     /// `[W_h]` of gates `first..first+n`: `[H, n·H]`.
     pub(crate) fn w_h_of(&self, first: usize, n: usize) -> Tensor {
-        Tensor::cat(&self.gates[first..first + n].iter().map(|g| &g.w_h).collect::<Vec<_>>(), 1)
+        Tensor::cat(&self.gates[first..first + n].iter().map(Gate::w_h).collect::<Vec<_>>(), 1)
     }
 
     /// The hidden weights of gates `range` (`[W_h ...]`), or their transpose,
     /// packed for the CPU engine's products.
     pub(crate) fn packed_w_h<T: Real>(&self, range: std::ops::Range<usize>, transpose: bool) -> Packed<T> {
-        Packed::of(&self.gates[range].iter().map(|g| &g.w_h).collect::<Vec<_>>(), transpose)
+        Packed::of(&self.gates[range].iter().map(Gate::w_h).collect::<Vec<_>>(), transpose)
     }
 
     /// `[b of each gate]`: `[G·H]`.
@@ -280,7 +326,8 @@ pub struct Backward {
     pub input: Vec<(usize, Tensor)>,
     /// `(first gate, M, dP)`: the hidden side, `M W_h (+ b_h)`, where `M [T, B, H]`
     /// is what the gates' hidden weights multiply (`H_{t-1}`, or the GRU's
-    /// `R ⊙ H_{t-1}`). Gives `W_h` and `b_h` gradients.
+    /// `R ⊙ H_{t-1}`). Gives `W_h` and `b_h` gradients. Empty for a cell
+    /// without hidden weights.
     pub hidden: Vec<(usize, Tensor, Tensor)>,
 }
 
@@ -295,7 +342,7 @@ pub(crate) trait Cell {
         1
     }
 
-    /// The cell's name (`GRU`, `LSTM`, `RNN`) and its variant, if any
+    /// The cell's name (`GRU`, `LSTM`, `RNN`, `minGRU`, ...) and its variant, if any
     /// (`reset before`): for logs.
     fn describe(&self) -> (&'static str, Option<String>);
 
@@ -303,7 +350,8 @@ pub(crate) trait Cell {
     fn step_reference(&self, p: &Layer, x: &Tensor, state: &[Tensor]) -> Vec<Tensor>;
 
     /// The sigmoid gates of that step by name, each `[B, H]` in (0, 1): the GRU's
-    /// `z` and `r` (those it has), the LSTM's `i`, `f` and `o`; none for the RNN.
+    /// `z` and `r` (those it has), the LSTM's `i`, `f` and `o`, the minGRU's `z`,
+    /// the minLSTM's `f` and `i`; none for the RNN.
     /// [`Cell::step_reference`] computes its step from these (`grulm gates` draws them).
     fn gates_reference(&self, _p: &Layer, _x: &Tensor, _state: &[Tensor]) -> Vec<(&'static str, Tensor)> {
         vec![]

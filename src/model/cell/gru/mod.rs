@@ -81,7 +81,7 @@ impl Cell for Gru {
             v.push(GateDef::new("r", "b_r"));
         }
         v.push(match self.after() {
-            true => GateDef { name: "h", bias: "b_xh", hidden_bias: Some("b_hh") },
+            true => GateDef { name: "h", bias: "b_xh", hidden_bias: Some("b_hh"), hidden: true },
             false => GateDef::new("h", "b_h"),
         });
         v
@@ -101,7 +101,7 @@ impl Cell for Gru {
         let h = &state[0];
         let gate = |n: &'static str| {
             let g = p.gate(n);
-            (n, (x.mm(&g.w_x) + h.mm(&g.w_h) + &g.b).sigmoid())
+            (n, (x.mm(&g.w_x) + h.mm(g.w_h()) + &g.b).sigmoid())
         };
         [(self.has_z, "z"), (self.has_r, "r")].into_iter().filter(|g| g.0).map(|g| gate(g.1)).collect()
     }
@@ -113,9 +113,9 @@ impl Cell for Gru {
         let (z, r) = (gate("z"), gate("r"));
         let c = p.gate("h");
         let h_tilde = match (r, &c.b_h) {
-            (Some(r), Some(b_hh)) => (x.mm(&c.w_x) + &c.b + r * (h.mm(&c.w_h) + b_hh)).tanh(),
-            (Some(r), None) => (x.mm(&c.w_x) + (r * h).mm(&c.w_h) + &c.b).tanh(),
-            (None, _) => (x.mm(&c.w_x) + h.mm(&c.w_h) + &c.b).tanh(), // R ≡ 1
+            (Some(r), Some(b_hh)) => (x.mm(&c.w_x) + &c.b + r * (h.mm(c.w_h()) + b_hh)).tanh(),
+            (Some(r), None) => (x.mm(&c.w_x) + (r * h).mm(c.w_h()) + &c.b).tanh(),
+            (None, _) => (x.mm(&c.w_x) + h.mm(c.w_h()) + &c.b).tanh(), // R ≡ 1
         };
         vec![match z {
             Some(z) => z * h + (1.0 - z) * h_tilde,
@@ -177,7 +177,7 @@ impl Cell for Gru {
             }
         } else {
             let w_sig = p.w_h_of(0, sig as usize);
-            let w_hh = &p.gate("h").w_h;
+            let w_hh = p.gate("h").w_h();
             u = if self.has_r { Tensor::empty([t, b, hd], opts) } else { h_prev.shallow_clone() };
             for s in 0..t {
                 let a = xa.get(s);
@@ -228,7 +228,7 @@ impl Cell for Gru {
         // What d_a[s] multiplies for dH_{t-1}: all of W_h after (d_a holds dU too),
         // the sigmoid gates' W_h before (the candidate's part goes through dU).
         let w_a_t = if after { p.w_h().tr() } else { p.w_h_of(0, sig as usize).tr() };
-        let w_hh_t = p.gate("h").w_h.tr();
+        let w_hh_t = p.gate("h").w_h().tr();
         // The gradient reaching H_{t-1} is added in place into d_out[t-1] (which
         // already holds what reaches it from above), so d_out[s] is the whole dH
         // when step s comes. Per step, in launches: before 9, after 8.

@@ -52,7 +52,7 @@ impl Cell for Lstm {
         let h = &state[0];
         let gate = |n: &'static str| {
             let g = p.gate(n);
-            (n, (x.mm(&g.w_x) + h.mm(&g.w_h) + &g.b).sigmoid())
+            (n, (x.mm(&g.w_x) + h.mm(g.w_h()) + &g.b).sigmoid())
         };
         vec![gate("i"), gate("f"), gate("o")]
     }
@@ -62,7 +62,7 @@ impl Cell for Lstm {
         let gates = self.gates_reference(p, x, state);
         let (i, f, o) = (&gates[0].1, &gates[1].1, &gates[2].1);
         let g = p.gate("c");
-        let c_tilde = (x.mm(&g.w_x) + h.mm(&g.w_h) + &g.b).tanh();
+        let c_tilde = (x.mm(&g.w_x) + h.mm(g.w_h()) + &g.b).tanh();
         let c = f * c + i * c_tilde;
         let h = o * c.tanh();
         vec![h, c]

@@ -25,7 +25,7 @@ impl Cell for Rnn {
 
     fn step_reference(&self, p: &Layer, x: &Tensor, state: &[Tensor]) -> Vec<Tensor> {
         let g = p.gate("h");
-        vec![(x.mm(&g.w_x) + state[0].mm(&g.w_h) + &g.b).tanh()]
+        vec![(x.mm(&g.w_x) + state[0].mm(g.w_h()) + &g.b).tanh()]
     }
 
     fn step_fused(&self, _p: &Layer, xa: &Tensor, w_h: &Tensor, state: &[Tensor]) -> Vec<Tensor> {
@@ -36,7 +36,7 @@ impl Cell for Rnn {
         let t = xa.size()[0];
         let tape = Tape::start(&state0[0], t);
         let out = tape.out();
-        let w_h = &p.gate("h").w_h;
+        let w_h = p.gate("h").w_h();
         let mut h = state0[0].shallow_clone();
         // Per step, in launches: 2.
         for s in 0..t {
@@ -60,7 +60,7 @@ impl Cell for Rnn {
     fn backward_tape(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
         let out = tape.out();
         let d_a = d_out.empty_like();
-        let w_hh_t = p.gate("h").w_h.tr();
+        let w_hh_t = p.gate("h").w_h().tr();
         // Per step, in launches: 2.
         for s in (0..d_out.size()[0]).rev() {
             let da = d_a.get(s);
