@@ -333,8 +333,8 @@ pub struct BenchArgs {
     /// Models: scratch (the trainer's path: fused forward, hand-written BPTT; a CUDA graph on CUDA), scratch-after (the
     /// same, reset-after), scratch-ops (the same step in libtorch operations, as CUDA runs it), scratch-autograd (fused forward, autograd), scratch-ref (the readable reference), builtin (its
     /// training step on the CPU engine on the CPU), builtin-autograd (libtorch's own op and autograd everywhere);
-    /// scratch-eager and builtin-eager are scratch and builtin without the CUDA graph; those are GRUs. lstm, rnn:
-    /// the scratch LSTM and RNN; lstm-builtin, rnn-builtin: libtorch's.
+    /// scratch-eager and builtin-eager are scratch and builtin without the CUDA graph; those are GRUs. lstm, rnn,
+    /// mingru, minlstm: the scratch LSTM, RNN, minGRU and minLSTM; lstm-builtin, rnn-builtin: libtorch's.
     #[arg(long, value_delimiter = ',', default_values_t = ["scratch".to_string(), "builtin".to_string()])]
     pub models: Vec<String>,
     /// Timed repeats per round; the median over all rounds is reported.

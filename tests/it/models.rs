@@ -935,6 +935,25 @@ fn two_steps(cfg: &ModelConfig, one: BuildOptions, other: BuildOptions, kind: Ki
 }
 
 #[test]
+fn the_cpu_engine_flushes_subnormals_to_zero() {
+    // A product below f32's smallest normal (1.2e-38) is a subnormal, whose
+    // arithmetic is about a hundred times slower; after a training step on the
+    // CPU engine, the threads that ran it (this one among them) flush such
+    // results to zero, as PyTorch's set_flush_denormal(True) does.
+    let tiny = || std::hint::black_box(1e-30f32) * std::hint::black_box(1e-10f32);
+    std::thread::spawn(move || {
+        assert!(tiny() > 0.0, "a fresh thread keeps subnormals (IEEE 754's default)");
+        tch::set_num_threads(1);
+        let cfg = RefCell::MinGru.config(1, 8);
+        let _ = step_outputs(&cfg, BuildOptions { path: Some(ScratchPath::Bptt), ..BuildOptions::default() }, Kind::Float, 1);
+        assert_eq!(tiny(), 0.0, "after the engine's step, subnormal results are zero");
+        assert_eq!(std::hint::black_box(f32::MIN_POSITIVE / 4.0) * 1.0, 0.0, "and subnormal inputs read as zero");
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
 fn cpu_engine_kernel_sets_compute_the_same_numbers() {
     // Every kernel set of the CPU engine that this CPU can run (portable, AVX2
     // and FMA, AVX-512) gives the same training step, bit for bit: each product

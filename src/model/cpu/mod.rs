@@ -30,7 +30,7 @@
 pub mod gemm;
 pub mod output;
 
-use crate::platform::cpu::{cpu_kernels, CpuKernels};
+use crate::platform::cpu::{cpu_kernels, flush_subnormals, CpuKernels};
 use std::ops::{Add, Div, Mul, Neg, Sub};
 use tch::{Device, Kind, Tensor};
 
@@ -230,6 +230,7 @@ pub(crate) trait RowJob: Sync {
 
 /// Runs `job` on `rows`, compiled for the chosen kernels ([`cpu_kernels`]).
 fn run<J: RowJob>(job: &J, rows: std::ops::Range<usize>) {
+    flush_subnormals();
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: cpu_kernels() only returns kernels the CPU has.
