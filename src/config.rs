@@ -44,6 +44,9 @@ pub struct TrainConfig {
     pub cuda_graph: bool,
     /// Write TensorBoard event files into the run's `tb/`.
     pub tensorboard: bool,
+    /// Without a progress bar (stdout not a terminal, or `--quiet`), print a
+    /// progress line inside each epoch every this many seconds (0: never).
+    pub progress_seconds: f64,
     /// Stop after this many validations without a new best validation
     /// perplexity (0: never). Needs a validation split.
     pub patience: usize,
@@ -114,6 +117,7 @@ impl Default for Config {
                 deterministic: false,
                 cuda_graph: true,
                 tensorboard: true,
+                progress_seconds: 60.0,
                 patience: 0,
                 init_from: None,
             },
@@ -334,6 +338,9 @@ impl Reader<'_> {
             deterministic: r.bool(&mut t, s, "deterministic", d.deterministic)?,
             cuda_graph: r.bool(&mut t, s, "cuda_graph", d.cuda_graph)?,
             tensorboard: r.bool(&mut t, s, "tensorboard", d.tensorboard)?,
+            progress_seconds: r
+                .float(&mut t, s, "progress_seconds", |x| x >= 0.0, ">= 0 (0: no progress lines)")?
+                .unwrap_or(d.progress_seconds),
             patience: r.int(&mut t, s, "patience", 0, MAX_COUNT, d.patience)?,
             init_from: match r.string(&mut t, s, "init_from")? {
                 Some(p) if p.trim().is_empty() => return Err(r.err(s, "init_from", &Value::String(p), "a run directory")),
@@ -505,6 +512,7 @@ const TRAIN_KEYS: &[&str] = &[
     "deterministic",
     "cuda_graph",
     "tensorboard",
+    "progress_seconds",
     "patience",
     "init_from",
 ];
@@ -530,6 +538,7 @@ pub(crate) const RESUMABLE_KEYS: &[&str] = &[
     "train.val_every",
     "train.cuda_graph",
     "train.tensorboard",
+    "train.progress_seconds",
     "train.patience",
     "model.dropout",
 ];

@@ -31,6 +31,11 @@ impl Console {
         Console { bar: RefCell::new(None) }
     }
 
+    /// Whether it draws a progress bar (a terminal, not `--quiet`).
+    pub fn has_bar(&self) -> bool {
+        self.bar.borrow().is_some()
+    }
+
     /// A line of output (above the bar when there is one).
     pub fn line(&self, s: &str) {
         match &*self.bar.borrow() {

@@ -57,7 +57,7 @@ pub(crate) struct EpochTensors {
 }
 
 /// How [`train_epoch`] runs an epoch.
-pub(crate) struct EpochPlan {
+pub(crate) struct EpochPlan<'a> {
     pub partition: SeqPartition,
     /// `train.grad_clip`.
     pub theta: f64,
@@ -71,6 +71,52 @@ pub(crate) struct EpochPlan {
     pub mask_seed: Option<(u64, usize)>,
     /// A test's pause after one of the epoch's minibatches ([`StepPause`]).
     pub pause: Option<StepPause>,
+    /// Progress lines inside the epoch, when there is no progress bar.
+    pub progress: Option<ProgressLines<'a>>,
+}
+
+/// `train.progress_seconds`: a line every `every` while an epoch trains, for a
+/// log without a terminal (a Slurm job, `nohup`), where an epoch of a large text
+/// takes long and nothing else is printed before its end.
+pub(crate) struct ProgressLines<'a> {
+    pub every: std::time::Duration,
+    /// The epoch's number (1-based).
+    pub epoch: usize,
+    /// Tokens per minibatch, `B·T`.
+    pub tokens: usize,
+    pub console: &'a Console,
+}
+
+impl ProgressLines<'_> {
+    /// `epoch 3: minibatch 1200/8802 (13.6%), 21512 tokens/s, loss 1.2345
+    /// (perplexity 3.44) over the last 600, epoch ends in 5m 53s`: `losses`
+    /// are the steps since the last line (read from the device here, the only
+    /// host read before the epoch's end), `done` of `n` minibatches trained,
+    /// `trained` of them by this process in `seconds`.
+    fn line(&self, losses: &[Tensor], done: i64, n: i64, trained: i64, seconds: f64) -> Result<()> {
+        let loss = f64::try_from(Tensor::stack(losses, 0).mean(tch::Kind::Double))?;
+        let per_step = seconds / trained as f64;
+        self.console.line(&format!(
+            "epoch {}: minibatch {done}/{n} ({:.1}%), {:.0} tokens/s, loss {loss:.4} (perplexity {:.2}) over the last {}, epoch ends in {}",
+            self.epoch,
+            100.0 * done as f64 / n as f64,
+            self.tokens as f64 / per_step,
+            loss.exp(),
+            losses.len(),
+            duration(per_step * (n - done) as f64)
+        ));
+        Ok(())
+    }
+}
+
+/// `2h 05m`, `5m 53s`, `12s`.
+fn duration(seconds: f64) -> String {
+    let s = seconds.round() as u64;
+    match (s / 3600, s / 60 % 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m {s:02}s"),
+        (h, m, _) => format!("{h}h {m:02}m"),
+    }
 }
 
 /// The generator seed of training step `step` of epoch `epoch` (SplitMix64's
@@ -100,6 +146,7 @@ pub(crate) fn train_epoch(
     let mut losses = Vec::with_capacity((n - from) as usize);
     let mut norms = Vec::with_capacity((n - from) as usize);
     let mut done = n;
+    let (start, mut last_line, mut line_from) = (std::time::Instant::now(), std::time::Instant::now(), 0);
     for k in from..n {
         let fresh = k == 0 || plan.partition == SeqPartition::Random;
         if let Some((seed, epoch)) = plan.mask_seed {
@@ -114,6 +161,10 @@ pub(crate) fn train_epoch(
         )??;
         losses.push(out.loss);
         norms.push(out.norm);
+        if let Some(p) = plan.progress.as_ref().filter(|p| last_line.elapsed() >= p.every && k + 1 < n) {
+            p.line(&losses[line_from..], k + 1, n, k + 1 - from, start.elapsed().as_secs_f64())?;
+            (last_line, line_from) = (std::time::Instant::now(), losses.len());
+        }
         if let Some(p) = plan.pause.as_ref().filter(|p| p.minibatch == k + 1) {
             p.wait();
         }

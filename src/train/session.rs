@@ -6,7 +6,7 @@
 //! ([`Config::check_resumable`], called by the command line before the session
 //! opens) and by its vocabulary ([`Session::open`]); what its files are cut back
 //! to (metrics, best weights, TensorBoard events) by [`RunDir::cut_back_to`].
-use super::{train_epoch, EpochPlan, TrainOptions, TrainOutcome};
+use super::{train_epoch, EpochPlan, ProgressLines, TrainOptions, TrainOutcome};
 use crate::config::Config;
 use crate::data::{self, Corpus, Ids, SeqPartition, TokenData, Vocab};
 use crate::error::{libtorch, Interrupted};
@@ -208,6 +208,12 @@ impl<'a> Session<'a> {
             from: part.as_ref().map_or(0, |p| p.steps as i64),
             mask_seed: (cfg.model.dropout > 0.0).then_some((tc.seed, epoch)),
             pause: StepPause::in_epoch(&self.run.path, number),
+            progress: (tc.progress_seconds > 0.0 && !self.console.has_bar()).then(|| ProgressLines {
+                every: std::time::Duration::from_secs_f64(tc.progress_seconds),
+                epoch: number,
+                tokens: b * t,
+                console: self.console,
+            }),
         };
         let out = train_epoch(self.model.as_ref(), &mut self.opt, &mut self.stepper, &self.data, &starts, &plan)
             .with_context(|| format!("epoch {number}"))?;

@@ -957,3 +957,50 @@ fn minimal_cells_through_the_binary() {
     }
     assert_fails(&train("bad", &["model.cell=\"mingrux\""]), 2, &["model.cell = \"mingrux\"", "or \"mingru\" or \"minlstm\""]);
 }
+
+#[test]
+fn progress_lines_without_a_terminal() {
+    // stdout is a pipe here, as in a Slurm log: with train.progress_seconds
+    // below one step's time, a line after every minibatch but each epoch's last.
+    let dir = TempDir::new("progress");
+    dir.write("x.txt", "the time traveller for so it will be convenient to speak of him ".repeat(20));
+    let c = cfg_on(&dir, "x.txt", "");
+    let run = |out: &str, every: &str| {
+        let o = grulm(
+            dir.path(),
+            &["train", "--config", &c, "--out", out, "--set", "train.epochs=2", "--set", &format!("train.progress_seconds={every}")],
+        );
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+        stdout(&o)
+    };
+    let out = run("fine", "0.000001");
+    let n: usize = out.split(" minibatches of ").next().unwrap().rsplit(' ').next().unwrap().parse().unwrap();
+    for epoch in [1, 2] {
+        let lines: Vec<&str> = out.lines().filter(|l| l.starts_with(&format!("epoch {epoch}: minibatch "))).collect();
+        assert_eq!(lines.len(), n - 1, "{out}");
+        for (k, l) in lines.iter().enumerate() {
+            assert!(l.starts_with(&format!("epoch {epoch}: minibatch {}/{n} (", k + 1)), "{l}");
+            for part in [" tokens/s, loss ", " (perplexity ", ") over the last 1, epoch ends in "] {
+                assert!(l.contains(part), "{l}");
+            }
+            assert!(l.ends_with('s'), "{l}");
+        }
+    }
+    // The printed losses are the trainer's: with the epoch's mean (its train_ppl),
+    // they leave for the last, unprinted step a loss between 0 and ln V + 0.5.
+    let m = metrics_without_timing(&dir.join("fine"));
+    let printed: f64 = out
+        .lines()
+        .filter(|l| l.starts_with("epoch 1: minibatch "))
+        .map(|l| l.split("loss ").nth(1).unwrap().split(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    let last = n as f64 * m[0]["train_ppl"].as_f64().unwrap().ln() - printed;
+    assert!(last > 0.0 && last < 20f64.ln() + 0.5, "the last step's loss would be {last}");
+    // Off: none; the default (60 s) prints none in a run this short.
+    assert!(!run("off", "0").contains(": minibatch "));
+    assert!(std::fs::read_to_string(dir.join("fine/config.toml")).unwrap().contains("progress_seconds = 0.000001"));
+    for bad in ["-1", "\"often\""] {
+        let o = grulm(dir.path(), &["train", "--config", &c, "--out", "bad", "--set", &format!("train.progress_seconds={bad}")]);
+        assert_fails(&o, 2, &[&format!("train.progress_seconds = {bad}: expected a"), ">= 0 (0: no progress lines)"]);
+    }
+}

@@ -40,7 +40,7 @@ fn set_overrides_and_names_itself_in_errors() {
     assert_eq!(c.model.kind, ModelKind::Builtin);
     assert_eq!(c.data.partition, SeqPartition::Random);
     assert_eq!(err("", &["train.lr=-1"]), "--set train.lr=-1: train.lr = -1: expected a finite number > 0");
-    assert_eq!(err("", &["train.lrr=1"]), "--set train.lrr=1: unknown key train.lrr; expected one of: epochs, optimizer, lr, lr_schedule, lr_decay, lr_decay_every, warmup_epochs, grad_clip, seed, device, threads, predict_every, checkpoint_every, val_every, deterministic, cuda_graph, tensorboard, patience, init_from");
+    assert_eq!(err("", &["train.lrr=1"]), "--set train.lrr=1: unknown key train.lrr; expected one of: epochs, optimizer, lr, lr_schedule, lr_decay, lr_decay_every, warmup_epochs, grad_clip, seed, device, threads, predict_every, checkpoint_every, val_every, deterministic, cuda_graph, tensorboard, progress_seconds, patience, init_from");
 }
 
 #[test]
@@ -146,7 +146,7 @@ fn cells_and_gru_variants() {
         assert_eq!(Config::parse(&c.to_toml(), "resolved", &[]).unwrap(), c, "{text}");
     }
     for (text, want) in [
-        ("[model]\ncell = \"gru2\"\n", "exp.toml: model.cell = \"gru2\": expected \"gru\" or \"lstm\" or \"rnn\""),
+        ("[model]\ncell = \"gru2\"\n", "exp.toml: model.cell = \"gru2\": expected \"gru\" or \"lstm\" or \"rnn\" or \"mingru\" or \"minlstm\""),
         ("[model]\ncell = \"lstm\"\nreset_gate = \"after\"\n", "exp.toml: model.reset_gate = \"after\": expected no value for model.cell = \"lstm\" (reset_gate applies to the GRU only)"),
         ("[model]\ncell = \"rnn\"\ngru_gates = \"both\"\n", "exp.toml: model.gru_gates = \"both\": expected no value for model.cell = \"rnn\" (gru_gates applies to the GRU only)"),
         ("[model]\nkind = \"builtin\"\ngru_gates = \"reset-only\"\n", "exp.toml: model.gru_gates = \"reset-only\": expected \"both\" for model.kind = \"builtin\" (libtorch's GRU has both gates; the ablations are scratch only)"),
