@@ -10,11 +10,15 @@
 //! sums, no logarithm and no division, so it needs no sign of anything (the
 //! paper's log-space scan needs positive values, hence its `g(·)`; see
 //! `mingru/mod.rs`). The CPU engine runs the same recurrence sequentially, row
-//! by row (each cell's `cpu.rs`): there the batch's rows already give every core
-//! its work, and a sequential scan does T steps of work instead of T·log₂T.
+//! by row ([`forward_rows`], [`backward_rows`], with each cell's element-wise
+//! math in its `cpu.rs`, [`ScanCell`]): there the batch's rows already give
+//! every core its work, and a sequential scan does T steps of work instead of T·log₂T.
 //!
 //! Shapes: T steps, B batch, H hidden units; every tensor here is `[T, B, H]`
 //! (or `[B, H]` for a state).
+use super::{Backward, Tape};
+use crate::model::cpu::{dims, empty, par_rows, Real, RowJob, View};
+use std::ops::Range;
 use tch::Tensor;
 
 /// `H_1..H_T` of `H_t = A_t ⊙ H_{t-1} + B_t` from `H_0 = h0` (zero if none).
@@ -51,4 +55,95 @@ pub(super) fn adjoint(a: &Tensor, g: &Tensor) -> Tensor {
     let coef = a_rev.zeros_like();
     coef.narrow(0, 1, t - 1).copy_(&a_rev.narrow(0, 0, t - 1));
     scan(&coef, &g.flip([0]), None).flip([0])
+}
+
+/// A linear-recurrence cell's element-wise math on the CPU engine (each cell's
+/// `cpu.rs`); [`forward_rows`] and [`backward_rows`] run it along every row.
+pub(super) trait ScanCell: Sync {
+    /// Column blocks of the input projection: `xa` is `[T, B, GATES·H]`.
+    const GATES: usize;
+
+    /// One step of one row: `a` holds the step's pre-activations (`GATES·H`),
+    /// overwritten with what the backward pass needs; `h = A ⊙ h_prev + B`.
+    fn step<T: Real>(a: &mut [T], hd: usize, h_prev: &[T], h: &mut [T]);
+
+    /// Its backward pass: `delta` is `δ_t`, the whole gradient reaching `h`;
+    /// writes the pre-activations' gradients into `da`, and adds `A ⊙ δ_t`
+    /// into `carry` (the gradient reaching `h_prev`) when there is a step before.
+    fn step_back<T: Real>(a: &[T], hd: usize, h_prev: &[T], delta: &[T], da: &mut [T], carry: Option<&mut [T]>);
+}
+
+/// The forward tape of a [`ScanCell`] on the CPU engine: each thread's rows
+/// through the whole sequence, one fused pass per row and step.
+pub(super) fn forward_rows<C: ScanCell, T: Real>(xa: Tensor, state0: &[Tensor]) -> Tape {
+    let xa = xa.contiguous();
+    let (t, b, hd) = dims(&xa, &state0[0]);
+    let mut tape = Tape::start(&state0[0], t as i64);
+    let (xv, sv) = (View::<T>::of(&xa), View::<T>::of(&tape.states));
+    par_rows(b, &Forward::<C, T> { t, hd, xv, sv, cell: std::marker::PhantomData });
+    tape.saved = vec![xa];
+    tape
+}
+
+struct Forward<C, T> {
+    t: usize,
+    hd: usize,
+    xv: View<T>,
+    sv: View<T>,
+    cell: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C: ScanCell, T: Real> RowJob for Forward<C, T> {
+    #[inline(always)]
+    fn run(&self, rows: Range<usize>) {
+        let (t, hd, g) = (self.t, self.hd, C::GATES);
+        // SAFETY: the views' tensors are [T, B, ·] and outlive the job; this thread writes its own rows.
+        unsafe {
+            for r in rows {
+                for s in 0..t {
+                    C::step(self.xv.seg(s, r, 0, g * hd), hd, &self.sv.seg(s, r, 0, hd)[..], self.sv.seg(s + 1, r, 0, hd));
+                }
+            }
+        }
+    }
+}
+
+/// The backward tape of a [`ScanCell`] on the CPU engine: each row walks time
+/// in reverse, `d_out`'s row of step s becoming `δ_s` as the carry from step
+/// s+1 is added into it.
+pub(super) fn backward_rows<C: ScanCell, T: Real>(tape: &Tape, d_out: &Tensor) -> Backward {
+    let d_out = d_out.contiguous();
+    let (t, b, hd) = dims(&d_out, &d_out);
+    let d_a = empty(&[t, b, C::GATES * hd], &d_out);
+    let (av, sv, ov, dav) = (View::<T>::of(&tape.saved[0]), View::<T>::of(&tape.states), View::<T>::of(&d_out), View::<T>::of(&d_a));
+    par_rows(b, &Back::<C, T> { t, hd, av, sv, ov, dav, cell: std::marker::PhantomData });
+    Backward { input: vec![(0, d_a)], hidden: vec![] }
+}
+
+struct Back<C, T> {
+    t: usize,
+    hd: usize,
+    av: View<T>,
+    sv: View<T>,
+    ov: View<T>,
+    dav: View<T>,
+    cell: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C: ScanCell, T: Real> RowJob for Back<C, T> {
+    #[inline(always)]
+    fn run(&self, rows: Range<usize>) {
+        let (t, hd, g) = (self.t, self.hd, C::GATES);
+        // SAFETY: the views' tensors are [T, B, ·] and outlive the job; this thread writes its own rows.
+        unsafe {
+            for r in rows {
+                for s in (0..t).rev() {
+                    let carry = (s > 0).then(|| self.ov.seg(s - 1, r, 0, hd));
+                    let (a, h_prev, delta) =
+                        (&self.av.seg(s, r, 0, g * hd)[..], &self.sv.seg(s, r, 0, hd)[..], &self.ov.seg(s, r, 0, hd)[..]);
+                    C::step_back(a, hd, h_prev, delta, self.dav.seg(s, r, 0, g * hd), carry);
+                }
+            }
+        }
+    }
 }

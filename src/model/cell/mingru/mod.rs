@@ -82,11 +82,11 @@ impl Cell for MinGru {
     }
 
     fn forward_rows<T: Real>(&self, _p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape {
-        cpu::mingru_forward::<T>(xa, state0)
+        scan::forward_rows::<MinGru, T>(xa, state0)
     }
 
     fn backward_rows<T: Real>(&self, _p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
-        cpu::mingru_backward::<T>(tape, d_out)
+        scan::backward_rows::<MinGru, T>(tape, d_out)
     }
 
     fn backward_tape(&self, _p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {

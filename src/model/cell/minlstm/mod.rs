@@ -90,11 +90,11 @@ impl Cell for MinLstm {
     }
 
     fn forward_rows<T: Real>(&self, _p: &Layer, xa: Tensor, state0: &[Tensor]) -> Tape {
-        cpu::minlstm_forward::<T>(xa, state0)
+        scan::forward_rows::<MinLstm, T>(xa, state0)
     }
 
     fn backward_rows<T: Real>(&self, _p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
-        cpu::minlstm_backward::<T>(tape, d_out)
+        scan::backward_rows::<MinLstm, T>(tape, d_out)
     }
 
     fn backward_tape(&self, _p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
