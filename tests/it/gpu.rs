@@ -72,6 +72,8 @@ fn gpu_check_script_runs_every_check_in_a_cpu_dry_run() {
             "cuda-run-on-cpu-concise",
             "resume",
             "cpu-run-on-cuda",
+            "minimal-mingru",
+            "minimal-minlstm",
             "deterministic-scratch",
             "deterministic-concise",
             "bench"
@@ -85,6 +87,8 @@ fn gpu_check_script_runs_every_check_in_a_cpu_dry_run() {
         "parity-lstm-f64",
         "parity-rnn-f32",
         "cpu-run-on-cuda",
+        "minimal-mingru",
+        "minimal-minlstm",
         "deterministic-scratch",
         "deterministic-concise",
         "bench",
@@ -94,8 +98,8 @@ fn gpu_check_script_runs_every_check_in_a_cpu_dry_run() {
     assert!(!ok("train-scratch"), "2 epochs cannot reach perplexity 1.1");
     assert_eq!(o.status.code(), Some(1), "a failed check fails the script");
     let all: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("gpu-check.json")).unwrap()).unwrap();
-    assert_eq!(all["checks"].as_array().unwrap().len(), 16);
-    assert_eq!(all["bench"].as_array().unwrap().len(), 11, "9 grulm models and 2 python ones, merged: {summary}");
+    assert_eq!(all["checks"].as_array().unwrap().len(), 18);
+    assert_eq!(all["bench"].as_array().unwrap().len(), 13, "11 grulm models and 2 python ones, merged: {summary}");
 }
 
 #[test]
