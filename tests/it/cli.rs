@@ -996,7 +996,7 @@ fn progress_lines_without_a_terminal() {
         .sum();
     let last = n as f64 * m[0]["train_ppl"].as_f64().unwrap().ln() - printed;
     assert!(last > 0.0 && last < 20f64.ln() + 0.5, "the last step's loss would be {last}");
-    // Off: none; the default (60 s) prints none in a run this short.
+    // Off: none.
     assert!(!run("off", "0").contains(": minibatch "));
     assert!(std::fs::read_to_string(dir.join("fine/config.toml")).unwrap().contains("progress_seconds = 0.000001"));
     for bad in ["-1", "\"often\""] {
