@@ -21,10 +21,11 @@ use crate::model::cpu::{dims, empty, par_rows, Real, RowJob, View};
 use std::ops::Range;
 use tch::Tensor;
 
-/// `H_1..H_T` of `H_t = A_t ⊙ H_{t-1} + B_t` from `H_0 = h0` (zero if none).
-pub(super) fn scan(a: &Tensor, b: &Tensor, h0: Option<&Tensor>) -> Tensor {
+/// `H_1..H_T` of `H_t = A_t ⊙ H_{t-1} + B_t` from `H_0 = h0` (zero if none),
+/// computed in place: `b` (`[T, B, H]`, a fresh tensor or the tape's own output
+/// rows) ends holding the states; `a` is fresh too and is overwritten.
+pub(super) fn scan(a: Tensor, b: &Tensor, h0: Option<&Tensor>) {
     let t = a.size()[0];
-    let (a, b) = (a.copy(), b.copy());
     if let Some(h0) = h0 {
         let _ = b.get(0).addcmul_(&a.get(0), h0); // B_1 + A_1 H_0: the first map applied
     }
@@ -41,7 +42,6 @@ pub(super) fn scan(a: &Tensor, b: &Tensor, h0: Option<&Tensor>) -> Tensor {
         b.narrow(0, d, n).copy_(&b_hi);
         d *= 2;
     }
-    b
 }
 
 /// The backward pass of [`scan`]: `δ_t`, the whole gradient reaching `H_t`,
@@ -54,7 +54,9 @@ pub(super) fn adjoint(a: &Tensor, g: &Tensor) -> Tensor {
     let a_rev = a.flip([0]);
     let coef = a_rev.zeros_like();
     coef.narrow(0, 1, t - 1).copy_(&a_rev.narrow(0, 0, t - 1));
-    scan(&coef, &g.flip([0]), None).flip([0])
+    let u = g.flip([0]);
+    scan(coef, &u, None);
+    u.flip([0])
 }
 
 /// A linear-recurrence cell's element-wise math on the CPU engine (each cell's

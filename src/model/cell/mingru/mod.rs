@@ -75,8 +75,9 @@ impl Cell for MinGru {
         let mut z = block(&xa, Z, 1, hd);
         let _ = z.sigmoid_(); // Z kept in place, for the backward pass
         let a = z.ones_like() - &z;
-        let b = &z * block(&xa, H, 1, hd);
-        tape.out().copy_(&scan::scan(&a, &b, Some(&state0[0])));
+        let out = tape.out(); // B, then the states
+        let _ = z.mul_out(&out, &block(&xa, H, 1, hd));
+        scan::scan(a, &out, Some(&state0[0]));
         tape.saved = vec![xa];
         tape
     }

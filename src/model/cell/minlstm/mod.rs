@@ -83,8 +83,9 @@ impl Cell for MinLstm {
         let mut tape = Tape::start(&state0[0], t);
         let _ = block(&xa, F, 2, hd).sigmoid_(); // F and I kept in place, for the backward pass
         let (a, i) = normalised(&block(&xa, F, 1, hd), &block(&xa, I, 1, hd));
-        let b = i * block(&xa, H, 1, hd);
-        tape.out().copy_(&scan::scan(&a, &b, Some(&state0[0])));
+        let out = tape.out(); // B, then the states
+        let _ = i.mul_out(&out, &block(&xa, H, 1, hd));
+        scan::scan(a, &out, Some(&state0[0]));
         tape.saved = vec![xa];
         tape
     }
