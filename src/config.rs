@@ -468,6 +468,24 @@ impl Reader<'_> {
                 ModelKind::Builtin => None,
             },
             dropout: r.float(&mut t, s, "dropout", |x| (0.0..1.0).contains(&x), "in [0, 1)")?.unwrap_or(d.dropout),
+            weight_drop: {
+                let value = t.get("weight_drop").cloned();
+                let p = r.float(&mut t, s, "weight_drop", |x| (0.0..1.0).contains(&x), "in [0, 1)")?.unwrap_or(d.weight_drop);
+                match value {
+                    Some(v) if p > 0.0 && cell.hidden_gate_count(gru_gates) == 0 => {
+                        return Err(r.err(
+                            s,
+                            "weight_drop",
+                            &v,
+                            format!(
+                                "0 for model.cell = \"{}\" (its gates read X_t alone: it has no hidden-to-hidden weights to drop)",
+                                cell.name()
+                            ),
+                        ))
+                    }
+                    _ => p,
+                }
+            },
         };
         r.no_more(&t, s, MODEL_KEYS)?;
         Ok(model)
@@ -493,7 +511,8 @@ fn show_value(v: &Value) -> String {
 
 const DATA_KEYS: &[&str] =
     &["corpus", "preprocess", "max_tokens", "min_freq", "reserved_tokens", "val_fraction", "partition", "batch_size", "num_steps"];
-const MODEL_KEYS: &[&str] = &["kind", "cell", "hidden_size", "num_layers", "reset_gate", "gru_gates", "init_sigma", "dropout"];
+const MODEL_KEYS: &[&str] =
+    &["kind", "cell", "hidden_size", "num_layers", "reset_gate", "gru_gates", "init_sigma", "dropout", "weight_drop"];
 const TRAIN_KEYS: &[&str] = &[
     "epochs",
     "optimizer",
@@ -521,8 +540,8 @@ const SECTIONS: &[&str] = &["data", "model", "train", "sample"];
 
 /// Keys that may change when a run is resumed: how long and where it runs, what
 /// it prints, the step size (to recover from divergence with a lower lr) and
-/// dropout (against overfitting seen late); not the data, the model's shape or
-/// the optimiser.
+/// dropout and weight drop (against overfitting seen late); not the data, the
+/// model's shape or the optimiser.
 pub(crate) const RESUMABLE_KEYS: &[&str] = &[
     "train.epochs",
     "train.lr",
@@ -541,6 +560,7 @@ pub(crate) const RESUMABLE_KEYS: &[&str] = &[
     "train.progress_seconds",
     "train.patience",
     "model.dropout",
+    "model.weight_drop",
 ];
 
 impl Config {

@@ -16,7 +16,8 @@
 //! ```
 //!
 //! With dropout, a layer's output goes up times its mask, and the gradient
-//! coming down from above is multiplied by the same mask.
+//! coming down from above is multiplied by the same mask. With weight drop, the
+//! tapes run on `W_h ⊙ M`, and `dW_h = (Mᵀ dP) ⊙ M`.
 //!
 //! Same function, same gradients: the tests hold this step to an independent
 //! reference (f64, 1e-10) for every cell.
@@ -61,10 +62,20 @@ impl<C: Cell> ScratchLm<C> {
         }
     }
 
-    /// Adds a layer's weight gradients from its cell's [`Backward`]; returns the
-    /// gradient of the layer's input (`[T·B, H]`) when it is the layer below's output.
-    /// `w_x` is the layer's fused `[W_x ...]`, as its forward pass used it.
-    fn weight_grads(&self, p: &Layer, w_x: &Tensor, back: &Backward, below: Option<&Tensor>, ids: &Tensor) -> Option<Tensor> {
+    /// Adds a layer's weight gradients from its cell's [`Backward`] into the
+    /// parameters of `p` (the model's own layer); returns the gradient of the
+    /// layer's input (`[T·B, H]`) when it is the layer below's output. `w_x` is
+    /// the layer's fused `[W_x ...]`, as its forward pass used it; `w_mask` its
+    /// weight-drop mask `[H, G·H]`, if the pass ran on `W_h ⊙ M`.
+    fn weight_grads(
+        &self,
+        p: &Layer,
+        w_x: &Tensor,
+        w_mask: Option<&Tensor>,
+        back: &Backward,
+        below: Option<&Tensor>,
+        ids: &Tensor,
+    ) -> Option<Tensor> {
         let hd = self.hidden_size();
         let rows = |d: &Tensor| {
             let n = d.size()[2];
@@ -90,7 +101,10 @@ impl<C: Cell> ScratchLm<C> {
         }
         for (first, m, d) in &back.hidden {
             let d = rows(d);
-            let g_w = rows(m).tr().mm(&d); // [H, n·H]
+            let mut g_w = rows(m).tr().mm(&d); // [H, n·H]
+            if let Some(mask) = w_mask {
+                g_w *= mask.narrow(1, *first as i64 * hd, d.size()[1]);
+            }
             let gates = &p.gates[*first..*first + (d.size()[1] / hd) as usize];
             for (k, gate) in gates.iter().enumerate() {
                 add_grad(gate.w_h(), &g_w.narrow(1, k as i64 * hd, hd));
@@ -126,13 +140,15 @@ impl<C: Cell> ScratchLm<C> {
             let hd = self.hidden_size();
             let ids = tokens.tr().reshape([-1]); // [T*B], time-major
             let s0 = state.detach().per_layer();
+            let dropped = self.weight_dropped(true);
+            let layers = self.layers_of(&dropped);
             let masks = self.masks(true, t, b);
             let mut tapes: Vec<Tape> = Vec::with_capacity(self.layers.len());
             // Each layer's output on its way up `[T*B, H]`: the tape's rows, or
             // with dropout those rows times the layer's mask.
             let mut ups: Vec<Tensor> = Vec::with_capacity(self.layers.len());
             let w_xs: Vec<Tensor> = self.layers.iter().map(Layer::w_x).collect();
-            for (l, p) in self.layers.iter().enumerate() {
+            for (l, p) in layers.iter().enumerate() {
                 let xa = match ups.last() {
                     // Tokens: the rows of W_x they pick, plus b, in one pass.
                     None if self.on_cpu_engine(&w_xs[l]) => super::cpu::embed(&w_xs[l], &p.b(), &ids),
@@ -154,10 +170,11 @@ impl<C: Cell> ScratchLm<C> {
                 None => d,
             };
             let mut d_out = unmask(d_top.view([t, b, hd]), self.layers.len() - 1);
-            for (l, p) in self.layers.iter().enumerate().rev() {
+            for (l, p) in layers.iter().enumerate().rev() {
                 let below = l.checked_sub(1).map(|k| &ups[k]);
                 let back = self.backward_tape(p, &tapes[l], &d_out);
-                if let Some(d) = self.weight_grads(p, &w_xs[l], &back, below, &ids) {
+                let w_mask = dropped.as_ref().map(|d| &d.masks[l]);
+                if let Some(d) = self.weight_grads(&self.layers[l], &w_xs[l], w_mask, &back, below, &ids) {
                     d_out = unmask(d.view([t, b, hd]), l - 1);
                 }
             }

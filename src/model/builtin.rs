@@ -25,11 +25,17 @@
 //! between the layers (ATen's argument), and on the top layer's output before
 //! the linear layer, as char-rnn and d2l's scratch masks do.
 //!
+//! Weight drop (`model.weight_drop`, training only) as AWD-LSTM's `WeightDrop`:
+//! each training pass draws one mask per layer over `weight_hh_l{k}`
+//! ([`super::weight_drop_masks`], before the dropout masks) and hands the op
+//! `weight_hh ⊙ M`; autograd takes the gradient back through the product.
+//!
 //! On the CPU (f32, f64) the training step runs on grulm's CPU engine
 //! (`model::cpu`): the scratch cell that computes the same function (the GRU
 //! reset-after, the LSTM, the RNN) takes this model's weights through the
 //! layout table, runs its step, and hands the gradients back in PyTorch's
-//! layout. Its dropout masks are drawn as libtorch draws them, so the step is
+//! layout (weight-dropped weights in, gradients times the masks out). Its
+//! dropout masks are drawn as libtorch draws them, so the step is
 //! libtorch's in every number (the tests hold the two together); evaluation
 //! and sampling call libtorch's op. `BuildOptions::libtorch_step` keeps
 //! libtorch's own step.
@@ -51,12 +57,14 @@ pub(crate) struct BuiltinLm {
     hidden: i64,
     layers: i64,
     dropout: f64,
+    /// `model.weight_drop`.
+    weight_drop: f64,
     /// The scratch cell whose CPU engine runs the training step (see the module doc).
     engine: Option<Box<dyn RecurrentLm>>,
 }
 
 impl BuiltinLm {
-    pub fn new(vs: VarStore, cell: CellKind, vocab: i64, hidden: i64, layers: i64, dropout: f64) -> BuiltinLm {
+    pub fn new(vs: VarStore, cell: CellKind, vocab: i64, hidden: i64, layers: i64, dropout: f64, weight_drop: f64) -> BuiltinLm {
         let bound = 1.0 / (hidden as f64).sqrt();
         let u = Init::Uniform { lo: -bound, up: bound };
         let op = cell.builtin().unwrap_or_else(|| panic!("libtorch has no {} cell (the config refuses it)", cell.label()));
@@ -77,7 +85,18 @@ impl BuiltinLm {
             let _ = Tensor::internal_cudnn_rnn_flatten_weight(&weights, 4, vocab, mode, hidden, 0, layers, false, false);
         }
         let linear = nn::linear(&root / "linear", hidden, vocab, nn::LinearConfig { ws_init: u, bs_init: Some(u), bias: true });
-        BuiltinLm { vs, cell, op, weights, linear, vocab, hidden, layers, dropout, engine: None }
+        BuiltinLm { vs, cell, op, weights, linear, vocab, hidden, layers, dropout, weight_drop, engine: None }
+    }
+
+    /// A training pass's weight-drop masks, one per layer over `weight_hh_l{k}`
+    /// `[G·H, H]`; none when not training or without weight drop.
+    fn weight_drop_masks(&self, train: bool) -> Option<Vec<Tensor>> {
+        if !train || self.weight_drop == 0.0 {
+            return None;
+        }
+        let shapes: Vec<[i64; 2]> =
+            (0..self.layers as usize).map(|k| self.weights[4 * k + 1].size().try_into().expect("a matrix")).collect();
+        Some(super::weight_drop_masks(&shapes, self.weight_drop, &self.weights[1]))
     }
 
     /// Trains through `same`, a scratch model of the same function (see the module doc).
@@ -90,7 +109,13 @@ impl BuiltinLm {
     fn train_step_on(&self, same: &dyn RecurrentLm, tokens: &Tensor, targets: &Tensor, state: &State) -> (Tensor, State) {
         let params: HashMap<String, Tensor> = self.named_parameters().into_iter().collect();
         let (cell, layers) = (self.cell, self.layers as usize);
-        let mapped = layout::pytorch_to_scratch(&params, cell, layers).expect("a built-in model maps to its scratch cell");
+        let w_masks = self.weight_drop_masks(true);
+        let hh = |k: usize| format!("rnn.weight_hh_l{k}");
+        let mut inputs: HashMap<String, Tensor> = params.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+        for (k, m) in w_masks.iter().flatten().enumerate() {
+            inputs.insert(hh(k), tch::no_grad(|| &params[&hh(k)] * m));
+        }
+        let mapped = layout::pytorch_to_scratch(&inputs, cell, layers).expect("a built-in model maps to its scratch cell");
         let theirs = same.named_parameters();
         tch::no_grad(|| {
             crate::platform::tensorfile::assign(&theirs, &mapped, "the built-in weights").expect("the scratch cell has the same shapes");
@@ -100,7 +125,11 @@ impl BuiltinLm {
         });
         let (loss, state) = same.train_step(tokens, targets, state);
         let grads: HashMap<String, Tensor> = theirs.iter().map(|(n, p)| (n.clone(), p.grad())).collect();
-        let grads = layout::scratch_to_pytorch(&grads, cell, layers, BiasHh::Gradient).expect("the scratch cell maps back");
+        let mut grads = layout::scratch_to_pytorch(&grads, cell, layers, BiasHh::Gradient).expect("the scratch cell maps back");
+        for (k, m) in w_masks.iter().flatten().enumerate() {
+            let g = grads.iter_mut().find(|(n, _)| *n == hh(k)).expect("every layer's weight_hh has a gradient");
+            g.1 = &g.1 * m; // through W_hh ⊙ M
+        }
         super::bptt::ensure_grads(&self.vs.trainable_variables());
         tch::no_grad(|| {
             for (name, g) in grads {
@@ -119,7 +148,14 @@ impl RecurrentLm for BuiltinLm {
 
     fn forward_t(&self, tokens: &Tensor, state: &State, train: bool) -> (Tensor, State) {
         let inputs = tokens.tr().one_hot(self.vocab).to_kind(self.linear.ws.kind()); // [T, B, V]
-        let (w, l, p) = (&self.weights, self.layers, self.dropout);
+        let dropped: Option<Vec<Tensor>> = self.weight_drop_masks(train).map(|masks| {
+            let mut w: Vec<Tensor> = self.weights.iter().map(Tensor::shallow_clone).collect();
+            for (k, m) in masks.iter().enumerate() {
+                w[4 * k + 1] = &self.weights[4 * k + 1] * m;
+            }
+            w
+        });
+        let (w, l, p) = (dropped.as_ref().unwrap_or(&self.weights), self.layers, self.dropout);
         // has_biases, num_layers, dropout, train, bidirectional, batch_first
         let (outputs, state) = match self.op {
             BuiltinCell::RnnTanh => {

@@ -83,6 +83,12 @@ pub struct ModelConfig {
     /// from the top layer into the output layer) while training; 0: none.
     #[serde(skip_serializing_if = "is_zero")]
     pub dropout: f64,
+    /// DropConnect on the hidden-to-hidden weights while training (AWD-LSTM's
+    /// weight drop): each training pass multiplies every `W_h` by one fresh
+    /// mask of Bernoulli(1 − p) / (1 − p) entries ([`weight_drop_masks`]); 0:
+    /// none. Only cells with hidden weights (not the minGRU or minLSTM).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub weight_drop: f64,
 }
 
 fn is_zero(x: &f64) -> bool {
@@ -101,6 +107,7 @@ impl Default for ModelConfig {
             gru_gates: GruGates::Both,
             init_sigma: Some(0.01),
             dropout: 0.0,
+            weight_drop: 0.0,
         }
     }
 }
@@ -167,9 +174,10 @@ pub trait RecurrentLm {
 
     /// Runs over token ids `[B, T]` (Int64) from `state`: logits `[T, B, V]` for
     /// every step, and the state after the last step. `train` says whether this
-    /// is a training pass (as tch's `forward_t`): with `model.dropout` > 0 it
-    /// draws fresh dropout masks ([`dropout_masks`]); evaluation and sampling
-    /// pass `false` and are deterministic.
+    /// is a training pass (as tch's `forward_t`): with `model.weight_drop` > 0
+    /// it draws fresh weight-drop masks ([`weight_drop_masks`]), then with
+    /// `model.dropout` > 0 fresh dropout masks ([`dropout_masks`]); evaluation
+    /// and sampling pass `false` and are deterministic.
     fn forward_t(&self, tokens: &Tensor, state: &State, train: bool) -> (Tensor, State);
 
     /// [`RecurrentLm::forward_t`] for evaluation and sampling.
@@ -212,14 +220,26 @@ pub trait RecurrentLm {
 /// top layer's last): with the same seed, the scratch and built-in models drop
 /// the same units.
 pub fn dropout_masks(n: usize, shape: [i64; 3], p: f64, like: &Tensor) -> Vec<Tensor> {
-    (0..n)
-        .map(|_| {
-            let mut m = Tensor::empty(shape, (like.kind(), like.device()));
-            let _ = m.bernoulli_float_(1.0 - p);
-            let _ = m.g_div_scalar_(1.0 - p);
-            m
-        })
-        .collect()
+    (0..n).map(|_| bernoulli_mask(&shape, p, like)).collect()
+}
+
+/// Weight-drop masks for one training pass (`model.weight_drop = p`): one per
+/// layer, of the shape of that layer's hidden weights, drawn as
+/// [`dropout_masks`] draws (Bernoulli(1 − p) / (1 − p)), layer 0's first,
+/// before any dropout mask of the pass. The scratch model's are `[H, G·H]`, over
+/// its fused `[W_h ...]` (gate k at columns k·H..(k+1)·H); the built-in model's
+/// are `[G·H, H]`, over PyTorch's `weight_hh_l{k}`. One mask per minibatch, shared
+/// by all its rows and steps, as AWD-LSTM's `WeightDrop`.
+pub fn weight_drop_masks(shapes: &[[i64; 2]], p: f64, like: &Tensor) -> Vec<Tensor> {
+    shapes.iter().map(|s| bernoulli_mask(s, p, like)).collect()
+}
+
+/// Bernoulli(1 − p) / (1 − p) entries, drawn as ATen's `dropout` draws them.
+fn bernoulli_mask(shape: &[i64], p: f64, like: &Tensor) -> Tensor {
+    let mut m = Tensor::empty(shape, (like.kind(), like.device()));
+    let _ = m.bernoulli_float_(1.0 - p);
+    let _ = m.g_div_scalar_(1.0 - p);
+    m
 }
 
 /// The top layer's gate activations of a trained model over `tokens` (`[1, T]`)
@@ -288,13 +308,13 @@ impl ModelConfig {
         vs.set_kind(kind);
         let (h, l) = (self.hidden_size as i64, self.num_layers as i64);
         let sigma = self.init_sigma.unwrap_or(0.01);
-        fn scratch<C: cell::Cell + 'static>(mut m: ScratchLm<C>, opts: BuildOptions, dropout: f64) -> Box<dyn RecurrentLm> {
+        fn scratch<C: cell::Cell + 'static>(mut m: ScratchLm<C>, opts: BuildOptions, drop: (f64, f64)) -> Box<dyn RecurrentLm> {
             m.set_deterministic(opts.deterministic);
             m.set_path(opts.path.unwrap_or(ScratchPath::Bptt));
-            m.set_dropout(dropout);
+            m.set_dropout(drop.0, drop.1);
             Box::new(m)
         }
-        let p = self.dropout;
+        let p = (self.dropout, self.weight_drop);
         match (self.kind, self.cell) {
             (ModelKind::Scratch, CellKind::Gru) => {
                 let gru = cell::Gru::new(self.reset_gate.unwrap_or(ResetGate::Before), self.gru_gates);
@@ -305,16 +325,18 @@ impl ModelConfig {
             (ModelKind::Scratch, CellKind::MinGru) => scratch(ScratchLm::new(vs, cell::MinGru, vocab_size, h, l, sigma), opts, p),
             (ModelKind::Scratch, CellKind::MinLstm) => scratch(ScratchLm::new(vs, cell::MinLstm, vocab_size, h, l, sigma), opts, p),
             (ModelKind::Builtin, c) => {
-                let mut m = BuiltinLm::new(vs, c, vocab_size, h, l, p);
+                let mut m = BuiltinLm::new(vs, c, vocab_size, h, l, p.0, p.1);
                 if !opts.libtorch_step && device == Device::Cpu && matches!(kind, Kind::Float | Kind::Double) {
                     // The scratch cell that computes the same function, weights
-                    // zero (no draw) until each step assigns them.
+                    // zero (no draw) until each step assigns them (already
+                    // weight-dropped: this model draws the weight-drop masks).
                     let reset_gate = c.has_gru_options().then_some(ResetGate::After);
                     let same = ModelConfig {
                         kind: ModelKind::Scratch,
                         reset_gate,
                         gru_gates: GruGates::Both,
                         init_sigma: Some(0.0),
+                        weight_drop: 0.0,
                         ..self.clone()
                     };
                     m.train_on_engine(same.build(vocab_size, device, kind, opts));

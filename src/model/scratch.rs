@@ -15,6 +15,13 @@
 //! `nn.GRU(dropout=p)` plus dropout before the linear layer, masks drawn as
 //! libtorch draws them ([`super::dropout_masks`]).
 //!
+//! With `model.weight_drop = p` (DropConnect on the recurrence, AWD-LSTM's
+//! `WeightDrop`), each training pass first draws one mask `M [H, G·H]` per
+//! layer ([`super::weight_drop_masks`]) and runs the layer on `W_h ⊙ M` in place
+//! of `W_h`, every step and row of the minibatch alike; the gradient reaching
+//! `W_h` is the one reaching `W_h ⊙ M`, times `M`. Evaluation and sampling use
+//! `W_h` itself (the masks are inverted, so no rescaling).
+//!
 //! Weights are `[in, out]` and applied as `X W` (d2l's layout; PyTorch stores
 //! `[out, in]`, see [`super::layout`]). Initialisation as d2l: weights
 //! N(0, σ²) with σ = 0.01, biases zero. Names carry the layer: `W_xz_l0`, ...,
@@ -68,6 +75,16 @@ pub(crate) struct ScratchLm<C: Cell> {
     deterministic: bool,
     /// `model.dropout`: the probability of dropping a layer output while training.
     dropout: f64,
+    /// `model.weight_drop`: the probability of dropping a hidden weight while training.
+    weight_drop: f64,
+}
+
+/// One training pass's weight-dropped layers: per layer, its mask `[H, G·H]`
+/// over the fused hidden weights and the layer with `W_h ⊙ M` (the other
+/// parameters shared).
+pub(super) struct WeightDropped {
+    pub layers: Vec<Layer>,
+    pub masks: Vec<Tensor>,
 }
 
 impl<C: Cell> ScratchLm<C> {
@@ -102,7 +119,19 @@ impl<C: Cell> ScratchLm<C> {
             .collect();
         let w_hq = weight("W_hq", hidden, vocab);
         let b_q = root.zeros("b_q", &[vocab]);
-        ScratchLm { vs, cell, layers, w_hq, b_q, vocab, hidden, path: ScratchPath::Bptt, deterministic: false, dropout: 0.0 }
+        ScratchLm {
+            vs,
+            cell,
+            layers,
+            w_hq,
+            b_q,
+            vocab,
+            hidden,
+            path: ScratchPath::Bptt,
+            deterministic: false,
+            dropout: 0.0,
+            weight_drop: 0.0,
+        }
     }
 
     pub(crate) fn set_path(&mut self, path: ScratchPath) {
@@ -113,8 +142,31 @@ impl<C: Cell> ScratchLm<C> {
         self.deterministic = on;
     }
 
-    pub(crate) fn set_dropout(&mut self, p: f64) {
-        self.dropout = p;
+    /// `model.dropout` and `model.weight_drop`.
+    pub(crate) fn set_dropout(&mut self, dropout: f64, weight_drop: f64) {
+        assert!(
+            weight_drop == 0.0 || self.layers.iter().all(|l| l.gates.iter().all(|g| g.w_h.is_some())),
+            "weight drop needs hidden weights in every gate (the config refuses it for the other cells)"
+        );
+        self.dropout = dropout;
+        self.weight_drop = weight_drop;
+    }
+
+    /// A training pass's weight-dropped layers (drawn before its dropout
+    /// masks); none when not training or without weight drop.
+    pub(super) fn weight_dropped(&self, train: bool) -> Option<WeightDropped> {
+        if !train || self.weight_drop == 0.0 {
+            return None;
+        }
+        let shapes: Vec<[i64; 2]> = self.layers.iter().map(|l| [self.hidden, l.gates.len() as i64 * self.hidden]).collect();
+        let masks = super::weight_drop_masks(&shapes, self.weight_drop, &self.w_hq);
+        let layers = self.layers.iter().zip(&masks).map(|(l, m)| l.with_hidden_mask(m)).collect();
+        Some(WeightDropped { layers, masks })
+    }
+
+    /// The layers a training pass runs: weight-dropped, or the model's own.
+    pub(super) fn layers_of<'a>(&'a self, dropped: &'a Option<WeightDropped>) -> &'a [Layer] {
+        dropped.as_ref().map_or(&self.layers, |d| &d.layers)
     }
 
     /// A training pass's dropout masks, one `[T, B, H]` per layer (layer l's
@@ -141,12 +193,13 @@ impl<C: Cell> ScratchLm<C> {
     fn forward_reference(&self, tokens: &Tensor, state: &State, train: bool) -> (Tensor, State) {
         let inputs = tokens.tr().one_hot(self.vocab).to_kind(self.w_hq.kind()); // [T, B, V]
         let steps = inputs.size()[0];
+        let dropped = self.weight_dropped(train);
         let masks = self.masks(train, steps, inputs.size()[1]);
         let mut s: Vec<Vec<Tensor>> = state.per_layer(); // L x state
         let mut outputs = Vec::with_capacity(steps as usize);
         for t in 0..steps {
             let mut x = inputs.get(t);
-            for (l, p) in self.layers.iter().enumerate() {
+            for (l, p) in self.layers_of(&dropped).iter().enumerate() {
                 s[l] = self.cell.step_reference(p, &x, &s[l]);
                 x = match masks.get(l) {
                     Some(m) => &s[l][0] * m.get(t), // dropout on the way up
@@ -210,12 +263,13 @@ impl<C: Cell> ScratchLm<C> {
     fn forward_fused(&self, tokens: &Tensor, state: &State, train: bool) -> (Tensor, State) {
         let (b, t) = (tokens.size()[0], tokens.size()[1]);
         let hd = self.hidden;
+        let dropped = self.weight_dropped(train);
         let masks = self.masks(train, t, b);
         let ids = tokens.tr().reshape([-1]); // [T*B], time-major
         let s0 = state.per_layer();
         let mut finals = Vec::with_capacity(self.layers.len());
         let mut below: Option<Tensor> = None; // [T*B, H], the layer below's outputs
-        for (l, p) in self.layers.iter().enumerate() {
+        for (l, p) in self.layers_of(&dropped).iter().enumerate() {
             let xa = self.project(below.as_ref(), &ids, &p.w_x(), &p.b());
             let xa = xa.view([t, b, -1]).unbind(0);
             let w_h = p.w_h();

@@ -15,6 +15,8 @@
 //! |               | backward: the input projections and gates of every step, the |
 //! |               | states, their gradients, and logits, softmax and its gradient|
 //! |               | (with dropout, 2 more per layer: its mask and masked output) |
+//! |               | (with weight drop, 4·2·L·G·H² more: each layer's mask and    |
+//! |               | its dropped W_h)                                             |
 //! | data          | N·2W + 8·N/T: the ids on the host and their copy on the      |
 //! |               | device (the host's go once uploaded), and an epoch's row     |
 //! |               | starts (Int64); each step cuts its own minibatch out         |
@@ -75,6 +77,8 @@ impl Estimate {
         let s = m.cell.state_count() as u64;
         // Dropout keeps each layer's mask and its masked output.
         let d = if m.dropout > 0.0 { 2 } else { 0 };
+        // Weight drop keeps each layer's mask and its dropped W_h, [H, G·H] each.
+        let wd = if m.weight_drop > 0.0 { 2 * l * g * h * h } else { 0 };
         Estimate {
             parameter_count: p,
             parameters: 4 * p,
@@ -83,7 +87,7 @@ impl Estimate {
                 OptimizerKind::Sgd => 0,
                 OptimizerKind::Adam => 8 * p,
             },
-            activations: 4 * t * b * (3 * v + l * h * (3 * g + 2 * s + 2 + d)),
+            activations: 4 * (t * b * (3 * v + l * h * (3 * g + 2 * s + 2 + d)) + wd),
             data,
         }
     }

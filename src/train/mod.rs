@@ -64,7 +64,8 @@ pub(crate) struct EpochPlan<'a> {
     /// The first minibatch to train: 0, or where an interrupted epoch resumes
     /// (its carried state already in the stepper).
     pub from: i64,
-    /// `Some((train.seed, epoch))` when the model draws dropout masks: every step
+    /// `Some((train.seed, epoch))` when the model draws dropout or weight-drop
+    /// masks: every step
     /// reseeds libtorch's generator from (seed, epoch, step), so a step's masks
     /// depend on nothing else and a resumed run draws what the uninterrupted one
     /// drew.

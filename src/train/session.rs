@@ -206,7 +206,7 @@ impl<'a> Session<'a> {
             partition: cfg.data.partition,
             theta: tc.grad_clip,
             from: part.as_ref().map_or(0, |p| p.steps as i64),
-            mask_seed: (cfg.model.dropout > 0.0).then_some((tc.seed, epoch)),
+            mask_seed: (cfg.model.dropout > 0.0 || cfg.model.weight_drop > 0.0).then_some((tc.seed, epoch)),
             pause: StepPause::in_epoch(&self.run.path, number),
             progress: (tc.progress_seconds > 0.0 && !self.console.has_bar()).then(|| ProgressLines {
                 every: std::time::Duration::from_secs_f64(tc.progress_seconds),
@@ -470,7 +470,8 @@ fn init_source(src: &RunDir, cfg: &Config, corpus: &mut Corpus) -> Result<Weight
     let mut probe = cfg.clone();
     probe.model = src_cfg.model.clone();
     probe.model.init_sigma = cfg.model.init_sigma; // the weights are replaced anyway
-    probe.model.dropout = cfg.model.dropout; // a training setting, not a shape
+    probe.model.dropout = cfg.model.dropout; // training settings, not the shape
+    probe.model.weight_drop = cfg.model.weight_drop;
     let differ = probe.differing_keys(cfg);
     if !differ.is_empty() {
         return Err(usage!(

@@ -685,6 +685,55 @@ fn dropout_through_the_binary() {
     assert_fails(&grulm(dir.path(), &["parity", "--dropout", "1.5"]), 2, &["--dropout 1.5: expected a number from 0 to below 1"]);
 }
 
+#[test]
+fn weight_drop_through_the_binary() {
+    let dir = TempDir::new("weight-drop");
+    dir.write("x.txt", "the time traveller for so it will be convenient to speak of him ".repeat(20));
+    let c = cfg_on(&dir, "x.txt", "");
+    let train = |out: &str, extra: &[&str]| {
+        let base = ["train", "--config", &c, "--out", out, "--set", "data.val_fraction=0.2", "--set", "train.val_every=1"];
+        let o = grulm(dir.path(), &[&base[..], extra].concat());
+        assert!(o.status.success(), "{out}: {}", crate::helpers::stderr(&o));
+    };
+    // The scratch GRU and the built-in LSTM, each against itself without weight drop.
+    for (name, model) in
+        [("gru", &["--set", "model.cell=\"gru\""][..]), ("lstm", &["--set", "model.kind=\"builtin\"", "--set", "model.cell=\"lstm\""])]
+    {
+        let with = [model, &["--set", "model.weight_drop=0.5", "--set", "train.epochs=3"]].concat();
+        train(&format!("{name}-plain"), &[model, &["--set", "train.epochs=3"]].concat());
+        train(&format!("{name}-wd"), &with);
+        let (plain, wd) =
+            (metrics_without_timing(&dir.join(&format!("{name}-plain"))), metrics_without_timing(&dir.join(&format!("{name}-wd"))));
+        assert_ne!(plain[0]["train_ppl"], wd[0]["train_ppl"], "{name}: training with weight drop differs from weight drop 0");
+        // The same seed draws the same masks, and a run resumed after 2 epochs
+        // draws in its third what the uninterrupted run drew.
+        train(&format!("{name}-again"), &with);
+        assert_eq!(metrics_without_timing(&dir.join(&format!("{name}-again"))), wd, "{name}");
+        train(&format!("{name}-resumed"), &[model, &["--set", "model.weight_drop=0.5", "--set", "train.epochs=2"]].concat());
+        let o = grulm(dir.path(), &["train", "--out", &format!("{name}-resumed"), "--resume", "--set", "train.epochs=3"]);
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+        assert_eq!(metrics_without_timing(&dir.join(&format!("{name}-resumed"))), wd, "{name}: resumed");
+        // Evaluation drops nothing: eval gives the trainer's own validation of the last epoch.
+        let o = grulm(dir.path(), &["eval", "--run", &format!("{name}-wd"), "--split", "val", "--json", "--checkpoint", "last"]);
+        assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+        let ppl = serde_json::from_str::<serde_json::Value>(&stdout(&o)).unwrap()["perplexity"].as_f64().unwrap();
+        assert_eq!(ppl, wd[2]["val_ppl"].as_f64().unwrap(), "{name}");
+    }
+    // The key is in the saved config when set, and may change on resume.
+    assert!(std::fs::read_to_string(dir.join("gru-wd/config.toml")).unwrap().contains("weight_drop = 0.5"));
+    assert!(!std::fs::read_to_string(dir.join("gru-plain/config.toml")).unwrap().contains("weight_drop"));
+    let o = grulm(dir.path(), &["train", "--out", "gru-wd", "--resume", "--set", "train.epochs=4", "--set", "model.weight_drop=0.2"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    for bad in ["1", "-0.1", "\"half\""] {
+        let o = grulm(dir.path(), &["train", "--config", &c, "--out", "bad", "--set", &format!("model.weight_drop={bad}")]);
+        assert_fails(&o, 2, &[&format!("model.weight_drop = {bad}: expected a"), "in [0, 1)"]);
+    }
+    let o =
+        grulm(dir.path(), &["train", "--config", &c, "--out", "bad", "--set", "model.cell=\"mingru\"", "--set", "model.weight_drop=0.3"]);
+    assert_fails(&o, 2, &["model.weight_drop = 0.3: expected 0 for model.cell = \"mingru\"", "no hidden-to-hidden weights"]);
+    assert!(!dir.join("bad").exists(), "a refused config writes nothing");
+}
+
 /// One heatmap row read back: the unit and its value per character.
 type Row = (usize, Vec<f64>);
 

@@ -4,7 +4,9 @@
 //! computed by PyTorch in Python.
 #![allow(clippy::needless_range_loop)] // index loops read like the equations
 use crate::helpers::alone;
-use grulm::model::{dropout_masks, BuildOptions, CellKind, GruGates, ModelConfig, ModelKind, RecurrentLm, ResetGate, ScratchPath, State};
+use grulm::model::{
+    dropout_masks, weight_drop_masks, BuildOptions, CellKind, GruGates, ModelConfig, ModelKind, RecurrentLm, ResetGate, ScratchPath, State,
+};
 use grulm::platform::cpu::{set_cpu_kernels, CpuKernels};
 use grulm::platform::tensorfile::assign;
 use grulm::tools::parity;
@@ -118,6 +120,9 @@ struct RefLm {
     /// up (into layer l + 1, or from the top layer into the output layer). Empty:
     /// no dropout.
     masks: Vec<Vec<Vec<Vec<f64>>>>,
+    /// Weight-drop masks `[L][H·G·H]`: layer l's `[H, G·H]` (row-major), gate k
+    /// of the cell's columns k·H..(k+1)·H; the step runs on `W_h ⊙ M`. Empty: none.
+    wmasks: Vec<Vec<f64>>,
 }
 
 /// What one step of one layer keeps for the backward pass (one batch row).
@@ -181,6 +186,25 @@ impl RefLm {
             Some(m) => zip(v, &m[t][b], |a, m| a * m),
             None => v.to_vec(),
         }
+    }
+
+    /// The parameters a weight-dropped pass computes with: each `W_h{g}_l{l}[i][j]`
+    /// times `wmasks[l][i·G·H + k·H + j]` for gate g, the cell's k-th.
+    fn dropped(&self, p: &RefParams) -> RefParams {
+        let mut q = p.clone();
+        for (l, m) in self.wmasks.iter().enumerate() {
+            let gates = self.cell.gates();
+            let width = gates.len() * self.h;
+            for (k, (g, _, _)) in gates.iter().enumerate() {
+                let w = &mut q.values[p.idx(&format!("W_h{g}_l{l}"))];
+                for i in 0..self.h {
+                    for j in 0..self.h {
+                        w[i * self.h + j] *= m[i * width + k * self.h + j];
+                    }
+                }
+            }
+        }
+        q
     }
 
     fn random_params(&self, seed: u64, scale: f64) -> RefParams {
@@ -290,8 +314,21 @@ impl RefLm {
 
     /// tokens/targets [B][T]; s0 [L][B][state] (H, then C for the LSTM). Returns
     /// (logits [T][B][V], final state [state][L][B][H], loss, caches [T][L][B]).
+    /// With weight masks, on the dropped parameters ([`RefLm::dropped`]).
     #[allow(clippy::type_complexity)]
     fn forward(
+        &self,
+        p: &RefParams,
+        tokens: &[Vec<usize>],
+        targets: &[Vec<usize>],
+        s0: &[Vec<Vec<Vec<f64>>>],
+    ) -> (Vec<Vec<Vec<f64>>>, Vec<Vec<Vec<Vec<f64>>>>, f64, Vec<Vec<Vec<Cache>>>) {
+        self.forward_on(&self.dropped(p), tokens, targets, s0)
+    }
+
+    /// [`RefLm::forward`] on parameters as given.
+    #[allow(clippy::type_complexity)]
+    fn forward_on(
         &self,
         p: &RefParams,
         tokens: &[Vec<usize>],
@@ -470,8 +507,21 @@ impl RefLm {
     }
 
     /// Hand-derived backpropagation through time; gradients in `p`'s order.
-    fn backward(&self, p: &RefParams, tokens: &[Vec<usize>], targets: &[Vec<usize>], s0: &[Vec<Vec<Vec<f64>>>]) -> Vec<Vec<f64>> {
-        let (logits, _, _, caches) = self.forward(p, tokens, targets, s0);
+    /// With weight masks, through the dropped parameters: the chain rule of
+    /// `W_h ⊙ M` multiplies each `W_h`'s gradient by its mask.
+    fn backward(&self, raw: &RefParams, tokens: &[Vec<usize>], targets: &[Vec<usize>], s0: &[Vec<Vec<Vec<f64>>>]) -> Vec<Vec<f64>> {
+        let p = &self.dropped(raw);
+        let mut grads = self.backward_on(p, tokens, targets, s0);
+        // d(W ⊙ M)/dW = M: the dropped() product once more, on the gradients.
+        let as_params = RefParams { values: grads, ..raw.clone() };
+        let masked = self.dropped(&as_params);
+        grads = masked.values;
+        grads
+    }
+
+    /// [`RefLm::backward`] on parameters as given.
+    fn backward_on(&self, p: &RefParams, tokens: &[Vec<usize>], targets: &[Vec<usize>], s0: &[Vec<Vec<Vec<f64>>>]) -> Vec<Vec<f64>> {
+        let (logits, _, _, caches) = self.forward_on(p, tokens, targets, s0);
         let (b_n, t_n, h) = (tokens.len(), tokens[0].len(), self.h);
         let mut grads: Vec<Vec<f64>> = p.values.iter().map(|x| vec![0.0; x.len()]).collect();
         let mut carry_h = vec![vec![vec![0.0; h]; b_n]; self.layers];
@@ -537,7 +587,7 @@ impl Case {
 
 /// The tiny case: V=5, H=3, T=4 (B=2), weights and state at scale 0.5.
 fn tiny_case(cell: RefCell, layers: usize, seed: u64) -> Case {
-    let lm = RefLm { cell, v: 5, h: 3, layers, masks: vec![] };
+    let lm = RefLm { cell, v: 5, h: 3, layers, masks: vec![], wmasks: vec![] };
     let params = lm.random_params(seed, 0.5);
     let tokens = vec![vec![0, 3, 1, 4], vec![2, 2, 0, 1]];
     let targets = vec![vec![3, 1, 4, 2], vec![2, 0, 1, 3]];
@@ -559,14 +609,34 @@ fn fixed_masks(layers: usize) -> Vec<Vec<Vec<Vec<f64>>>> {
     (0..layers).map(|l| (0..4).map(|t| (0..2).map(|b| (0..3).map(|j| unit(l, t, b, j)).collect()).collect()).collect()).collect()
 }
 
+/// A fixed weight-drop pattern for the tiny case (p = 1/2): about every other
+/// hidden weight dropped, the others doubled.
+fn fixed_wmasks(cell: RefCell, layers: usize) -> Vec<Vec<f64>> {
+    let width = cell.gates().len() * 3;
+    (0..layers).map(|l| (0..3 * width).map(|e| if (l + e + e / 4).is_multiple_of(2) { 0.0 } else { 2.0 }).collect()).collect()
+}
+
 #[test]
 fn reference_gradients_match_finite_differences() {
     for cell in CELLS {
-        for (layers, dropout) in [(1, false), (2, false), (1, true), (2, true)] {
+        let cases = [(1, false, false), (2, false, false), (1, true, false), (2, true, false), (1, false, true), (2, true, true)];
+        for (layers, dropout, weight_drop) in cases {
+            if weight_drop && !cell.has_hidden() {
+                continue; // nothing to drop
+            }
             let mut c = tiny_case(cell, layers, 11);
             if dropout {
                 c.lm.masks = fixed_masks(layers);
             }
+            if weight_drop {
+                c.lm.wmasks = fixed_wmasks(cell, layers);
+            }
+            let dropout = match (dropout, weight_drop) {
+                (false, false) => "none",
+                (true, false) => "dropout",
+                (false, true) => "weight drop",
+                (true, true) => "dropout and weight drop",
+            };
             let grads = c.lm.backward(&c.params, &c.tokens, &c.targets, &c.s0);
             let eps = 1e-6;
             let mut worst: f64 = 0.0;
@@ -586,21 +656,23 @@ fn reference_gradients_match_finite_differences() {
                     worst = worst.max(rel);
                     assert!(
                         rel <= 1e-6,
-                        "{cell:?} layers {layers} dropout {dropout}: {}[{e}] analytic {an} vs finite difference {fd} (rel {rel:e})",
+                        "{cell:?} layers {layers} {dropout}: {}[{e}] analytic {an} vs finite difference {fd} (rel {rel:e})",
                         c.params.names[pi]
                     );
                 }
             }
             assert!(grads.iter().flatten().any(|g| g.abs() > 1e-3), "gradients must not all vanish");
-            eprintln!("{cell:?} layers {layers} dropout {dropout}: worst relative error {worst:e}");
+            eprintln!("{cell:?} layers {layers} {dropout}: worst relative error {worst:e}");
         }
     }
 }
 
-/// Loads the reference parameters into a scratch model (f64, CPU) with `dropout`.
-fn scratch_from(c: &Case, path: ScratchPath, dropout: f64) -> Box<dyn RecurrentLm> {
+/// Loads the reference parameters into a scratch model (f64, CPU) with
+/// `dropout` and `weight_drop`.
+fn scratch_from(c: &Case, path: ScratchPath, dropout: f64, weight_drop: f64) -> Box<dyn RecurrentLm> {
     let opts = BuildOptions { path: Some(path), ..BuildOptions::default() };
-    let m = ModelConfig { dropout, ..c.lm.cell.config(c.lm.layers, c.lm.h) }.build(c.lm.v as i64, Device::Cpu, Kind::Double, opts);
+    let cfg = ModelConfig { dropout, weight_drop, ..c.lm.cell.config(c.lm.layers, c.lm.h) };
+    let m = cfg.build(c.lm.v as i64, Device::Cpu, Kind::Double, opts);
     let src: Vec<(String, Tensor)> = c
         .params
         .names
@@ -620,23 +692,33 @@ fn max_diff(t: &Tensor, v: &[f64]) -> f64 {
     got.iter().zip(v).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
 }
 
+/// What a training step drops: `model.dropout`, `model.weight_drop`, and the
+/// seed the step's masks are drawn after.
+#[derive(Clone, Copy)]
+struct Drops {
+    dropout: f64,
+    weight_drop: f64,
+    seed: i64,
+}
+
 /// Max difference between a model's training step and the reference's, over
-/// logits, every state tensor, the loss and every gradient (f64). With dropout
-/// `Some((p, seed))` the model has `model.dropout = p` and draws its masks after
-/// `manual_seed(seed)`; the reference's masks must be those (`c.lm.masks`). The
-/// logits (evaluation) are compared with the reference without masks.
-fn worst_against_reference(c: &Case, path: ScratchPath, dropout: Option<(f64, i64)>) -> Vec<(String, f64)> {
-    let eval_lm = RefLm { masks: vec![], ..c.lm.clone() };
+/// logits, every state tensor, the loss and every gradient (f64). With
+/// `Some(drops)` the model has those `model.dropout` and `model.weight_drop`
+/// and draws its masks after `manual_seed(drops.seed)`; the reference's masks
+/// must be those (`c.lm.masks`, `c.lm.wmasks`). The logits (evaluation) are
+/// compared with the reference without masks.
+fn worst_against_reference(c: &Case, path: ScratchPath, drops: Option<Drops>) -> Vec<(String, f64)> {
+    let eval_lm = RefLm { masks: vec![], wmasks: vec![], ..c.lm.clone() };
     let (logits, _, _, _) = eval_lm.forward(&c.params, &c.tokens, &c.targets, &c.s0);
     let (_, finals, loss, _) = c.lm.forward(&c.params, &c.tokens, &c.targets, &c.s0);
     let grads = c.lm.backward(&c.params, &c.tokens, &c.targets, &c.s0);
-    let m = scratch_from(c, path, dropout.map_or(0.0, |d| d.0));
+    let m = scratch_from(c, path, drops.map_or(0.0, |d| d.dropout), drops.map_or(0.0, |d| d.weight_drop));
     let ids = |v: &[Vec<usize>]| Tensor::from_slice(&v.concat().iter().map(|&x| x as i64).collect::<Vec<_>>()).view([2, 4]);
     let (tokens, targets) = (ids(&c.tokens), ids(&c.targets));
     let (out, _) = tch::no_grad(|| m.forward(&tokens, &c.state()));
     // The training step: autograd on Reference and Fused, hand-written on Bptt.
-    if let Some((_, seed)) = dropout {
-        tch::manual_seed(seed);
+    if let Some(d) = drops {
+        tch::manual_seed(d.seed);
     }
     let (l, state) = m.train_step(&tokens, &targets, &c.state());
     let mut rows = vec![("logits".to_string(), max_diff(&out, &logits.concat().concat()))];
@@ -677,6 +759,12 @@ fn dropout_masks_in_the_training_step_match_the_reference() {
     alone("models::dropout_masks_in_the_training_step_match_the_reference", dropout_reference_body);
 }
 
+/// Drawn dropout masks `[T, B, H]` as the reference's `[L][T][B][H]`.
+fn ref_dropout_masks(drawn: &[Tensor]) -> Vec<Vec<Vec<Vec<f64>>>> {
+    let (t, b) = (drawn[0].size()[0], drawn[0].size()[1]);
+    drawn.iter().map(|m| (0..t).map(|t| (0..b).map(|b| Vec::<f64>::try_from(m.get(t).get(b)).unwrap()).collect()).collect()).collect()
+}
+
 fn dropout_reference_body() {
     const TOL: f64 = 1e-10;
     let p = 0.4;
@@ -685,18 +773,12 @@ fn dropout_reference_body() {
             let mut c = tiny_case(cell, layers, 5);
             let like = Tensor::zeros([1], (Kind::Double, Device::Cpu));
             tch::manual_seed(21);
-            let drawn = dropout_masks(layers, [4, 2, 3], p, &like);
-            c.lm.masks = drawn
-                .iter()
-                .map(|m| {
-                    (0..4).map(|t| (0..2).map(|b| Vec::<f64>::try_from(m.get(t).get(b)).unwrap()).collect()).collect::<Vec<Vec<Vec<f64>>>>()
-                })
-                .collect();
+            c.lm.masks = ref_dropout_masks(&dropout_masks(layers, [4, 2, 3], p, &like));
             let units: Vec<f64> = c.lm.masks.iter().flatten().flatten().flatten().copied().collect();
             assert!(units.iter().all(|&u| u == 0.0 || (u - 1.0 / 0.6).abs() < 1e-15), "inverted dropout: 0 or 1/(1-p)");
             assert!(units.contains(&0.0) && units.iter().any(|&u| u > 0.0), "some units dropped, some kept");
             for path in [ScratchPath::Reference, ScratchPath::Fused, ScratchPath::Bptt, ScratchPath::BpttOps] {
-                for (what, d) in worst_against_reference(&c, path, Some((p, 21))) {
+                for (what, d) in worst_against_reference(&c, path, Some(Drops { dropout: p, weight_drop: 0.0, seed: 21 })) {
                     assert!(d <= TOL, "{cell:?} layers {layers} {path:?} dropout {p}: {what} differs by {d:e}");
                 }
             }
@@ -705,6 +787,176 @@ fn dropout_reference_body() {
             let (a, b) =
                 (c.lm.forward(&c.params, &c.tokens, &c.targets, &c.s0).2, plain.forward(&c.params, &c.tokens, &c.targets, &c.s0).2);
             assert!((a - b).abs() > 1e-3, "{cell:?}: dropout changed the loss by {:e} only", (a - b).abs());
+        }
+    }
+}
+
+#[test]
+fn weight_drop_in_the_training_step_matches_the_reference() {
+    // model.weight_drop = 0.5, alone and with model.dropout = 0.4: the masks the
+    // model draws after a seed (its weight masks first) are drawn again here
+    // and given to the independent reference, whose W_h ⊙ M and chain rule
+    // the finite differences above check; every cell with hidden weights,
+    // every path, 1 and 2 layers, to 1e-10. Evaluation drops nothing.
+    alone("models::weight_drop_in_the_training_step_matches_the_reference", weight_drop_reference_body);
+}
+
+fn weight_drop_reference_body() {
+    const TOL: f64 = 1e-10;
+    let like = Tensor::zeros([1], (Kind::Double, Device::Cpu));
+    for cell in CELLS.into_iter().filter(RefCell::has_hidden) {
+        for layers in [1, 2] {
+            for dropout in [0.0, 0.4] {
+                let mut c = tiny_case(cell, layers, 5);
+                let width = cell.gates().len() as i64 * 3;
+                tch::manual_seed(21);
+                let drawn = weight_drop_masks(&vec![[3, width]; layers], 0.5, &like);
+                c.lm.wmasks = drawn.iter().map(|m| Vec::<f64>::try_from(m.flatten(0, -1)).unwrap()).collect();
+                if dropout > 0.0 {
+                    c.lm.masks = ref_dropout_masks(&dropout_masks(layers, [4, 2, 3], dropout, &like));
+                }
+                let units: Vec<f64> = c.lm.wmasks.concat();
+                assert!(units.iter().all(|&u| u == 0.0 || u == 2.0), "inverted: 0 or 1/(1-p)");
+                assert!(units.contains(&0.0) && units.contains(&2.0), "some weights dropped, some kept");
+                let drops = Drops { dropout, weight_drop: 0.5, seed: 21 };
+                for path in [ScratchPath::Reference, ScratchPath::Fused, ScratchPath::Bptt, ScratchPath::BpttOps] {
+                    for (what, d) in worst_against_reference(&c, path, Some(drops)) {
+                        assert!(d <= TOL, "{cell:?} layers {layers} {path:?} weight drop 0.5 dropout {dropout}: {what} differs by {d:e}");
+                    }
+                }
+                // The masks change the step: the reference without them is far off.
+                let plain = RefLm { wmasks: vec![], ..c.lm.clone() };
+                let (a, b) =
+                    (c.lm.forward(&c.params, &c.tokens, &c.targets, &c.s0).2, plain.forward(&c.params, &c.tokens, &c.targets, &c.s0).2);
+                assert!((a - b).abs() > 1e-4, "{cell:?}: weight drop changed the loss by {:e} only", (a - b).abs());
+            }
+        }
+    }
+}
+
+#[test]
+fn builtin_weight_drop_matches_the_reference() {
+    // The built-in GRU and LSTM with model.weight_drop = 0.5 (with and without
+    // model.dropout = 0.3), on the CPU engine and on libtorch's own op and
+    // autograd: weights read out of PyTorch's layout by this test's own
+    // mapping, the masks the model draws over weight_hh after a seed drawn
+    // again, the step against the independent reference (f64, 1e-10).
+    alone("models::builtin_weight_drop_matches_the_reference", builtin_weight_drop_body);
+}
+
+/// PyTorch's gate row blocks, in order: (the reference's gate, its bias, its
+/// hidden-side bias if it keeps one apart).
+fn pytorch_blocks(cell: CellKind) -> Vec<(&'static str, &'static str, Option<&'static str>)> {
+    match cell {
+        CellKind::Gru => vec![("r", "b_r", None), ("z", "b_z", None), ("h", "b_xh", Some("b_hh"))],
+        CellKind::Lstm => vec![("i", "b_i", None), ("f", "b_f", None), ("c", "b_c", None), ("o", "b_o", None)],
+        _ => unreachable!("the built-in cells with gates"),
+    }
+}
+
+/// Block `k` of a PyTorch `[G·H, in]` matrix, transposed: `[in, H]` row-major.
+fn block_t(m: &Tensor, k: i64, h: i64) -> Vec<f64> {
+    Vec::<f64>::try_from(m.narrow(0, k * h, h).tr().contiguous().flatten(0, -1)).unwrap()
+}
+
+/// A built-in model's tensors (its parameters, or their gradients) by the
+/// reference's names: weights per block transposed; a bias without a
+/// hidden-side twin is `b_ih + b_hh` for parameters, and `b_ih`'s gradient
+/// (which is `b_hh`'s) for gradients.
+fn from_pytorch(t: &HashMap<String, Tensor>, cell: CellKind, layers: usize, h: i64, grads: bool) -> HashMap<String, Vec<f64>> {
+    let v = |t: &Tensor| Vec::<f64>::try_from(t.contiguous().flatten(0, -1)).unwrap();
+    let mut out = HashMap::new();
+    for l in 0..layers {
+        let g = |n: &str| &t[&format!("rnn.{n}_l{l}")];
+        for (k, (gate, bias, hidden_bias)) in pytorch_blocks(cell).into_iter().enumerate() {
+            let k = k as i64;
+            out.insert(format!("W_x{gate}_l{l}"), block_t(g("weight_ih"), k, h));
+            out.insert(format!("W_h{gate}_l{l}"), block_t(g("weight_hh"), k, h));
+            let (b_ih, b_hh) = (g("bias_ih").narrow(0, k * h, h), g("bias_hh").narrow(0, k * h, h));
+            match hidden_bias {
+                Some(hb) => {
+                    out.insert(format!("{bias}_l{l}"), v(&b_ih));
+                    out.insert(format!("{hb}_l{l}"), v(&b_hh));
+                }
+                None if grads => {
+                    let d = f64::try_from((&b_ih - &b_hh).abs().max()).unwrap();
+                    assert!(d <= 1e-12, "b_ih and b_hh of block {k} get the same gradient (differ by {d:e})");
+                    out.insert(format!("{bias}_l{l}"), v(&b_ih));
+                }
+                None => drop(out.insert(format!("{bias}_l{l}"), v(&(b_ih + b_hh)))),
+            }
+        }
+    }
+    out.insert("W_hq".into(), v(&t["linear.weight"].tr()));
+    out.insert("b_q".into(), v(&t["linear.bias"]));
+    out
+}
+
+fn builtin_weight_drop_body() {
+    const TOL: f64 = 1e-10;
+    let (h, p) = (3i64, 0.5);
+    let like = Tensor::zeros([1], (Kind::Double, Device::Cpu));
+    for (cell, rc) in [(CellKind::Gru, RefCell::Gru { after: true, z: true, r: true }), (CellKind::Lstm, RefCell::Lstm)] {
+        let blocks = pytorch_blocks(cell);
+        let ref_gates: Vec<&str> = rc.gates().iter().map(|g| g.0).collect();
+        for layers in [1, 2] {
+            for dropout in [0.0, 0.3] {
+                let reset_gate = (cell == CellKind::Gru).then_some(ResetGate::After);
+                let cfg = ModelConfig {
+                    kind: ModelKind::Builtin,
+                    cell,
+                    reset_gate,
+                    hidden_size: h as usize,
+                    num_layers: layers,
+                    dropout,
+                    weight_drop: p,
+                    ..ModelConfig::default()
+                };
+                let libtorch = BuildOptions { libtorch_step: true, ..BuildOptions::default() };
+                for (how, opts) in [("CPU engine", BuildOptions::default()), ("libtorch", libtorch)] {
+                    let mut c = tiny_case(rc, layers, 5);
+                    let m = cfg.build(5, Device::Cpu, Kind::Double, opts);
+                    tch::manual_seed(3);
+                    parity::randomize(m.as_ref(), 0.5);
+                    let named: HashMap<String, Tensor> = m.named_parameters().into_iter().collect();
+                    let values = from_pytorch(&named, cell, layers, h, false);
+                    c.params.values = c.params.names.iter().map(|n| values[n].clone()).collect();
+                    // The masks over weight_hh [G·H, H], as the reference's [H, G·H].
+                    tch::manual_seed(21);
+                    let drawn = weight_drop_masks(&vec![[blocks.len() as i64 * h, h]; layers], p, &like);
+                    c.lm.wmasks = drawn
+                        .iter()
+                        .map(|m| {
+                            let per_gate: HashMap<&str, Vec<f64>> =
+                                blocks.iter().enumerate().map(|(k, b)| (b.0, block_t(m, k as i64, h))).collect();
+                            let h = h as usize;
+                            (0..h)
+                                .flat_map(|i| ref_gates.iter().flat_map(|g| per_gate[g][i * h..(i + 1) * h].to_vec()).collect::<Vec<_>>())
+                                .collect()
+                        })
+                        .collect();
+                    if dropout > 0.0 {
+                        c.lm.masks = ref_dropout_masks(&dropout_masks(layers, [4, 2, 3], dropout, &like));
+                    }
+                    let (_, finals, loss, _) = c.lm.forward(&c.params, &c.tokens, &c.targets, &c.s0);
+                    let grads = c.lm.backward(&c.params, &c.tokens, &c.targets, &c.s0);
+                    let ids = |v: &[Vec<usize>]| Tensor::from_slice(&v.concat().iter().map(|&x| x as i64).collect::<Vec<_>>()).view([2, 4]);
+                    tch::manual_seed(21);
+                    let (l, state) = m.train_step(&ids(&c.tokens), &ids(&c.targets), &c.state());
+                    let mut rows = vec![("loss".to_string(), (f64::try_from(&l).unwrap() - loss).abs())];
+                    for (k, fin) in finals.iter().enumerate() {
+                        rows.push((format!("state {k}"), max_diff(&state.tensors()[k], &fin.concat().concat())));
+                    }
+                    let got = from_pytorch(&named.iter().map(|(n, t)| (n.clone(), t.grad())).collect(), cell, layers, h, true);
+                    for (i, name) in c.params.names.iter().enumerate() {
+                        let d = got[name].iter().zip(&grads[i]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+                        rows.push((format!("grad {name}"), d));
+                    }
+                    for (what, d) in rows {
+                        assert!(d <= TOL, "built-in {cell:?} on {how}, layers {layers}, dropout {dropout}: {what} differs by {d:e}");
+                    }
+                }
+            }
         }
     }
 }
@@ -763,7 +1015,7 @@ fn gru_variants_really_differ() {
                 let from = if name == "b_h_l0" { "b_xh_l0" } else { name.as_str() };
                 c.params.values[i] = base.params.get(from).to_vec();
             }
-            let m = scratch_from(&c, ScratchPath::Fused, 0.0);
+            let m = scratch_from(&c, ScratchPath::Fused, 0.0, 0.0);
             let tokens = Tensor::from_slice(&[0i64, 3, 1, 4, 2, 2, 0, 1]).view([2, 4]);
             m.forward(&tokens, &c.state()).0
         })
@@ -994,7 +1246,8 @@ fn cpu_engine_matches_the_libtorch_step() {
     // independent reference above), and the built-in models' step on the
     // engine against libtorch's own RNN op and autograd: every cell, two
     // layers, f64 within 1e-10 and f32 within 1e-5 (the CPU tolerances), on 1
-    // thread and on 3 (rows split over an OpenMP team), with and without dropout.
+    // thread and on 3 (rows split over an OpenMP team), with and without dropout
+    // and weight drop.
     alone("models::cpu_engine_matches_the_libtorch_step", || {
         let path = |p| BuildOptions { path: Some(p), ..BuildOptions::default() };
         let libtorch = BuildOptions { libtorch_step: true, ..BuildOptions::default() };
@@ -1010,10 +1263,16 @@ fn cpu_engine_matches_the_libtorch_step() {
         for (name, cfg, engine, other) in cases {
             for (kind, tol) in [(Kind::Double, 1e-10), (Kind::Float, 1e-5)] {
                 for threads in [1, 3] {
-                    for dropout in [0.0, 0.3] {
-                        let cfg = ModelConfig { dropout, ..cfg.clone() };
+                    for (dropout, weight_drop) in [(0.0, 0.0), (0.3, 0.0), (0.3, 0.4)] {
+                        if weight_drop > 0.0 && cfg.cell.hidden_gate_count(cfg.gru_gates) == 0 {
+                            continue; // no hidden weights to drop
+                        }
+                        let cfg = ModelConfig { dropout, weight_drop, ..cfg.clone() };
                         for (what, d) in two_steps(&cfg, engine, other, kind, threads) {
-                            assert!(d <= tol, "{name} {kind:?} {threads} thread(s) dropout {dropout}: {what} differs by {d:e}");
+                            assert!(
+                                d <= tol,
+                                "{name} {kind:?} {threads} thread(s) dropout {dropout} weight drop {weight_drop}: {what} differs by {d:e}"
+                            );
                         }
                     }
                 }

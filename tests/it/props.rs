@@ -97,8 +97,8 @@ fn valid_config() -> impl Strategy<Value = Vec<String>> {
     let model = (any::<bool>(), 0usize..3, 1usize..7, 1usize..4, any::<bool>(), 0usize..3, proptest::option::of(0.001f64..0.5));
     let train = (any::<bool>(), 0.01f64..2.0, 0.1f64..5.0, any::<u32>(), 0usize..3, 0usize..3, any::<bool>(), any::<bool>(), any::<bool>());
     let sample = (proptest::option::of(0.1f64..3.0), proptest::option::of(1usize..3), proptest::option::of(0.05f64..1.0), any::<u32>());
-    let dropout = proptest::option::of(0.0f64..0.9);
-    (data, model, train, sample, dropout).prop_map(|(d, m, t, s, dropout)| {
+    let dropout = (proptest::option::of(0.0f64..0.9), proptest::option::of(0.0f64..0.9));
+    (data, model, train, sample, dropout).prop_map(|(d, m, t, s, (dropout, weight_drop))| {
         let (raw, min_freq, reserved, val, b, steps, random) = d;
         let (builtin, cell, hidden, layers, after, gates, sigma) = m;
         let (adam, lr, clip, seed, predict_every, checkpoint_every, deterministic, cuda_graph, tensorboard) = t;
@@ -147,6 +147,9 @@ fn valid_config() -> impl Strategy<Value = Vec<String>> {
         }
         if let Some(p) = dropout {
             sets.push(format!("model.dropout={p}"));
+        }
+        if let Some(p) = weight_drop {
+            sets.push(format!("model.weight_drop={p}"));
         }
         if let Some(t) = temperature {
             sets.push(format!("sample.temperature={t}"));

@@ -234,6 +234,27 @@ impl Layer {
         self.gates.iter().find(|g| g.def.name == name).unwrap_or_else(|| panic!("the cell has no gate {name}"))
     }
 
+    /// The layer with each gate's `W_h` times its columns of `mask [H, G·H]`
+    /// (weight drop; gate k at columns k·H..(k+1)·H, every gate with hidden
+    /// weights), the other parameters shared. Differentiable: autograd takes the
+    /// product back into `W_h`.
+    pub(crate) fn with_hidden_mask(&self, mask: &Tensor) -> Layer {
+        let h = mask.size()[0];
+        let gates = self
+            .gates
+            .iter()
+            .enumerate()
+            .map(|(k, g)| Gate {
+                def: g.def,
+                w_x: g.w_x.shallow_clone(),
+                w_h: Some(g.w_h() * mask.narrow(1, k as i64 * h, h)),
+                b: g.b.shallow_clone(),
+                b_h: g.b_h.as_ref().map(Tensor::shallow_clone),
+            })
+            .collect();
+        Layer { gates }
+    }
+
     /// `[W_x of each gate]`: `[in, G·H]`.
     pub(crate) fn w_x(&self) -> Tensor {
         Tensor::cat(&self.gates.iter().map(|g| &g.w_x).collect::<Vec<_>>(), 1)
