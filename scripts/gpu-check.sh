@@ -179,6 +179,23 @@ for cell in mingru minlstm; do
   record "minimal-$cell" $ok "{\"eval_ppl_cuda\": \"$a\", \"eval_ppl_cpu\": \"$b\", \"train\": $(metrics "$RUNS/$cell" 2>/dev/null || echo '{}')}"
 done
 
+# 6c. Weight drop (model.weight_drop): the scratch GRU (its masked W_h under the CUDA graph) and
+#     the built-in LSTM (cuDNN handed weight_hh ⊙ M, outside its flattened buffer: the log must not
+#     warn of re-flattening), 2 layers, trained on CUDA, evaluated on CUDA and on the CPU.
+for m in scratch concise; do
+  ok=true
+  extra=(); [ "$m" = concise ] && extra=(--set model.cell=\"lstm\")
+  run "train-wd-$m" 200 "$GRULM" train --config "configs/gru-$m.toml" --device "$DEV" --out "$RUNS/wd-$m" "${extra[@]}" \
+    --set model.num_layers=2 --set model.weight_drop=0.3 --set train.epochs=50 --quiet "${SHORT[@]}" || ok=false
+  grep -q 'contiguous chunk' "$OUT/logs/train-wd-$m.log" && ok=false
+  for d in "$DEV" cpu; do
+    run "eval-wd-$m-$d" 60 "$GRULM" eval --run "$RUNS/wd-$m" --device "$d" || ok=false
+  done
+  a=$(ppl_of "$OUT/logs/eval-wd-$m-$DEV.log"); b=$(ppl_of "$OUT/logs/eval-wd-$m-cpu.log")
+  "$PY" -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); sys.exit(0 if abs(a-b) <= 1e-3*b else 1)" "${a:-nan}" "${b:-nan}" || ok=false
+  record "weight-drop-$m" $ok "{\"eval_ppl_cuda\": \"$a\", \"eval_ppl_cpu\": \"$b\", \"train\": $(metrics "$RUNS/wd-$m" 2>/dev/null || echo '{}')}"
+done
+
 # 7. train.deterministic: twice with the same seed -> bit-identical metrics; the
 #    CUDA graph and eager steps agree bit for bit there too. Without it: reported.
 for m in scratch concise; do

@@ -74,6 +74,8 @@ fn gpu_check_script_runs_every_check_in_a_cpu_dry_run() {
             "cpu-run-on-cuda",
             "minimal-mingru",
             "minimal-minlstm",
+            "weight-drop-scratch",
+            "weight-drop-concise",
             "deterministic-scratch",
             "deterministic-concise",
             "bench"
@@ -89,6 +91,8 @@ fn gpu_check_script_runs_every_check_in_a_cpu_dry_run() {
         "cpu-run-on-cuda",
         "minimal-mingru",
         "minimal-minlstm",
+        "weight-drop-scratch",
+        "weight-drop-concise",
         "deterministic-scratch",
         "deterministic-concise",
         "bench",
@@ -98,7 +102,7 @@ fn gpu_check_script_runs_every_check_in_a_cpu_dry_run() {
     assert!(!ok("train-scratch"), "2 epochs cannot reach perplexity 1.1");
     assert_eq!(o.status.code(), Some(1), "a failed check fails the script");
     let all: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("gpu-check.json")).unwrap()).unwrap();
-    assert_eq!(all["checks"].as_array().unwrap().len(), 18);
+    assert_eq!(all["checks"].as_array().unwrap().len(), 20);
     assert_eq!(all["bench"].as_array().unwrap().len(), 13, "11 grulm models and 2 python ones, merged: {summary}");
 }
 
