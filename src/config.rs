@@ -4,7 +4,8 @@
 //! lists only its differences. Parsing is by hand over a `toml::Table` rather than
 //! serde's derive, so that each mistake gets one line naming the file (or the
 //! `--set`), the key, the value and what was expected.
-pub use crate::data::{DataConfig, Preprocess, SeqPartition};
+use crate::data::include_patterns;
+pub use crate::data::{CorpusSource, DataConfig, Preprocess, SeqPartition};
 use crate::error::UsageError;
 pub use crate::model::{CellKind, GruGates, ModelConfig, ModelKind, ResetGate};
 use serde::Serialize;
@@ -88,7 +89,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data: DataConfig {
-                corpus: "timemachine".into(),
+                corpus: CorpusSource::Path("timemachine".into()),
+                include: None,
                 preprocess: Preprocess::D2l,
                 max_tokens: 10_000,
                 min_freq: 0,
@@ -277,12 +279,27 @@ impl Reader<'_> {
     fn data(&self, mut t: Table, d: &DataConfig) -> Result<DataConfig, UsageError> {
         let (r, s) = (self, "data");
         let data = DataConfig {
-            corpus: match r.string(&mut t, s, "corpus")? {
-                Some(c) if c.trim().is_empty() => {
-                    return Err(r.err(s, "corpus", &Value::String(c), "\"timemachine\" or a path to a text file"))
+            corpus: {
+                let expected = "\"timemachine\", a path to a text file or a directory, or a list of paths";
+                match t.remove("corpus") {
+                    None => d.corpus.clone(),
+                    Some(Value::String(c)) if !c.trim().is_empty() => CorpusSource::Path(c),
+                    Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|v| v.as_str().is_some_and(|p| !p.trim().is_empty())) => {
+                        CorpusSource::List(a.iter().filter_map(Value::as_str).map(String::from).collect())
+                    }
+                    Some(v) => return Err(r.err(s, "corpus", &v, expected)),
                 }
-                Some(c) => c,
-                None => d.corpus.clone(),
+            },
+            include: match r.string(&mut t, s, "include")? {
+                Some(i) if include_patterns(&i).iter().any(|p| p.is_empty() || p.contains('/')) => {
+                    return Err(r.err(
+                        s,
+                        "include",
+                        &Value::String(i),
+                        "comma-separated file-name patterns such as \"*.c,*.h\" (none empty, no '/': they match names, not paths)",
+                    ))
+                }
+                i => i,
             },
             preprocess: r.choice(&mut t, s, "preprocess", &[("d2l", Preprocess::D2l), ("raw", Preprocess::Raw)])?.unwrap_or(d.preprocess),
             max_tokens: r.int(&mut t, s, "max_tokens", 0, i64::MAX, d.max_tokens)?,
@@ -509,8 +526,18 @@ fn show_value(v: &Value) -> String {
     }
 }
 
-const DATA_KEYS: &[&str] =
-    &["corpus", "preprocess", "max_tokens", "min_freq", "reserved_tokens", "val_fraction", "partition", "batch_size", "num_steps"];
+const DATA_KEYS: &[&str] = &[
+    "corpus",
+    "include",
+    "preprocess",
+    "max_tokens",
+    "min_freq",
+    "reserved_tokens",
+    "val_fraction",
+    "partition",
+    "batch_size",
+    "num_steps",
+];
 const MODEL_KEYS: &[&str] =
     &["kind", "cell", "hidden_size", "num_layers", "reset_gate", "gru_gates", "init_sigma", "dropout", "weight_drop"];
 const TRAIN_KEYS: &[&str] = &[

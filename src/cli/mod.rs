@@ -98,6 +98,14 @@ fn dry_run(cfg: &Config, dev: tch::Device) -> Result<()> {
     } as u64;
     let est = Estimate::new(cfg, v, corpus.train.len() as u64);
     let m = &cfg.model;
+    let files = &corpus.files.files;
+    println!(
+        "corpus      {} ({} file(s), {} bytes, {} characters after preprocessing)",
+        cfg.data.corpus,
+        files.len(),
+        corpus.files.bytes(),
+        corpus.total_chars
+    );
     println!(
         "parameters  {} (V = {v}, H = {}, {} layer(s), {} gate(s) each)",
         est.parameter_count,
@@ -269,18 +277,24 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
     let dev = device::resolve(&a.device)?;
     let run_dir = RunDir::new(&a.run);
     let run::Trained { cfg, vocab, mut model, weights } = run_dir.load_model(dev, a.checkpoint.into())?;
-    let name = a.corpus.clone().unwrap_or_else(|| cfg.data.corpus.clone());
-    let path = data::resolve_corpus(&name)?;
+    // --corpus: a file or a directory (read with the run's data.include).
+    let mut text = cfg.data.clone();
+    if let Some(name) = &a.corpus {
+        text.corpus = data::CorpusSource::Path(name.clone());
+        if !std::path::Path::new(name).is_dir() {
+            text.include = None;
+        }
+    }
     let split = a.split.unwrap_or(Split::All);
     let part = match split {
         Split::All => eval::Part::Whole,
         Split::Train => eval::Part::Train,
         Split::Val => eval::Part::Val,
     };
-    let (ids, unknown) = eval::ids_to_score(&cfg.data, &vocab, &path, part, &run_dir.file(run::VOCAB))?;
+    let (ids, unknown, shown) = eval::ids_to_score(&text, &vocab, part, &run_dir.file(run::VOCAB))?;
     weights.say_notes();
-    let ppl = eval::perplexity(model.as_mut(), &ids, cfg.data.batch_size, cfg.data.num_steps, dev)
-        .with_context(|| format!("corpus {}", path.display()))?;
+    let ppl =
+        eval::perplexity(model.as_mut(), &ids, cfg.data.batch_size, cfg.data.num_steps, dev).with_context(|| format!("corpus {shown}"))?;
     let split_name = format!("{split:?}").to_lowercase();
     if a.json {
         // bits per character: log2 of the per-character cross-entropy's exponent.
@@ -289,7 +303,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
             "bits_per_char": ppl.log2(),
             "tokens": ids.len(),
             "unknown": unknown,
-            "corpus": path.display().to_string(),
+            "corpus": shown,
             "split": split_name,
         });
         println!("{line}");
@@ -298,7 +312,7 @@ fn eval_cmd(a: EvalArgs) -> Result<()> {
             "perplexity {ppl:.3} ({:.3} bits per character) on {} tokens of {} ({split_name}; {unknown} mapped to <unk>)",
             ppl.log2(),
             ids.len(),
-            path.display()
+            shown
         );
     }
     Ok(())

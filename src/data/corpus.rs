@@ -1,5 +1,6 @@
-//! The corpus: where it comes from (d2l's download, SHA-1 checked, or a user's
-//! file), its preprocessing, and its ids for training and validation.
+//! The corpus: where it comes from (d2l's download, SHA-1 checked, a user's
+//! file, or a directory or list of them), its preprocessing, and its ids for
+//! training and validation.
 use super::batches::SeqPartition;
 use super::vocab::{CharCounts, Ids, Vocab, UNK};
 use crate::platform::fsutil;
@@ -20,10 +21,53 @@ pub enum Preprocess {
     Raw,
 }
 
+/// `data.corpus`: where the text comes from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum CorpusSource {
+    /// `timemachine` (downloaded), a UTF-8 text file, or a directory: every file
+    /// under it (or those `data.include` matches), in byte order of their paths.
+    Path(String),
+    /// Files and directories, read in the order given (each directory as above).
+    List(Vec<String>),
+}
+
+impl CorpusSource {
+    /// The paths it names, in order.
+    pub fn entries(&self) -> Vec<&str> {
+        match self {
+            CorpusSource::Path(p) => vec![p.as_str()],
+            CorpusSource::List(l) => l.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// Its last path component (for titles), or `N sources` for a list of several.
+    pub fn short_name(&self) -> String {
+        match self.entries()[..] {
+            [one] => Path::new(one).file_name().map_or(one.to_string(), |n| n.to_string_lossy().into()),
+            ref many => format!("{} sources", many.len()),
+        }
+    }
+}
+
+impl std::fmt::Display for CorpusSource {
+    /// A path as it is; a list as TOML writes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CorpusSource::Path(p) => f.write_str(p),
+            CorpusSource::List(l) => write!(f, "[{}]", l.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DataConfig {
-    /// `timemachine` (downloaded) or a path to a UTF-8 text file.
-    pub corpus: String,
+    /// `timemachine` (downloaded), a path to a UTF-8 text file or a directory, or a list of those.
+    pub corpus: CorpusSource,
+    /// The file names a directory corpus reads (comma-separated globs with `*`
+    /// and `?`, e.g. `*.c,*.h`); none: every file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub include: Option<String>,
     pub preprocess: Preprocess,
     /// Keep the first N tokens after building the vocabulary (0: all). d2l: 10,000.
     pub max_tokens: usize,
@@ -104,6 +148,159 @@ pub fn download_verified(url: &str, sha1_hex: &str, dest: &Path) -> Result<()> {
 
 pub fn hex_sha1(bytes: &[u8]) -> String {
     Sha1::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The files a corpus is read from, in order, with their sizes in bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CorpusFiles {
+    pub files: Vec<(PathBuf, u64)>,
+}
+
+impl CorpusFiles {
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.1).sum()
+    }
+
+    /// The record a run's config.toml keeps (TOML comments): how many files,
+    /// their total size, and each in the order read.
+    pub(crate) fn record(&self) -> String {
+        let mut out = format!(
+            "# data.corpus was read from {} file(s), {} bytes in all, in this order (a newline is added after a file that lacks one):\n",
+            self.files.len(),
+            self.bytes()
+        );
+        for (path, bytes) in &self.files {
+            out += &format!("#   {} ({bytes} bytes)\n", path.display());
+        }
+        out
+    }
+}
+
+/// Whether `name` matches the glob `pat` (`*` any run of characters, `?` one).
+fn glob_match(pat: &[char], name: &[char]) -> bool {
+    // Iterative with backtracking to the last `*`: linear in practice.
+    let (mut p, mut n, mut star, mut mark) = (0, 0, None, 0);
+    while n < name.len() {
+        if p < pat.len() && (pat[p] == '?' || pat[p] == name[n]) {
+            p += 1;
+            n += 1;
+        } else if p < pat.len() && pat[p] == '*' {
+            star = Some(p);
+            mark = n;
+            p += 1;
+        } else if let Some(s) = star {
+            p = s + 1;
+            mark += 1;
+            n = mark;
+        } else {
+            return false;
+        }
+    }
+    pat[p..].iter().all(|&c| c == '*')
+}
+
+/// `data.include`'s patterns: comma-separated, trimmed.
+pub(crate) fn include_patterns(include: &str) -> Vec<&str> {
+    include.split(',').map(str::trim).collect()
+}
+
+/// Every file under `dir` whose name matches one of `patterns` (none: every
+/// file), sorted by the bytes of their paths (what `find DIR | LC_ALL=C sort`
+/// gives). Names starting with `.` are skipped (as `fd` and ripgrep do), and
+/// symbolic links to directories are not followed (no cycles).
+fn files_under(dir: &Path, patterns: &[Vec<char>]) -> Result<Vec<(PathBuf, u64)>> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|e| usage!("corpus {}: cannot read directory {}: {e}", dir.display(), d.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| usage!("corpus {}: cannot read directory {}: {e}", dir.display(), d.display()))?;
+            let name: Vec<char> = entry.file_name().to_string_lossy().chars().collect();
+            if name.first() == Some(&'.') {
+                continue;
+            }
+            let path = entry.path();
+            let kind = entry.file_type().map_err(|e| usage!("corpus {}: cannot read {}: {e}", dir.display(), path.display()))?;
+            if kind.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            // A link counts as what it points to, if that is a file.
+            let meta = match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => m,
+                _ => continue,
+            };
+            if patterns.is_empty() || patterns.iter().any(|p| glob_match(p, &name)) {
+                out.push((path, meta.len()));
+            }
+        }
+    }
+    use std::os::unix::ffi::OsStrExt;
+    out.sort_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
+    Ok(out)
+}
+
+/// The files `cfg.corpus` reads, in order (see [`CorpusSource`]); `timemachine`
+/// is downloaded if it is missing.
+pub fn corpus_files(cfg: &DataConfig) -> Result<CorpusFiles> {
+    let patterns: Vec<Vec<char>> =
+        cfg.include.as_deref().map_or(vec![], |i| include_patterns(i).iter().map(|p| p.chars().collect()).collect());
+    let mut files = vec![];
+    let mut any_dir = false;
+    for entry in cfg.corpus.entries() {
+        let path = resolve_corpus(entry)?;
+        let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => usage!("corpus {}: no such file or directory", path.display()),
+            _ => usage!("corpus {}: cannot read: {e}", path.display()),
+        })?;
+        if meta.is_dir() {
+            any_dir = true;
+            let found = files_under(&path, &patterns)?;
+            if found.is_empty() {
+                return Err(match &cfg.include {
+                    Some(i) => usage!("corpus {}: no file under it matches data.include = {i:?}", path.display()),
+                    None => usage!("corpus {}: is a directory with no files", path.display()),
+                });
+            }
+            files.extend(found);
+        } else {
+            files.push((path, meta.len()));
+        }
+    }
+    if let (Some(i), false) = (&cfg.include, any_dir) {
+        return Err(usage!("data.include = {i:?}: applies to a directory corpus, and data.corpus = {} names none", cfg.corpus));
+    }
+    Ok(CorpusFiles { files })
+}
+
+/// The text of a corpus: its files ([`corpus_files`]) one after the other, with
+/// a newline added after a file that does not end in one (so that no line runs
+/// into the next file's first), and the files read.
+pub fn read_corpus(cfg: &DataConfig) -> Result<(String, CorpusFiles)> {
+    let files = corpus_files(cfg)?;
+    if let [(one, _)] = &files.files[..] {
+        return Ok((read_text(one)?, files));
+    }
+    let shown = &cfg.corpus;
+    let mut text = String::with_capacity(files.bytes() as usize + files.files.len());
+    for (path, _) in &files.files {
+        let bytes = std::fs::read(path).map_err(|e| usage!("corpus {shown}: cannot read {}: {e}", path.display()))?;
+        let part = String::from_utf8(bytes).map_err(|e| {
+            usage!(
+                "corpus {shown}: {}: not UTF-8 (invalid byte at offset {}); grulm reads UTF-8 text (data.include can leave such files out)",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            )
+        })?;
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&part);
+    }
+    if text.is_empty() {
+        return Err(usage!("corpus {shown}: its {} files are all empty", files.files.len()));
+    }
+    Ok((text, files))
 }
 
 /// Reads a corpus file, with one-line errors for the usual mistakes.
@@ -191,6 +388,8 @@ pub struct Corpus {
     pub val: Option<Ids>,
     /// Characters after preprocessing, before `max_tokens` (170,580 for d2l's Time Machine).
     pub total_chars: usize,
+    /// The files it was read from.
+    pub files: CorpusFiles,
 }
 
 impl Corpus {
@@ -225,9 +424,14 @@ impl Corpus {
     /// d2l's `load_corpus_time_machine` plus the validation split, with the checks a
     /// user's own text needs. The config is already validated.
     pub fn load(cfg: &DataConfig) -> Result<Corpus> {
-        let path = resolve_corpus(&cfg.corpus)?;
-        let text = read_text(&path)?;
-        Corpus::from_text(&text, cfg, &path.display().to_string())
+        let (text, files) = read_corpus(cfg)?;
+        let shown = match &files.files[..] {
+            [(one, _)] => one.display().to_string(),
+            _ => cfg.corpus.to_string(),
+        };
+        let mut corpus = Corpus::from_text(&text, cfg, &shown)?;
+        corpus.files = files;
+        Ok(corpus)
     }
 
     /// Two passes over the preprocessed text, both linear: count the characters
@@ -266,6 +470,6 @@ impl Corpus {
                 cfg.num_steps
             ));
         }
-        Ok(Corpus { vocab, train: ids, val, total_chars: counts.total })
+        Ok(Corpus { vocab, train: ids, val, total_chars: counts.total, files: CorpusFiles { files: vec![] } })
     }
 }

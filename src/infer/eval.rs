@@ -50,24 +50,30 @@ pub(crate) enum Part {
     Val,
 }
 
-/// The ids of `part` of the corpus file `path` for a run with `data` and
-/// `vocab` (`vocab_file` names it in errors), and how many of the characters
-/// fell outside the vocabulary (`<unk>`).
-pub(crate) fn ids_to_score(data: &DataConfig, vocab: &Vocab, path: &Path, part: Part, vocab_file: &Path) -> Result<(Ids, usize)> {
+/// The ids of `part` of the corpus `data.corpus` for a run with `data` and
+/// `vocab` (`vocab_file` names it in errors), how many of the characters fell
+/// outside the vocabulary (`<unk>`), and the corpus as messages name it (its
+/// file, or `data.corpus` for several).
+pub(crate) fn ids_to_score(data: &DataConfig, vocab: &Vocab, part: Part, vocab_file: &Path) -> Result<(Ids, usize, String)> {
+    let files = data::corpus_files(data)?;
+    let shown = match &files.files[..] {
+        [(one, _)] => one.display().to_string(),
+        _ => data.corpus.to_string(),
+    };
     if let Part::Whole = part {
-        return Ok(vocab.encode_text(&data::read_text(path)?, data.preprocess));
+        let (ids, unknown) = vocab.encode_text(&data::read_corpus(data)?.0, data.preprocess);
+        return Ok((ids, unknown, shown));
     }
     let corpus = data::Corpus::load(data)?;
     if corpus.vocab != *vocab {
         return Err(usage!(
-            "--split: corpus {} no longer gives the run's vocabulary ({}); it changed since the run was trained",
-            path.display(),
+            "--split: corpus {shown} no longer gives the run's vocabulary ({}); it changed since the run was trained",
             vocab_file.display()
         ));
     }
     match (part, corpus.val) {
-        (Part::Train, _) => Ok((corpus.train, 0)),
-        (_, Some(val)) => Ok((val, 0)),
+        (Part::Train, _) => Ok((corpus.train, 0, shown)),
+        (_, Some(val)) => Ok((val, 0, shown)),
         (_, None) => Err(usage!("--split val: the run has no validation split (data.val_fraction = 0)")),
     }
 }

@@ -178,8 +178,11 @@ impl RunDir {
         Ok(())
     }
 
-    pub(crate) fn save_config(&self, cfg: &Config) -> Result<()> {
-        fsutil::write_atomic(&self.file(CONFIG), cfg.to_toml().as_bytes())
+    /// The resolved config, and (as TOML comments at its end) the files the
+    /// corpus was read from, when they are known.
+    pub(crate) fn save_config(&self, cfg: &Config, corpus: Option<&crate::data::CorpusFiles>) -> Result<()> {
+        let text = cfg.to_toml() + &corpus.map(|c| format!("\n{}", c.record())).unwrap_or_default();
+        fsutil::write_atomic(&self.file(CONFIG), text.as_bytes())
     }
 
     pub(crate) fn load_config(&self) -> Result<Config> {

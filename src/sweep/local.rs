@@ -87,7 +87,7 @@ pub(crate) fn prepare(sweep: &Sweep, dir: &Path, executor: &str) -> Result<Manif
         let run = RunDir::new(dir.join(&p.name));
         if !run.file(crate::run::CONFIG).exists() {
             std::fs::create_dir_all(&run.path).with_context(|| format!("cannot create {}", run.path.display()))?;
-            run.save_config(&p.config)?;
+            run.save_config(&p.config, None)?;
         }
     }
     let mut manifest = sweep.manifest(executor);

@@ -105,8 +105,8 @@ impl<'a> Session<'a> {
         }
         let lock = if opts.resume && !run.path.is_dir() { None } else { Some(run.lock()?) };
         let progress = match opts.resume {
-            true => resume(cfg, run, &corpus.vocab, model.as_ref(), &mut opt, device)?,
-            false => create(cfg, run, &corpus.vocab, opts.force)?,
+            true => resume(cfg, run, &corpus, model.as_ref(), &mut opt, device)?,
+            false => create(cfg, run, &corpus, opts.force)?,
         };
         let events = if cfg.train.tensorboard { Some(EventWriter::create(&run.file(tensorboard::DIR))?) } else { None };
         let stepper = Stepper::new(device, cfg.train.cuda_graph, &opt);
@@ -115,8 +115,7 @@ impl<'a> Session<'a> {
         let data = libtorch(|| "uploading the corpus".into(), || TokenData::upload(&corpus.train, cfg.data.num_steps, device))?;
         corpus.train = Ids::with_capacity(v as usize, 0);
         // The corpus's file name, not its path: the title has one line of 640 pixels.
-        let corpus_name =
-            std::path::Path::new(&cfg.data.corpus).file_name().map_or(cfg.data.corpus.clone(), |n| n.to_string_lossy().into());
+        let corpus_name = cfg.data.corpus.short_name();
         let title = format!("{} on {corpus_name}", model.describe());
         let last_checkpoint = (progress.start > 0).then_some(progress.start);
         let mut s = Session {
@@ -434,16 +433,17 @@ fn build(cfg: &Config, v: i64, device: Device) -> Result<(Box<dyn RecurrentLm>, 
 }
 
 /// A new run: the directory created (or replaced, with `force`), its config and vocabulary.
-fn create(cfg: &Config, run: &RunDir, vocab: &Vocab, force: bool) -> Result<Progress> {
+fn create(cfg: &Config, run: &RunDir, corpus: &Corpus, force: bool) -> Result<Progress> {
     run.create(force)?;
-    run.save_config(cfg)?;
-    run.save_vocab(vocab)?;
+    run.save_config(cfg, Some(&corpus.files))?;
+    run.save_vocab(&corpus.vocab)?;
     Ok(Progress { start: 0, elapsed0: 0.0, history: vec![], best: None, partial: None })
 }
 
 /// A resumed run: the same vocabulary, the checkpoint's weights and optimiser
 /// state, and the run's files cut back to the checkpoint.
-fn resume(cfg: &Config, run: &RunDir, vocab: &Vocab, model: &dyn RecurrentLm, opt: &mut Optimizer, device: Device) -> Result<Progress> {
+fn resume(cfg: &Config, run: &RunDir, corpus: &Corpus, model: &dyn RecurrentLm, opt: &mut Optimizer, device: Device) -> Result<Progress> {
+    let vocab = &corpus.vocab;
     let saved = run.load_vocab()?;
     if saved != *vocab {
         return Err(usage!(
@@ -458,7 +458,7 @@ fn resume(cfg: &Config, run: &RunDir, vocab: &Vocab, model: &dyn RecurrentLm, op
     let restored = run.load_checkpoint(model, device)?;
     opt.load_state(&restored.optimizer).with_context(|| run.file(crate::run::CHECKPOINT).display().to_string())?;
     let (history, best) = run.cut_back_to(restored.epoch)?;
-    run.save_config(cfg)?;
+    run.save_config(cfg, Some(&corpus.files))?;
     Ok(Progress { start: restored.epoch, elapsed0: restored.elapsed_s, history, best, partial: restored.partial })
 }
 

@@ -734,6 +734,95 @@ fn weight_drop_through_the_binary() {
     assert!(!dir.join("bad").exists(), "a refused config writes nothing");
 }
 
+#[test]
+fn directory_and_list_corpora_through_the_binary() {
+    let dir = TempDir::new("corpus-tree");
+    let line = "static int count_the_blocks(struct inode *inode) { return inode->i_blocks; }\n";
+    dir.write("tree/fs/a.c", line.repeat(30));
+    dir.write("tree/fs/b.h", line.repeat(30).trim_end());
+    dir.write("tree/fs/Kconfig", "config FS\n");
+    dir.write("tree/notes.txt", "plain words\n".repeat(40));
+    dir.write("tree/bin/blob.c", [0xffu8, 0xfe, 0x00]);
+    let c = cfg_on(&dir, "tree/notes.txt", "");
+    let run = |out: &str, sets: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--config",
+            &c,
+            "--out",
+            out,
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "data.preprocess=\"raw\"",
+            "--set",
+            "sample.prefixes=[\"s\"]",
+        ];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        grulm(dir.path(), &args)
+    };
+    // A directory with data.include: the two C files, sorted, recorded in the run's config.
+    let o = run("dir", &["data.corpus=\"tree/fs\"", "data.include=\"*.c,*.h\""]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let saved = std::fs::read_to_string(dir.join("dir/config.toml")).unwrap();
+    let bytes = 2 * line.len() * 30 - 1;
+    assert!(saved.contains(&format!("# data.corpus was read from 2 file(s), {bytes} bytes in all")), "{saved}");
+    let listed: Vec<&str> = saved.lines().filter_map(|l| l.strip_prefix("#   ")).collect();
+    assert_eq!(listed, [format!("tree/fs/a.c ({} bytes)", line.len() * 30), format!("tree/fs/b.h ({} bytes)", line.len() * 30 - 1)]);
+    assert!(saved.contains("corpus = \"tree/fs\"") && saved.contains("include = \"*.c,*.h\""));
+    // The run resumes from its own config (the record is comments), and eval reads the same text.
+    let o = grulm(dir.path(), &["train", "--out", "dir", "--resume", "--set", "train.epochs=2"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let o = grulm(dir.path(), &["eval", "--run", "dir", "--json"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let e: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(e["tokens"].as_u64().unwrap() as usize, bytes, "the two files, a.c ending in its own newline");
+    assert_eq!(e["corpus"], "tree/fs");
+    // --dry-run names the files and their size.
+    let o = run("dry", &["data.corpus=[\"tree/notes.txt\", \"tree/fs\"]", "data.include=\"*.c,*.h\""]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let o = grulm(
+        dir.path(),
+        &[
+            "train",
+            "--config",
+            &c,
+            "--dry-run",
+            "--set",
+            "data.corpus=[\"tree/notes.txt\", \"tree/fs\"]",
+            "--set",
+            "data.include=\"*.c,*.h\"",
+        ],
+    );
+    assert!(stdout(&o).contains(&format!("(3 file(s), {} bytes,", bytes + 12 * 40)), "{}", stdout(&o));
+    // Bad input: one line each, nothing written.
+    for (sets, needles) in [
+        (vec!["data.corpus=\"tree\""], vec!["tree/bin/blob.c: not UTF-8 (invalid byte at offset 0)", "data.include"]),
+        (
+            vec!["data.corpus=\"tree/fs\"", "data.include=\"*.rs\""],
+            vec!["corpus tree/fs: no file under it matches data.include = \"*.rs\""],
+        ),
+        (vec!["data.corpus=\"tree/notes.txt\"", "data.include=\"*.c\""], vec!["data.include = \"*.c\": applies to a directory corpus"]),
+        (vec!["data.corpus=\"tree/missing\""], vec!["corpus tree/missing: no such file or directory"]),
+        (
+            vec!["data.corpus=[]"],
+            vec!["data.corpus = []: expected \"timemachine\", a path to a text file or a directory, or a list of paths"],
+        ),
+        (vec!["data.corpus=[1]"], vec!["data.corpus = [1]: expected"]),
+        (
+            vec!["data.corpus=\"tree/fs\"", "data.include=\"fs/*.c\""],
+            vec!["data.include = \"fs/*.c\": expected comma-separated file-name patterns"],
+        ),
+        (vec!["data.corpus=\"tree/fs\"", "data.include=\"*.c,\""], vec!["none empty"]),
+    ] {
+        let o = run("bad", &sets);
+        assert_fails(&o, 2, &needles);
+        assert!(!dir.join("bad").exists(), "{sets:?}: nothing written");
+    }
+}
+
 /// One heatmap row read back: the unit and its value per character.
 type Row = (usize, Vec<f64>);
 

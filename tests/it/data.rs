@@ -28,7 +28,7 @@ fn timemachine_matches_d2l() {
 fn d2l_default_corpus_has_8_minibatches_in_both_partitions() {
     let Some(path) = timemachine() else { return };
     let mut cfg = Config::default().data;
-    cfg.corpus = path.display().to_string();
+    cfg.corpus = data::CorpusSource::Path(path.display().to_string());
     let corpus = Corpus::load(&cfg).unwrap();
     assert_eq!(corpus.train.len(), 10_000);
     assert_eq!(corpus.vocab.len(), 28);
@@ -214,4 +214,57 @@ fn download_without_network_says_where_to_put_the_file() {
     let err = data::download_verified("http://127.0.0.1:9/timemachine.txt", data::TIMEMACHINE_SHA1, &dir.join("t.txt")).unwrap_err();
     assert!(err.to_string().contains("download of http://127.0.0.1:9/timemachine.txt failed"), "{err}");
     assert!(!dir.join("t.txt").exists());
+}
+
+/// A small source tree: nested folders, a name that sorts differently by path
+/// than by folder (`a-b/` before `a/` in byte order), a file without a final
+/// newline, an empty one, a hidden one, a file that no pattern takes, and a
+/// link to a directory (not followed).
+fn source_tree(dir: &TempDir) {
+    dir.write("src/a/x.c", "int x;\n");
+    dir.write("src/a-b/y.h", "#define Y 1"); // no final newline
+    dir.write("src/a/deep/z.c", "/* ü */\nint z;\n");
+    dir.write("src/b.c", "");
+    dir.write("src/.hidden.c", "hidden\n");
+    dir.write("src/Makefile", "all:\n");
+    dir.write("src/a/w.h", "int w;\n");
+    std::os::unix::fs::symlink(dir.join("src/a"), dir.join("src/link")).unwrap();
+}
+
+#[test]
+fn a_directory_corpus_is_its_files_in_sorted_order() {
+    let dir = TempDir::new("corpus-dir");
+    source_tree(&dir);
+    let mut cfg = Config::default().data;
+    cfg.corpus = data::CorpusSource::Path(dir.join("src").display().to_string());
+    cfg.include = Some("*.c, *.h".into());
+    // The order `find | LC_ALL=C sort` gives (the linux-fs.sh recipe), each
+    // file's bytes, and a newline after a file that lacks one.
+    let found = std::process::Command::new("bash")
+        .args(["-c", "find src -path src/.hidden.c -prune -o -type f \\( -name '*.c' -o -name '*.h' \\) -print | LC_ALL=C sort"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let order: Vec<String> = String::from_utf8(found.stdout).unwrap().lines().map(String::from).collect();
+    assert_eq!(order, ["src/a-b/y.h", "src/a/deep/z.c", "src/a/w.h", "src/a/x.c", "src/b.c"]);
+    let mut want = String::new();
+    for f in &order {
+        if !want.is_empty() && !want.ends_with('\n') {
+            want.push('\n');
+        }
+        want += &std::fs::read_to_string(dir.join(f)).unwrap();
+    }
+    let (text, files) = data::read_corpus(&cfg).unwrap();
+    assert_eq!(text, want);
+    assert_eq!(text, "#define Y 1\n/* ü */\nint z;\nint w;\nint x;\n");
+    let read: Vec<String> = files.files.iter().map(|(p, _)| p.strip_prefix(dir.path()).unwrap().display().to_string()).collect();
+    assert_eq!(read, order);
+    assert_eq!(files.bytes(), order.iter().map(|f| std::fs::metadata(dir.join(f)).unwrap().len()).sum::<u64>());
+    // Without data.include: every file (the Makefile too), hidden ones still skipped.
+    cfg.include = None;
+    let (_, all) = data::read_corpus(&cfg).unwrap();
+    assert_eq!(all.files.len(), 6);
+    // A list: its entries in the order given, a directory among them expanded.
+    cfg.corpus = data::CorpusSource::List(vec![dir.join("src/a/x.c").display().to_string(), dir.join("src/a-b").display().to_string()]);
+    assert_eq!(data::read_corpus(&cfg).unwrap().0, "int x;\n#define Y 1");
 }
