@@ -24,7 +24,7 @@ fn corpus_mistakes() {
     dir.write("afile.txt", "x");
     let cases: &[(&str, &[&str])] = &[
         ("missing.txt", &["corpus missing.txt: no such file"]),
-        ("adir", &["corpus adir: is a directory, expected a UTF-8 text file"]),
+        ("adir", &["corpus adir: is a directory with no files"]),
         ("afile.txt/below", &["corpus afile.txt/below: cannot read:"]),
         ("empty.txt", &["corpus empty.txt: is empty"]),
         ("latin1.txt", &["corpus latin1.txt: not UTF-8 (invalid byte at offset 3)"]),
@@ -455,7 +455,7 @@ fn too_large_for_memory_is_refused_before_allocating() {
     // --dry-run says the same, after the estimate; it writes nothing either.
     let o = grulm(dir.path(), &[&args[..], &["--dry-run"]].concat());
     assert_eq!(o.status.code(), Some(USAGE));
-    assert!(stdout(&o).starts_with("parameters  "), "{}", stdout(&o));
+    assert!(stdout(&o).starts_with("corpus      x.txt (1 file(s), ") && stdout(&o).contains("\nparameters  "), "{}", stdout(&o));
     assert!(!dir.join("run").exists());
 
     // A config that fits: --dry-run's parameter count (a formula of the config) is
@@ -473,7 +473,8 @@ fn too_large_for_memory_is_refused_before_allocating() {
             s.contains("\nmemory      about ") && s.contains("\navailable   this machine has ") && s.ends_with("fits        yes\n"),
             "{s}"
         );
-        let count = s.split_whitespace().nth(1).unwrap().to_string();
+        let line = s.lines().find(|l| l.starts_with("parameters  ")).unwrap();
+        let count = line.split_whitespace().nth(1).unwrap().to_string();
         assert!(!dir.join(&out).exists(), "--dry-run writes nothing");
         let o = grulm(dir.path(), &base);
         assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
