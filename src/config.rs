@@ -15,6 +15,15 @@ use toml::{Table, Value};
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainConfig {
     pub epochs: usize,
+    /// Minibatches per epoch (0: one pass over the training text, d2l's
+    /// epoch). Keras's `steps_per_epoch`: on a text whose pass takes hours,
+    /// validation, checkpoints, predictions, patience, schedules and TensorBoard
+    /// act every N steps, since they all count epochs; an epoch then begins
+    /// where the last one stopped, inside a pass, with its carried state.
+    pub epoch_steps: usize,
+    /// Stop after the first epoch that ends past this many minutes of training
+    /// (0: no limit); the run's last epoch validates and checkpoints.
+    pub max_minutes: f64,
     pub optimizer: OptimizerKind,
     pub lr: f64,
     /// How the learning rate changes over the epochs (see [`LrSchedule::lr_at`]).
@@ -103,6 +112,8 @@ impl Default for Config {
             model: ModelConfig::default(),
             train: TrainConfig {
                 epochs: 500,
+                epoch_steps: 0,
+                max_minutes: 0.0,
                 optimizer: OptimizerKind::Sgd,
                 lr: 1.0,
                 lr_schedule: LrSchedule::Constant,
@@ -330,6 +341,8 @@ impl Reader<'_> {
         };
         let train = TrainConfig {
             epochs: r.int(&mut t, s, "epochs", 1, MAX_COUNT, d.epochs)?,
+            epoch_steps: r.int(&mut t, s, "epoch_steps", 0, MAX_COUNT, d.epoch_steps)?,
+            max_minutes: r.float(&mut t, s, "max_minutes", |x| x >= 0.0, ">= 0 minutes (0: no limit)")?.unwrap_or(d.max_minutes),
             optimizer: r
                 .choice(&mut t, s, "optimizer", &[("sgd", OptimizerKind::Sgd), ("adam", OptimizerKind::Adam)])?
                 .unwrap_or(d.optimizer),
@@ -542,6 +555,8 @@ const MODEL_KEYS: &[&str] =
     &["kind", "cell", "hidden_size", "num_layers", "reset_gate", "gru_gates", "init_sigma", "dropout", "weight_drop"];
 const TRAIN_KEYS: &[&str] = &[
     "epochs",
+    "epoch_steps",
+    "max_minutes",
     "optimizer",
     "lr",
     "lr_schedule",
@@ -571,6 +586,7 @@ const SECTIONS: &[&str] = &["data", "model", "train", "sample"];
 /// model's shape or the optimiser.
 pub(crate) const RESUMABLE_KEYS: &[&str] = &[
     "train.epochs",
+    "train.max_minutes",
     "train.lr",
     "train.lr_schedule",
     "train.lr_decay",

@@ -260,7 +260,18 @@ fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, war
     let starts = corpus.starts(&mb);
     let mut stepper = Stepper::new(dev, graph, &opt);
     let mut times = Vec::with_capacity(repeats);
-    let plan = train::EpochPlan { partition: SeqPartition::Sequential, theta: 1.0, from: 0, mask_seed: None, pause: None, progress: None };
+    let n = mb.n as i64;
+    let plan = train::EpochPlan {
+        partition: SeqPartition::Sequential,
+        theta: 1.0,
+        from: 0,
+        to: n,
+        before: 0,
+        of: n,
+        mask_seed: None,
+        pause: None,
+        progress: None,
+    };
     // Warm-up repeats, and enough steps for a CUDA graph to be captured before timing.
     let warm = warmup.max(if graph && dev.is_cuda() { crate::train::step::WARMUP_STEPS.div_ceil(steps) + 1 } else { 0 });
     for i in 0..warm + repeats {

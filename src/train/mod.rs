@@ -45,30 +45,36 @@ pub struct TrainOutcome {
     pub predictions: Vec<String>,
 }
 
-/// Device-side results of one epoch (or of its steps `from..done`).
+/// Device-side results of one piece of a pass (its steps `from..done`).
 pub(crate) struct EpochTensors {
     /// Mean cross-entropy of each step trained, `[done - from]`.
     pub losses: Tensor,
     /// Global gradient norm before clipping of each step trained.
     pub norms: Tensor,
-    /// The step after the last one trained: `n`, or less when a signal asked
+    /// The step after the last one trained: `to`, or less when a signal asked
     /// training to stop ([`interrupt`]).
     pub done: i64,
 }
 
-/// How [`train_epoch`] runs an epoch.
+/// How [`train_epoch`] runs minibatches `from..to` of one pass over the text
+/// (all of an epoch, or a piece of one with `train.epoch_steps`).
 pub(crate) struct EpochPlan<'a> {
     pub partition: SeqPartition,
     /// `train.grad_clip`.
     pub theta: f64,
-    /// The first minibatch to train: 0, or where an interrupted epoch resumes
-    /// (its carried state already in the stepper).
+    /// The first minibatch of the pass to train: 0, or where the epoch (or an
+    /// interrupted one) goes on, its carried state already in the stepper.
     pub from: i64,
-    /// `Some((train.seed, epoch))` when the model draws dropout or weight-drop
-    /// masks: every step
-    /// reseeds libtorch's generator from (seed, epoch, step), so a step's masks
-    /// depend on nothing else and a resumed run draws what the uninterrupted one
-    /// drew.
+    /// The minibatch after the last one to train: the pass's end, or the epoch's.
+    pub to: i64,
+    /// Minibatches of the epoch before this piece's first, and in the epoch:
+    /// what progress lines and a test's pause count in.
+    pub before: i64,
+    pub of: i64,
+    /// `Some((train.seed, pass))` when the model draws dropout or weight-drop
+    /// masks: every step reseeds libtorch's generator from (seed, pass, step),
+    /// so a step's masks depend on nothing else and a resumed run draws what the
+    /// uninterrupted one drew.
     pub mask_seed: Option<(u64, usize)>,
     /// A test's pause after one of the epoch's minibatches ([`StepPause`]).
     pub pause: Option<StepPause>,
@@ -92,9 +98,9 @@ impl ProgressLines<'_> {
     /// `epoch 3: minibatch 1200/8802 (13.6%), 21512 tokens/s, loss 1.2345
     /// (perplexity 3.44) over the last 600, epoch ends in 5m 53s`: `losses`
     /// are the steps since the last line (read from the device here, the only
-    /// host read before the epoch's end), `done` of `n` minibatches trained,
-    /// `trained` of them by this process in `seconds`.
-    fn line(&self, losses: &[Tensor], done: i64, n: i64, trained: i64, seconds: f64) -> Result<()> {
+    /// host read before the epoch's end), `done` of the epoch's `n` minibatches
+    /// trained, `trained` of them by this piece in `seconds`.
+    fn line(&self, losses: &[Tensor], (done, n): (i64, i64), trained: i64, seconds: f64) -> Result<()> {
         let loss = f64::try_from(Tensor::stack(losses, 0).mean(tch::Kind::Double))?;
         let per_step = seconds / trained as f64;
         self.console.line(&format!(
@@ -129,11 +135,11 @@ pub(crate) fn step_seed(seed: u64, epoch: usize, step: i64) -> i64 {
     ((z ^ (z >> 31)) >> 1) as i64
 }
 
-/// One epoch over the minibatches of `data` that start at `starts` (`[n, B]`, on
-/// the device), from minibatch `plan.from`. The state starts at zero and is
-/// carried from step to step (sequential partition) or starts at zero every step
-/// (random partition), as d2l's `train_epoch_ch8`. Stops after the current
-/// minibatch when a signal asks.
+/// Minibatches `plan.from..plan.to` of a pass over `data`, whose minibatches
+/// start at `starts` (`[n, B]`, on the device). The state starts at zero at the
+/// pass's first minibatch and is carried from step to step (sequential
+/// partition) or starts at zero every step (random partition), as d2l's
+/// `train_epoch_ch8`. Stops after the current minibatch when a signal asks.
 pub(crate) fn train_epoch(
     model: &dyn RecurrentLm,
     opt: &mut Optimizer,
@@ -142,19 +148,18 @@ pub(crate) fn train_epoch(
     starts: &Tensor,
     plan: &EpochPlan,
 ) -> Result<EpochTensors> {
-    let n = starts.size()[0];
-    let from = plan.from;
-    let mut losses = Vec::with_capacity((n - from) as usize);
-    let mut norms = Vec::with_capacity((n - from) as usize);
-    let mut done = n;
+    let (from, to) = (plan.from, plan.to);
+    let mut losses = Vec::with_capacity((to - from) as usize);
+    let mut norms = Vec::with_capacity((to - from) as usize);
+    let mut done = to;
     let (start, mut last_line, mut line_from) = (std::time::Instant::now(), std::time::Instant::now(), 0);
-    for k in from..n {
+    for k in from..to {
         let fresh = k == 0 || plan.partition == SeqPartition::Random;
         if let Some((seed, epoch)) = plan.mask_seed {
             tch::manual_seed(step_seed(seed, epoch, k));
         }
         let out = libtorch(
-            || format!("training step {} of {n}", k + 1),
+            || format!("training step {} of {}", plan.before + k + 1 - from, plan.of),
             || {
                 let (x, y) = data.minibatch(starts, k);
                 stepper.step(model, opt, &x, &y, fresh, plan.theta)
@@ -162,11 +167,12 @@ pub(crate) fn train_epoch(
         )??;
         losses.push(out.loss);
         norms.push(out.norm);
-        if let Some(p) = plan.progress.as_ref().filter(|p| last_line.elapsed() >= p.every && k + 1 < n) {
-            p.line(&losses[line_from..], k + 1, n, k + 1 - from, start.elapsed().as_secs_f64())?;
+        let in_epoch = plan.before + k + 1 - from;
+        if let Some(p) = plan.progress.as_ref().filter(|p| last_line.elapsed() >= p.every && in_epoch < plan.of) {
+            p.line(&losses[line_from..], (in_epoch, plan.of), k + 1 - from, start.elapsed().as_secs_f64())?;
             (last_line, line_from) = (std::time::Instant::now(), losses.len());
         }
-        if let Some(p) = plan.pause.as_ref().filter(|p| p.minibatch == k + 1) {
+        if let Some(p) = plan.pause.as_ref().filter(|p| p.minibatch == in_epoch) {
             p.wait();
         }
         if interrupt::requested().is_some() {

@@ -73,6 +73,7 @@ pub(super) struct Session<'a> {
     /// The training ids, on the device.
     data: TokenData,
     train_tokens: usize,
+    passes: Passes,
     progress: Progress,
     events: Option<EventWriter>,
     run_start: Instant,
@@ -111,6 +112,7 @@ impl<'a> Session<'a> {
         let events = if cfg.train.tensorboard { Some(EventWriter::create(&run.file(tensorboard::DIR))?) } else { None };
         let stepper = Stepper::new(device, cfg.train.cuda_graph, &opt);
         let train_tokens = corpus.train.len();
+        let passes = Passes::new(cfg, train_tokens);
         // The training ids live on the device from now on: the host copy goes.
         let data = libtorch(|| "uploading the corpus".into(), || TokenData::upload(&corpus.train, cfg.data.num_steps, device))?;
         corpus.train = Ids::with_capacity(v as usize, 0);
@@ -130,6 +132,7 @@ impl<'a> Session<'a> {
             stepper,
             data,
             train_tokens,
+            passes,
             progress,
             events,
             run_start: Instant::now(),
@@ -151,16 +154,19 @@ impl<'a> Session<'a> {
     fn announce(&mut self) {
         let (cfg, start) = (self.cfg, self.progress.start);
         let (b, t) = (cfg.data.batch_size, cfg.data.num_steps);
-        let per_epoch = data::epoch_minibatches(self.train_tokens, b, t, cfg.data.partition, &mut data::epoch_rng(0, 0)).n;
+        let per_pass = self.passes.len(0);
+        let per_epoch = match cfg.train.epoch_steps {
+            0 => format!("{per_pass} minibatches of {b}x{t} per epoch"),
+            n => format!("{n} minibatches of {b}x{t} per epoch (train.epoch_steps; a pass over the text is {per_pass})"),
+        };
         self.console.line(&format!(
-            "training {} on {} ({}): {} parameters; {} tokens, vocabulary {}, {} minibatches of {b}x{t} per epoch ({:?}); epochs {}..={}; run directory {}",
+            "training {} on {} ({}): {} parameters; {} tokens, vocabulary {}, {per_epoch} ({:?}); epochs {}..={}; run directory {}",
             self.model.describe(),
             describe(self.device),
             self.stepper.describe(),
             self.model.parameter_count(),
             self.train_tokens,
             self.vocab.len(),
-            per_epoch,
             cfg.data.partition,
             start + 1,
             cfg.train.epochs,
@@ -182,52 +188,80 @@ impl<'a> Session<'a> {
             }
             self.end = start;
         }
+        // So does one that used its time.
+        if start < self.end && self.out_of_time(self.progress.elapsed0) {
+            self.console.line(&format!(
+                "the run has trained {} of its train.max_minutes = {}; raise it with --set train.max_minutes=M to go on",
+                super::duration(self.progress.elapsed0),
+                cfg.train.max_minutes
+            ));
+            self.end = start;
+        }
+    }
+
+    /// `train.max_minutes` is spent after `elapsed` seconds of training.
+    fn out_of_time(&self, elapsed: f64) -> bool {
+        let limit = self.cfg.train.max_minutes;
+        limit > 0.0 && elapsed >= limit * 60.0
     }
 
     /// Trains epoch `epoch` (0-based), from where a signal interrupted it if it
-    /// did, and reads its losses back (the epoch's one host read). A diverged
-    /// loss, or a signal mid-epoch (after a checkpoint of the epoch so far), ends
-    /// the run with an error.
+    /// did, and reads its losses back (one host read per pass it touches). A
+    /// diverged loss, or a signal mid-epoch (after a checkpoint of the epoch so
+    /// far), ends the run with an error.
     pub(super) fn train_epoch(&mut self, epoch: usize) -> Result<Trained> {
         let (cfg, number) = (self.cfg, epoch + 1);
         let tc = &cfg.train;
         self.opt.set_lr(tc.lr_schedule.lr_at(tc.lr, number, tc.epochs, tc.warmup_epochs, tc.lr_decay, tc.lr_decay_every));
         let timer = Instant::now();
-        let (b, t) = (cfg.data.batch_size, cfg.data.num_steps);
-        let mb = data::epoch_minibatches(self.train_tokens, b, t, cfg.data.partition, &mut data::epoch_rng(tc.seed, epoch));
-        let starts = libtorch(|| format!("epoch {number}: uploading where the minibatches start"), || self.data.starts(&mb))?;
-        // An epoch a signal interrupted goes on from its next minibatch.
+        // An epoch a signal interrupted goes on from its next minibatch; with
+        // train.epoch_steps, one that begins inside a pass from the state the
+        // previous epoch left (in the checkpoint, when resumed).
         let part = self.progress.partial.take();
         if let Some(state) = part.as_ref().and_then(|p| p.state.as_ref()) {
             self.stepper.set_carried(State::new(state.iter().map(Tensor::shallow_clone).collect()));
         }
-        let plan = EpochPlan {
-            partition: cfg.data.partition,
-            theta: tc.grad_clip,
-            from: part.as_ref().map_or(0, |p| p.steps as i64),
-            mask_seed: (cfg.model.dropout > 0.0 || cfg.model.weight_drop > 0.0).then_some((tc.seed, epoch)),
-            pause: StepPause::in_epoch(&self.run.path, number),
-            progress: (tc.progress_seconds > 0.0 && !self.console.has_bar()).then(|| ProgressLines {
-                every: std::time::Duration::from_secs_f64(tc.progress_seconds),
-                epoch: number,
-                tokens: b * t,
-                console: self.console,
-            }),
-        };
-        let out = train_epoch(self.model.as_ref(), &mut self.opt, &mut self.stepper, &self.data, &starts, &plan)
-            .with_context(|| format!("epoch {number}"))?;
-        if let Some(note) = self.stepper.take_note() {
-            self.console.line(&note);
+        let (mut losses, mut norms, mut seconds, steps) =
+            part.map_or((vec![], vec![], 0.0, 0), |p| (p.losses, p.norms, p.seconds, p.steps));
+        let (pieces, n) = self.passes.epoch(epoch, tc.epoch_steps, steps);
+        let mut before = steps as i64;
+        for (pass, from, to) in pieces {
+            let mb = self.passes.minibatches(pass);
+            let starts = libtorch(|| format!("epoch {number}: uploading where the minibatches start"), || self.data.starts(&mb))?;
+            let plan = EpochPlan {
+                partition: cfg.data.partition,
+                theta: tc.grad_clip,
+                from,
+                to,
+                before,
+                of: n as i64,
+                mask_seed: (cfg.model.dropout > 0.0 || cfg.model.weight_drop > 0.0).then_some((tc.seed, pass)),
+                pause: StepPause::in_epoch(&self.run.path, number),
+                progress: (tc.progress_seconds > 0.0 && !self.console.has_bar()).then(|| ProgressLines {
+                    every: std::time::Duration::from_secs_f64(tc.progress_seconds),
+                    epoch: number,
+                    tokens: cfg.data.batch_size * cfg.data.num_steps,
+                    console: self.console,
+                }),
+            };
+            let out = train_epoch(self.model.as_ref(), &mut self.opt, &mut self.stepper, &self.data, &starts, &plan)
+                .with_context(|| format!("epoch {number}"))?;
+            if let Some(note) = self.stepper.take_note() {
+                self.console.line(&note);
+            }
+            losses.extend(Vec::<f64>::try_from(out.losses.to_kind(Kind::Double))?);
+            norms.extend(Vec::<f64>::try_from(out.norms.to_kind(Kind::Double))?);
+            before += out.done - from;
+            if out.done < to {
+                seconds += timer.elapsed().as_secs_f64();
+                let trained = Trained { losses, norms, seconds, n };
+                self.check_finite(number, &trained)?;
+                return Err(self.stop_mid_epoch(epoch, before as usize, trained));
+            }
         }
-        let (mut losses, mut norms, mut seconds) = part.map_or((vec![], vec![], 0.0), |p| (p.losses, p.norms, p.seconds));
-        losses.extend(Vec::<f64>::try_from(out.losses.to_kind(Kind::Double))?);
-        norms.extend(Vec::<f64>::try_from(out.norms.to_kind(Kind::Double))?);
         seconds += timer.elapsed().as_secs_f64();
-        let trained = Trained { losses, norms, seconds, n: mb.n };
+        let trained = Trained { losses, norms, seconds, n };
         self.check_finite(number, &trained)?;
-        if out.done < mb.n as i64 {
-            return Err(self.stop_mid_epoch(epoch, out.done as usize, trained));
-        }
         Ok(trained)
     }
 
@@ -274,8 +308,10 @@ impl<'a> Session<'a> {
         let tokens = (trained.n * b * t) as f64;
         // Equal-size minibatches: the token-weighted mean is the mean over steps.
         let train_ppl = (trained.losses.iter().map(|l| l * (b * t) as f64).sum::<f64>() / tokens).exp();
+        // The last epoch validates, whether the last by train.epochs or by the clock.
+        let last = number == cfg.train.epochs || self.out_of_time(self.elapsed());
         let val_ppl = match &self.val {
-            Some(val) if number.is_multiple_of(cfg.train.val_every) || number == cfg.train.epochs => {
+            Some(val) if number.is_multiple_of(cfg.train.val_every) || last => {
                 let (model, device) = (self.model.as_mut(), self.device);
                 Some(libtorch(|| format!("epoch {number}: validation"), || perplexity(model, val, b, t, device))??)
             }
@@ -312,6 +348,7 @@ impl<'a> Session<'a> {
         let (cfg, number) = (self.cfg, m.epoch);
         // Early stopping: patience validations in a row without a new best.
         let stop = patience_spent(&self.progress.history, cfg.train.patience);
+        let out_of_time = !stop && number < cfg.train.epochs && self.out_of_time(m.elapsed_s);
         self.console.epoch(number, m.train_ppl, m.tokens_per_s);
         if cfg.train.predict_every > 0 && number.is_multiple_of(cfg.train.predict_every) {
             let text = self.greedy(&cfg.sample.prefixes[0])?;
@@ -320,7 +357,7 @@ impl<'a> Session<'a> {
                 .line(&format!("epoch {number:>4}  perplexity {:.2}{val}  {:.0} tokens/sec  | {text}", m.train_ppl, m.tokens_per_s));
         }
         let due = cfg.train.checkpoint_every > 0 && number.is_multiple_of(cfg.train.checkpoint_every);
-        if due || number == cfg.train.epochs || stop {
+        if due || number == cfg.train.epochs || stop || out_of_time {
             self.checkpoint(number, m.elapsed_s)?;
             plot::perplexity_svg(&self.progress.history, &self.title, &self.run.file(crate::run::PLOT)).context("perplexity.svg")?;
         }
@@ -329,6 +366,14 @@ impl<'a> Session<'a> {
                 self.checkpoint(number, m.elapsed_s)?;
             }
             return Err(self.interrupted(&format!("after epoch {number}")));
+        }
+        if out_of_time {
+            self.console.line(&format!(
+                "time is up after epoch {number}: {} of training reached train.max_minutes = {}",
+                super::duration(m.elapsed_s),
+                cfg.train.max_minutes
+            ));
+            return Ok(Next::Stop);
         }
         if !stop {
             return Ok(Next::Go);
@@ -368,7 +413,19 @@ impl<'a> Session<'a> {
     }
 
     fn checkpoint(&mut self, number: usize, elapsed_s: f64) -> Result<()> {
-        self.run.save_checkpoint(self.model.as_ref(), self.opt.state(), number, elapsed_s, None)?;
+        // With train.epoch_steps, the next epoch may begin inside a pass of the
+        // sequential partition: it needs the state this one leaves.
+        let carry = match (self.cfg.train.epoch_steps, self.cfg.data.partition) {
+            (0, _) | (_, SeqPartition::Random) => None,
+            _ => self.stepper.carried().map(|s| Partial {
+                steps: 0,
+                losses: vec![],
+                norms: vec![],
+                seconds: 0.0,
+                state: Some(s.tensors().iter().map(Tensor::shallow_clone).collect()),
+            }),
+        };
+        self.run.save_checkpoint(self.model.as_ref(), self.opt.state(), number, elapsed_s, carry.as_ref())?;
         self.last_checkpoint = Some(number);
         Ok(())
     }
@@ -489,4 +546,64 @@ fn init_source(src: &RunDir, cfg: &Config, corpus: &mut Corpus) -> Result<Weight
         )
     })?;
     src.weights_file(crate::run::Weights::BestElseLast)
+}
+
+/// Where each epoch's minibatches lie in the passes over the training text.
+/// Each pass is cut into minibatches by its own generator ([`data::epoch_rng`]
+/// of `train.seed` and the pass), so any minibatch of the run is made again
+/// from its pass and index. Without `train.epoch_steps` an epoch is a pass (d2l);
+/// with it, epoch e is minibatches e·N..(e+1)·N of the passes laid end to end.
+struct Passes {
+    tokens: usize,
+    batch_size: usize,
+    num_steps: usize,
+    partition: SeqPartition,
+    seed: u64,
+    /// Minibatches in each pass so far asked for (they differ by the random offset).
+    lens: Vec<usize>,
+}
+
+impl Passes {
+    fn new(cfg: &Config, tokens: usize) -> Passes {
+        let d = &cfg.data;
+        let (batch_size, num_steps, partition) = (d.batch_size, d.num_steps, d.partition);
+        Passes { tokens, batch_size, num_steps, partition, seed: cfg.train.seed, lens: vec![] }
+    }
+
+    /// Pass `pass` (0-based) cut into minibatches.
+    fn minibatches(&self, pass: usize) -> data::Minibatches {
+        let mut rng = data::epoch_rng(self.seed, pass);
+        data::epoch_minibatches(self.tokens, self.batch_size, self.num_steps, self.partition, &mut rng)
+    }
+
+    /// Minibatches in pass `pass`.
+    fn len(&mut self, pass: usize) -> usize {
+        while self.lens.len() <= pass {
+            let n = self.minibatches(self.lens.len()).n;
+            self.lens.push(n);
+        }
+        self.lens[pass]
+    }
+
+    /// The pieces `(pass, from, to)` of epoch `epoch` (0-based) after its first
+    /// `done` minibatches, and the epoch's minibatches in all.
+    fn epoch(&mut self, epoch: usize, epoch_steps: usize, done: usize) -> (Vec<(usize, i64, i64)>, usize) {
+        if epoch_steps == 0 {
+            let n = self.len(epoch);
+            return (vec![(epoch, done as i64, n as i64)], n);
+        }
+        let (mut g, end) = ((epoch * epoch_steps + done) as u64, ((epoch + 1) * epoch_steps) as u64);
+        let (mut pass, mut base) = (0, 0u64);
+        let mut pieces = vec![];
+        while g < end {
+            let n = self.len(pass) as u64;
+            if g < base + n {
+                let to = end.min(base + n);
+                pieces.push((pass, (g - base) as i64, (to - base) as i64));
+                g = to;
+            }
+            (pass, base) = (pass + 1, base + n);
+        }
+        (pieces, epoch_steps)
+    }
 }

@@ -1142,3 +1142,56 @@ fn progress_lines_without_a_terminal() {
         assert_fails(&o, 2, &[&format!("train.progress_seconds = {bad}: expected a"), ">= 0 (0: no progress lines)"]);
     }
 }
+
+#[test]
+fn epoch_steps_and_max_minutes_through_the_binary() {
+    let dir = TempDir::new("epoch-steps");
+    dir.write("x.txt", "the time traveller for so it will be convenient to speak of him ".repeat(20));
+    let c = cfg_on(&dir, "x.txt", "");
+    let c = &c;
+    let train = |out: &str, sets: &[&str]| {
+        let mut args = vec!["train", "--config", c, "--out", out, "--set", "data.val_fraction=0.2", "--set", "train.predict_every=0"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let o = grulm(dir.path(), &args);
+        assert!(o.status.success(), "{out}: {}", crate::helpers::stderr(&o));
+        stdout(&o)
+    };
+    // Epochs of 7 minibatches: validation, the best weights and checkpoints count them.
+    let out = train("steps", &["train.epoch_steps=7", "train.epochs=5", "train.val_every=2", "train.checkpoint_every=2"]);
+    assert!(out.contains("7 minibatches of 4x5 per epoch (train.epoch_steps; a pass over the text is "), "{out}");
+    let m = metrics_without_timing(&dir.join("steps"));
+    let val: Vec<bool> = m.iter().map(|e| !e["val_ppl"].is_null()).collect();
+    assert_eq!(val, [false, true, false, true, true], "every 2 epochs of 7 steps, and the last");
+    let best = grulm::platform::tensorfile::load(&dir.join("steps/best.safetensors")).unwrap();
+    let best_epoch: usize = best.metadata["grulm.epoch"].parse().unwrap();
+    assert!([2, 4, 5].contains(&best_epoch));
+    // The unit is the run's: a resume may not change it.
+    let o = grulm(dir.path(), &["train", "--out", "steps", "--resume", "--set", "train.epoch_steps=8"]);
+    assert_fails(&o, 2, &["--resume: train.epoch_steps differ(s) from the run's"]);
+    // A time limit stops after the epoch that reaches it, validated and checkpointed.
+    let out = train("clock", &["train.max_minutes=0.000001", "train.epochs=50", "train.val_every=10"]);
+    assert!(out.contains("time is up after epoch 1: ") && out.contains("reached train.max_minutes = 0.000001"), "{out}");
+    let m = metrics_without_timing(&dir.join("clock"));
+    assert_eq!(m.len(), 1);
+    assert!(m[0]["val_ppl"].as_f64().is_some(), "the last epoch validates");
+    assert!(dir.join("clock/checkpoint.safetensors").exists());
+    // A resumed run stays stopped until the limit is raised.
+    let o = grulm(dir.path(), &["train", "--out", "clock", "--resume"]);
+    assert!(stdout(&o).contains("of its train.max_minutes = 0.000001; raise it with --set train.max_minutes=M to go on"), "{}", stdout(&o));
+    assert_eq!(metrics_without_timing(&dir.join("clock")).len(), 1);
+    let o = grulm(dir.path(), &["train", "--out", "clock", "--resume", "--set", "train.max_minutes=0", "--set", "train.epochs=3"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    assert_eq!(metrics_without_timing(&dir.join("clock")).len(), 3);
+    for (set, expected) in [
+        ("train.epoch_steps=-1", "train.epoch_steps = -1: expected an integer from"),
+        ("train.epoch_steps=2.5", "train.epoch_steps = 2.5: expected an integer from"),
+        ("train.max_minutes=-1", "train.max_minutes = -1: expected a finite number >= 0 minutes"),
+        ("train.max_minutes=\"30m\"", "train.max_minutes = \"30m\": expected a number >= 0 minutes"),
+    ] {
+        let o = grulm(dir.path(), &["train", "--config", c, "--out", "bad", "--set", set]);
+        assert_fails(&o, 2, &[expected]);
+    }
+    assert!(!dir.join("bad").exists(), "a refused config writes nothing");
+}

@@ -95,13 +95,24 @@ fn fuzz_corpus() -> String {
 fn valid_config() -> impl Strategy<Value = Vec<String>> {
     let data = (any::<bool>(), 0usize..3, any::<bool>(), any::<bool>(), 1usize..5, 1usize..9, any::<bool>());
     let model = (any::<bool>(), 0usize..3, 1usize..7, 1usize..4, any::<bool>(), 0usize..3, proptest::option::of(0.001f64..0.5));
-    let train = (any::<bool>(), 0.01f64..2.0, 0.1f64..5.0, any::<u32>(), 0usize..3, 0usize..3, any::<bool>(), any::<bool>(), any::<bool>());
+    let train = (
+        any::<bool>(),
+        0.01f64..2.0,
+        0.1f64..5.0,
+        any::<u32>(),
+        0usize..3,
+        0usize..3,
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        0usize..4,
+    );
     let sample = (proptest::option::of(0.1f64..3.0), proptest::option::of(1usize..3), proptest::option::of(0.05f64..1.0), any::<u32>());
     let dropout = (proptest::option::of(0.0f64..0.9), proptest::option::of(0.0f64..0.9));
     (data, model, train, sample, dropout).prop_map(|(d, m, t, s, (dropout, weight_drop))| {
         let (raw, min_freq, reserved, val, b, steps, random) = d;
         let (builtin, cell, hidden, layers, after, gates, sigma) = m;
-        let (adam, lr, clip, seed, predict_every, checkpoint_every, deterministic, cuda_graph, tensorboard) = t;
+        let (adam, lr, clip, seed, predict_every, checkpoint_every, deterministic, cuda_graph, tensorboard, epoch_steps) = t;
         let (temperature, top_k, top_p, sample_seed) = s;
         // Enough tokens for one B x T minibatch in each split (val_fraction 0.5).
         let tokens = 2 * (b * steps + 1) + 3;
@@ -123,6 +134,8 @@ fn valid_config() -> impl Strategy<Value = Vec<String>> {
             format!("train.grad_clip={clip}"),
             format!("train.seed={seed}"),
             "train.epochs=1".into(),
+            // Up to 3 minibatches an epoch: a pass has one or two, so some epochs span passes.
+            format!("train.epoch_steps={epoch_steps}"),
             "train.threads=1".into(),
             format!("train.predict_every={predict_every}"),
             format!("train.checkpoint_every={checkpoint_every}"),

@@ -170,3 +170,57 @@ fn lr_schedules_set_each_epochs_lr_and_resume_exactly() {
         assert_eq!(metrics_without_timing(&dir.join("resumed")), metrics_without_timing(&dir.join("warm")));
     });
 }
+
+#[test]
+fn epoch_steps_retrace_the_passes_and_resume_exactly() {
+    // Exact comparisons of in-process runs: alone (see resume_equals_an_uninterrupted_run).
+    alone("train::epoch_steps_retrace_the_passes_and_resume_exactly", || {
+        let Some(corpus) = timemachine() else { return };
+        let dir = TempDir::new("epoch-steps");
+        // Dropout: the masks of a step come from its pass and index, whatever epoch holds it.
+        for partition in ["sequential", "random"] {
+            let sets = [format!("data.partition=\"{partition}\""), "train.lr=0.5".into(), "model.dropout=0.2".into()];
+            let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+            let mut passes = small(&corpus, "", &sets);
+            passes.train.epochs = 2;
+            // The reference: two passes, d2l's epochs. How many minibatches each
+            // holds comes from the data module, independently of the trainer.
+            let tokens = grulm::data::Corpus::load(&passes.data).unwrap().train.len();
+            let n: Vec<usize> = (0..2)
+                .map(|p| {
+                    let (d, mut rng) = (&passes.data, grulm::data::epoch_rng(passes.train.seed, p));
+                    grulm::data::epoch_minibatches(tokens, d.batch_size, d.num_steps, d.partition, &mut rng).n
+                })
+                .collect();
+            // Epochs of k minibatches that end inside passes and cover both exactly.
+            let total = n[0] + n[1];
+            let k = (2..n[0]).find(|&k| total.is_multiple_of(k) && !n[0].is_multiple_of(k)).expect("a length that cuts a pass");
+            let mut steps = passes.clone();
+            (steps.train.epoch_steps, steps.train.epochs) = (k, total / k);
+            let a = format!("passes-{partition}");
+            let b = format!("steps-{partition}");
+            let c = format!("resumed-{partition}");
+            train_in(&dir, &passes, &a, false);
+            train_in(&dir, &steps, &b, false);
+            // Stopped after an epoch that ends inside the first pass, then resumed:
+            // the checkpoint carries the state into the rest of the pass.
+            let mut first = steps.clone();
+            first.train.epochs = n[0] / k;
+            assert!(first.train.epochs >= 1 && first.train.epochs * k < n[0]);
+            train_in(&dir, &first, &c, false);
+            train_in(&dir, &steps, &c, true);
+            let weights = |run: &str| grulm::platform::tensorfile::load(&dir.join(run).join("model.safetensors")).unwrap().tensors;
+            let wa = weights(&a);
+            for run in [&b, &c] {
+                let w = weights(run);
+                assert_eq!(wa.len(), w.len());
+                for ((na, ta), (nb, tb)) in wa.iter().zip(&w) {
+                    assert_eq!(na, nb);
+                    assert!(ta.equal(tb), "{run}: {na} differs from two passes of d2l's epochs");
+                }
+            }
+            assert_eq!(metrics_without_timing(&dir.join(&b)), metrics_without_timing(&dir.join(&c)), "{partition}");
+            assert_eq!(RunDir::new(dir.join(&b)).load_metrics().unwrap().len(), total / k);
+        }
+    });
+}
