@@ -235,6 +235,17 @@ pub struct SweepReportArgs {
     /// CSV instead of a Markdown table.
     #[arg(long)]
     pub csv: bool,
+    /// What `report.svg` draws: perplexity per epoch, or bits per character
+    /// against minutes of training (to compare points at a time budget).
+    #[arg(long, value_enum, default_value = "epochs")]
+    pub against: AgainstArg,
+}
+
+/// `sweep report --against`: the x axis of `report.svg`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AgainstArg {
+    Epochs,
+    Minutes,
 }
 
 /// `--checkpoint`: which of a run's weights (see [`run::Weights`]).

@@ -239,7 +239,11 @@ fn sweep_cmd(a: SweepArgs) -> Result<()> {
             Ok(())
         }
         SweepCommand::Report(d) => {
-            print!("{}", sweep::report::report(&d.dir, d.csv)?);
+            let axis = match d.against {
+                args::AgainstArg::Epochs => sweep::report::Axis::Epochs,
+                args::AgainstArg::Minutes => sweep::report::Axis::Minutes,
+            };
+            print!("{}", sweep::report::report(&d.dir, d.csv, axis)?);
             Ok(())
         }
     }

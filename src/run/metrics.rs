@@ -45,6 +45,11 @@ pub(crate) fn validations_since_best(history: &[EpochMetrics]) -> usize {
     history.iter().filter(|m| m.val_ppl.is_some() && m.epoch > best).count()
 }
 
+/// `train.max_minutes` is spent: the run's last epoch ended past the budget.
+pub(crate) fn time_spent(history: &[EpochMetrics], max_minutes: f64) -> bool {
+    max_minutes > 0.0 && history.last().is_some_and(|m| m.elapsed_s >= max_minutes * 60.0)
+}
+
 /// Whether `patience` validations in a row (0: never) have passed without a new best.
 pub(crate) fn patience_spent(history: &[EpochMetrics], patience: usize) -> bool {
     patience > 0 && validations_since_best(history) >= patience

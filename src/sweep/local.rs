@@ -48,7 +48,8 @@ pub fn state(run: &RunDir, cfg: &Config) -> State {
     }
     let history = run.load_metrics().unwrap_or_default();
     let epochs = history.last().map_or(0, |m| m.epoch);
-    let stopped_early = crate::run::metrics::patience_spent(&history, cfg.train.patience);
+    let stopped_early = crate::run::metrics::patience_spent(&history, cfg.train.patience)
+        || crate::run::metrics::time_spent(&history, cfg.train.max_minutes);
     if epochs >= cfg.train.epochs || (epochs > 0 && stopped_early) {
         return State::Done;
     }

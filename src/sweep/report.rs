@@ -72,9 +72,19 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The x axis of `report.svg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Axis {
+    /// Perplexity per epoch.
+    Epochs,
+    /// Bits per character (log₂ of the perplexity) against minutes of training:
+    /// points of different speeds compared at equal wall time.
+    Minutes,
+}
+
 /// `sweep report`: a Markdown table (or CSV) of the points with metrics, the
 /// lowest validation (else training) perplexity first, and `DIR/report.svg`.
-pub fn report(dir: &Path, csv: bool) -> Result<String> {
+pub fn report(dir: &Path, csv: bool, axis: Axis) -> Result<String> {
     let m = Manifest::load(dir)?;
     let mut rows = vec![];
     for p in &m.points {
@@ -101,7 +111,7 @@ pub fn report(dir: &Path, csv: bool) -> Result<String> {
     }
     let key = |r: &Row| r.val_ppl.unwrap_or(r.train_ppl);
     rows.sort_by(|a, b| key(a).total_cmp(&key(b)).then(a.name.cmp(&b.name)));
-    draw(&rows, &dir.join("report.svg"), &m.file)?;
+    draw(&rows, &dir.join("report.svg"), &m.file, axis)?;
     let val = |r: &Row| r.val_ppl.map_or(String::new(), |v| format!("{v:.3}"));
     let mut out = String::new();
     if csv {
@@ -140,41 +150,58 @@ pub fn report(dir: &Path, csv: bool) -> Result<String> {
     Ok(out)
 }
 
-/// Every point's perplexity per epoch (validation where it validates, else
-/// training), overlaid and labelled.
-fn draw(rows: &[Row], path: &Path, title: &str) -> Result<()> {
+/// Every point's perplexity per epoch, or bits per character against minutes
+/// (validation where it validates, else training), overlaid and labelled.
+fn draw(rows: &[Row], path: &Path, title: &str, axis: Axis) -> Result<()> {
     let err = |e: String| anyhow!("drawing {}: {e}", path.display());
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (760, 480)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-        let curve = |r: &Row| -> Vec<(i64, f64)> {
-            let val: Vec<(i64, f64)> = r.history.iter().filter_map(|e| e.val_ppl.map(|v| (e.epoch as i64, v))).collect();
+        let point = |e: &EpochMetrics, ppl: f64| match axis {
+            Axis::Epochs => (e.epoch as f64, ppl),
+            Axis::Minutes => (e.elapsed_s / 60.0, ppl.log2()),
+        };
+        let curve = |r: &Row| -> Vec<(f64, f64)> {
+            let val: Vec<(f64, f64)> = r.history.iter().filter_map(|e| e.val_ppl.map(|v| point(e, v))).collect();
             if val.is_empty() {
-                r.history.iter().map(|e| (e.epoch as i64, e.train_ppl)).collect()
+                r.history.iter().map(|e| point(e, e.train_ppl)).collect()
             } else {
                 val
             }
         };
-        let curves: Vec<Vec<(i64, f64)>> = rows.iter().map(curve).collect();
-        let last = curves.iter().flatten().map(|p| p.0).max().unwrap_or(1).max(2);
-        let top = curves.iter().flatten().map(|p| p.1).filter(|v| v.is_finite()).fold(1.0f64, f64::max).min(1e6) * 1.05;
+        let curves: Vec<Vec<(f64, f64)>> = rows.iter().map(curve).collect();
+        let ys = || curves.iter().flatten().map(|p| p.1).filter(|v| v.is_finite());
         let name = Path::new(title).file_name().map_or(title.to_string(), |n| n.to_string_lossy().into_owned());
+        let (caption, x_desc, y_desc, x, y, labels) = match axis {
+            Axis::Epochs => {
+                let last = curves.iter().flatten().map(|p| p.0).fold(2.0f64, f64::max);
+                let top = ys().fold(1.0f64, f64::max).min(1e6) * 1.05;
+                ("perplexity per epoch", "epoch", "perplexity", 1.0..last, 0.9..top.max(1.5), (last as usize).min(10))
+            }
+            Axis::Minutes => {
+                let last = curves.iter().flatten().map(|p| p.0).fold(0.0f64, f64::max).max(1e-3) * 1.02;
+                let (lo, hi) = (ys().fold(f64::INFINITY, f64::min), ys().fold(f64::NEG_INFINITY, f64::max));
+                let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+                let pad = ((hi - lo) * 0.05).max(0.01);
+                ("bits per character against minutes", "minutes of training", "bits per character", 0.0..last, lo - pad..hi + pad, 10)
+            }
+        };
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("sweep {name}: perplexity per epoch (validation where measured)"), ("sans-serif", 15))
+            .caption(format!("sweep {name}: {caption} (validation where measured)"), ("sans-serif", 15))
             .margin(12)
             .x_label_area_size(36)
             .y_label_area_size(52)
             .right_y_label_area_size(0)
-            .build_cartesian_2d(1i64..last, 0.9f64..top.max(1.5))
+            .build_cartesian_2d(x, y)
             .map_err(|e| err(e.to_string()))?;
-        chart
-            .configure_mesh()
-            .x_desc("epoch")
-            .y_desc("perplexity")
-            .x_labels(last.min(10) as usize)
-            .draw()
-            .map_err(|e| err(e.to_string()))?;
+        let whole = |x: &f64| format!("{x:.0}");
+        let mut mesh = chart.configure_mesh();
+        mesh.x_desc(x_desc).y_desc(y_desc).x_labels(labels);
+        if axis == Axis::Epochs {
+            mesh.x_label_formatter(&whole);
+        }
+        mesh.draw().map_err(|e| err(e.to_string()))?;
         for (k, (r, c)) in rows.iter().zip(&curves).enumerate() {
             let color = Palette99::pick(k).to_rgba();
             chart

@@ -17,7 +17,7 @@ use crate::platform::console::Console;
 use crate::platform::device::describe;
 use crate::platform::interrupt;
 use crate::platform::test_pause::StepPause;
-use crate::run::metrics::{patience_spent, BestVal, EpochMetrics};
+use crate::run::metrics::{patience_spent, time_spent, BestVal, EpochMetrics};
 use crate::run::tensorboard::{self, EventWriter};
 use crate::run::{plot, Partial, RunDir, RunLock, WeightsFile};
 use crate::train::memory::Estimate;
@@ -189,7 +189,7 @@ impl<'a> Session<'a> {
             self.end = start;
         }
         // So does one that used its time.
-        if start < self.end && self.out_of_time(self.progress.elapsed0) {
+        if start < self.end && time_spent(&self.progress.history, cfg.train.max_minutes) {
             self.console.line(&format!(
                 "the run has trained {} of its train.max_minutes = {}; raise it with --set train.max_minutes=M to go on",
                 super::duration(self.progress.elapsed0),

@@ -67,6 +67,33 @@ fn a_grid_runs_locally_once_and_reports() {
 }
 
 #[test]
+fn a_sweep_on_a_time_budget_is_done_and_reports_against_minutes() {
+    let dir = TempDir::new("sweep-clock");
+    // Each point stops after its first epoch, by the clock: done, not interrupted.
+    setup(&dir, "[set]\ntrain.epochs = 1000\ntrain.max_minutes = 0.000001\n[grid]\nmodel.hidden_size = [8, 16]\n");
+    let o = grulm(dir.path(), &["sweep", "run", "s.toml", "--out", "out"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), crate::helpers::stderr(&o));
+    for n in ["001-hidden_size=8", "002-hidden_size=16"] {
+        assert!(stdout(&o).contains(&format!("sweep: done {n} in ")), "{}", stdout(&o));
+        assert_eq!(metrics_without_timing(&dir.join("out").join(n)).len(), 1);
+    }
+    let o = grulm(dir.path(), &["sweep", "run", "s.toml", "--out", "out"]);
+    assert!(stdout(&o).contains("2 point(s) in out: 2 already done, 0 to run"), "{}", stdout(&o));
+    let s = stdout(&grulm(dir.path(), &["sweep", "status", "out"]));
+    assert!(s.contains("2 point(s): 2 done"), "{s}");
+    // The plot against wall time, in bits per character; by default, per epoch.
+    let o = grulm(dir.path(), &["sweep", "report", "out", "--against", "minutes"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let svg = std::fs::read_to_string(dir.join("out/report.svg")).unwrap();
+    assert!(svg.contains("bits per character against minutes") && svg.contains("minutes of training"), "{svg}");
+    assert!(!svg.contains("perplexity per epoch"), "{svg}");
+    grulm(dir.path(), &["sweep", "report", "out"]);
+    let svg = std::fs::read_to_string(dir.join("out/report.svg")).unwrap();
+    assert!(svg.contains("perplexity per epoch") && !svg.contains("minutes of training"), "{svg}");
+    assert_fails(&grulm(dir.path(), &["sweep", "report", "out", "--against", "hours"]), 2, &["hours"]);
+}
+
+#[test]
 fn sweep_mistakes_and_failures() {
     let dir = TempDir::new("sweep-bad");
     // A bad value: one line naming the point and the key; nothing created.
