@@ -745,23 +745,8 @@ fn directory_and_list_corpora_through_the_binary() {
     dir.write("tree/bin/blob.c", [0xffu8, 0xfe, 0x00]);
     let c = cfg_on(&dir, "tree/notes.txt", "");
     let run = |out: &str, sets: &[&str]| {
-        let mut args = vec![
-            "train",
-            "--config",
-            &c,
-            "--out",
-            out,
-            "--set",
-            "train.epochs=1",
-            "--set",
-            "data.preprocess=\"raw\"",
-            "--set",
-            "sample.prefixes=[\"s\"]",
-        ];
-        for s in sets {
-            args.extend(["--set", s]);
-        }
-        grulm(dir.path(), &args)
+        let base = ["train.epochs=1", "data.preprocess=\"raw\"", "sample.prefixes=[\"s\"]"];
+        crate::helpers::train_with(dir.path(), &c, out, &[&base[..], sets].concat())
     };
     // A directory with data.include: the two C files, sorted, recorded in the run's config.
     let o = run("dir", &["data.corpus=\"tree/fs\"", "data.include=\"*.c,*.h\""]);
@@ -919,11 +904,7 @@ fn gates_picture_draws_the_models_own_activations() {
     dir.write("x.txt", "the time traveller for so it will be convenient to speak of him ".repeat(20));
     let c = cfg_on(&dir, "x.txt", "");
     let train = |out: &str, sets: &[&str]| {
-        let mut args = vec!["train", "--config", &c, "--out", out, "--set", "train.epochs=3"];
-        for s in sets {
-            args.extend(["--set", s]);
-        }
-        let o = grulm(dir.path(), &args);
+        let o = crate::helpers::train_with(dir.path(), &c, out, &[&["train.epochs=3"][..], sets].concat());
         assert!(o.status.success(), "{out}: {}", crate::helpers::stderr(&o));
     };
     train("gru", &["model.num_layers=2"]);
@@ -1150,11 +1131,8 @@ fn epoch_steps_and_max_minutes_through_the_binary() {
     let c = cfg_on(&dir, "x.txt", "");
     let c = &c;
     let train = |out: &str, sets: &[&str]| {
-        let mut args = vec!["train", "--config", c, "--out", out, "--set", "data.val_fraction=0.2", "--set", "train.predict_every=0"];
-        for s in sets {
-            args.extend(["--set", s]);
-        }
-        let o = grulm(dir.path(), &args);
+        let base = ["data.val_fraction=0.2", "train.predict_every=0"];
+        let o = crate::helpers::train_with(dir.path(), c, out, &[&base[..], sets].concat());
         assert!(o.status.success(), "{out}: {}", crate::helpers::stderr(&o));
         stdout(&o)
     };

@@ -44,6 +44,15 @@ pub fn grulm(dir: &Path, args: &[&str]) -> Output {
     grulm_cmd(dir, args).output().expect("run grulm")
 }
 
+/// `grulm train --config CONFIG --out OUT --set S...` in `dir`.
+pub fn train_with(dir: &Path, config: &str, out: &str, sets: &[&str]) -> Output {
+    let mut args = vec!["train", "--config", config, "--out", out];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    grulm(dir, &args)
+}
+
 pub fn grulm_cmd(dir: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_grulm"));
     c.args(args).current_dir(dir).env("GRULM_DATA_DIR", dir.join("data")).env("GRULM_TIMEMACHINE_URL", "http://127.0.0.1:9/unreachable");
