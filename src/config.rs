@@ -7,7 +7,7 @@
 use crate::data::include_patterns;
 pub use crate::data::{CorpusSource, DataConfig, Preprocess, SeqPartition};
 use crate::error::UsageError;
-pub use crate::model::{CellKind, GruGates, ModelConfig, ModelKind, ResetGate};
+pub use crate::model::{CellKind, GruGates, ModelConfig, ModelKind, Precision, ResetGate};
 use serde::Serialize;
 use std::fmt;
 use toml::{Table, Value};
@@ -49,6 +49,10 @@ pub struct TrainConfig {
     pub val_every: usize,
     /// Ask libtorch for deterministic algorithms (matters on CUDA only).
     pub deterministic: bool,
+    /// The training step's matrix products: f32, or bf16 inputs with f32
+    /// accumulation (CPU only in this version); weights, checkpoints,
+    /// evaluation and sampling stay f32.
+    pub precision: Precision,
     /// On CUDA, capture the training step once as a CUDA graph and replay it
     /// (SGD only; no number changes, launches go from hundreds to one).
     pub cuda_graph: bool,
@@ -128,6 +132,7 @@ impl Default for Config {
                 checkpoint_every: 50,
                 val_every: 10,
                 deterministic: false,
+                precision: Precision::F32,
                 cuda_graph: true,
                 tensorboard: true,
                 progress_seconds: 60.0,
@@ -366,6 +371,7 @@ impl Reader<'_> {
             checkpoint_every: r.int(&mut t, s, "checkpoint_every", 0, MAX_COUNT, d.checkpoint_every)?,
             val_every: r.int(&mut t, s, "val_every", 1, MAX_COUNT, d.val_every)?,
             deterministic: r.bool(&mut t, s, "deterministic", d.deterministic)?,
+            precision: r.choice(&mut t, s, "precision", &[("f32", Precision::F32), ("bf16", Precision::Bf16)])?.unwrap_or(d.precision),
             cuda_graph: r.bool(&mut t, s, "cuda_graph", d.cuda_graph)?,
             tensorboard: r.bool(&mut t, s, "tensorboard", d.tensorboard)?,
             progress_seconds: r
@@ -571,6 +577,7 @@ const TRAIN_KEYS: &[&str] = &[
     "checkpoint_every",
     "val_every",
     "deterministic",
+    "precision",
     "cuda_graph",
     "tensorboard",
     "progress_seconds",
@@ -580,8 +587,8 @@ const TRAIN_KEYS: &[&str] = &[
 const SAMPLE_KEYS: &[&str] = &["prefixes", "len", "temperature", "top_k", "top_p", "seed"];
 const SECTIONS: &[&str] = &["data", "model", "train", "sample"];
 
-/// Keys that may change when a run is resumed: how long and where it runs, what
-/// it prints, the step size (to recover from divergence with a lower lr) and
+/// Keys that may change when a run is resumed: how long and where it runs
+/// (threads, the products' precision), what it prints, the step size (to recover from divergence with a lower lr) and
 /// dropout and weight drop (against overfitting seen late); not the data, the
 /// model's shape or the optimiser.
 pub(crate) const RESUMABLE_KEYS: &[&str] = &[
@@ -595,6 +602,7 @@ pub(crate) const RESUMABLE_KEYS: &[&str] = &[
     "train.grad_clip",
     "train.device",
     "train.threads",
+    "train.precision",
     "train.predict_every",
     "train.checkpoint_every",
     "train.val_every",

@@ -375,6 +375,13 @@ pub struct BenchArgs {
     /// The CPU engine's kernels: portable, avx2 or avx512 [default: the widest this CPU has].
     #[arg(long, value_name = "KERNELS")]
     pub cpu_kernels: Option<String>,
+    /// The training step's products (train.precision): f32, bf16, or both (f32,bf16), each model
+    /// timed in each; bf16 rows sit beside libtorch's bf16 matrix products at the same shapes.
+    #[arg(long, value_delimiter = ',', default_values_t = ["f32".to_string()])]
+    pub precision: Vec<String>,
+    /// The bf16 rows' kernel: f32-emulated, avx512_bf16 or amx_bf16 [default: the widest this CPU runs].
+    #[arg(long, value_name = "KERNEL")]
+    pub bf16_kernel: Option<String>,
 }
 
 /// The command line, with the exit codes under every command's `--help` (set

@@ -356,6 +356,36 @@ fn parity_cmd(a: ParityArgs) -> Result<()> {
 }
 
 fn bench_options(a: BenchArgs) -> bench::Options {
-    let BenchArgs { device, shapes, models, repeats, rounds, warmup, steps, threads, json, json_out, compare_python, cpu_kernels } = a;
-    bench::Options { device, shapes, models, repeats, rounds, warmup, steps, threads, json, json_out, compare_python, cpu_kernels }
+    let BenchArgs {
+        device,
+        shapes,
+        models,
+        repeats,
+        rounds,
+        warmup,
+        steps,
+        threads,
+        json,
+        json_out,
+        compare_python,
+        cpu_kernels,
+        precision,
+        bf16_kernel,
+    } = a;
+    bench::Options {
+        device,
+        shapes,
+        models,
+        repeats,
+        rounds,
+        warmup,
+        steps,
+        threads,
+        json,
+        json_out,
+        compare_python,
+        cpu_kernels,
+        precision,
+        bf16_kernel,
+    }
 }

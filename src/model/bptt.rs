@@ -21,7 +21,12 @@
 //!
 //! Same function, same gradients: the tests hold this step to an independent
 //! reference (f64, 1e-10) for every cell.
+//!
+//! With `train.precision = "bf16"` on the CPU engine, every product here takes
+//! bf16 inputs: the tapes' (on [`MixedF32`]), the output layer's, and the
+//! weight-gradient and input products (libtorch's bf16 `mm`, [`bf16::mm`]).
 use super::cell::{Backward, Cell, Layer, Tape};
+use super::cpu::bf16::{self, MixedF32};
 use super::scratch::ScratchLm;
 use super::{RecurrentLm, State};
 use tch::{Kind, Tensor};
@@ -48,6 +53,7 @@ impl<C: Cell> ScratchLm<C> {
     fn forward_tape(&self, p: &Layer, xa: Tensor, s0: &[Tensor]) -> Tape {
         match (self.on_cpu_engine(&xa), xa.kind()) {
             (false, _) => self.cell.forward_tape(p, xa, s0),
+            (true, Kind::Float) if self.bf16_products(&xa) => self.cell.forward_rows::<MixedF32>(p, xa, s0),
             (true, Kind::Float) => self.cell.forward_rows::<f32>(p, xa, s0),
             (true, _) => self.cell.forward_rows::<f64>(p, xa, s0),
         }
@@ -57,6 +63,7 @@ impl<C: Cell> ScratchLm<C> {
     fn backward_tape(&self, p: &Layer, tape: &Tape, d_out: &Tensor) -> Backward {
         match (self.on_cpu_engine(d_out), d_out.kind()) {
             (false, _) => self.cell.backward_tape(p, tape, d_out),
+            (true, Kind::Float) if self.bf16_products(d_out) => self.cell.backward_rows::<MixedF32>(p, tape, d_out),
             (true, Kind::Float) => self.cell.backward_rows::<f32>(p, tape, d_out),
             (true, _) => self.cell.backward_rows::<f64>(p, tape, d_out),
         }
@@ -77,6 +84,8 @@ impl<C: Cell> ScratchLm<C> {
         ids: &Tensor,
     ) -> Option<Tensor> {
         let hd = self.hidden_size();
+        let bf = self.bf16_products(w_x);
+        let mm = |a: &Tensor, b: &Tensor| if bf { bf16::mm(a, b) } else { a.mm(b) };
         let rows = |d: &Tensor| {
             let n = d.size()[2];
             d.reshape([-1, n])
@@ -84,7 +93,7 @@ impl<C: Cell> ScratchLm<C> {
         let mut d_input: Option<Tensor> = None;
         for (first, d) in &back.input {
             let d = rows(d);
-            let g_w = self.input_grad(below, ids, &d); // [in, n·H]
+            let g_w = self.input_grad(below, ids, &d, bf); // [in, n·H]
             let g_b = d.sum_dim_intlist(0, false, d.kind());
             let gates = &p.gates[*first..*first + (d.size()[1] / hd) as usize];
             for (k, gate) in gates.iter().enumerate() {
@@ -94,14 +103,15 @@ impl<C: Cell> ScratchLm<C> {
             if below.is_some() {
                 let w_t = w_x.narrow(1, *first as i64 * hd, d.size()[1]).tr();
                 d_input = Some(match d_input {
-                    None => d.mm(&w_t),
+                    None => mm(&d, &w_t),
+                    Some(acc) if bf => acc + mm(&d, &w_t),
                     Some(acc) => acc.addmm(&d, &w_t),
                 });
             }
         }
         for (first, m, d) in &back.hidden {
             let d = rows(d);
-            let mut g_w = rows(m).tr().mm(&d); // [H, n·H]
+            let mut g_w = mm(&rows(m).tr(), &d); // [H, n·H]
             if let Some(mask) = w_mask {
                 g_w *= mask.narrow(1, *first as i64 * hd, d.size()[1]);
             }
@@ -121,7 +131,7 @@ impl<C: Cell> ScratchLm<C> {
     /// token) with `dY = (softmax − onehot) / N`, and `(loss, dH, dW_hq, db_q)`.
     fn output_step(&self, top: &Tensor, y: &Tensor) -> (Tensor, Tensor, Tensor, Tensor) {
         if self.on_cpu_engine(top) {
-            return super::cpu::output::step(top, &self.w_hq, &self.b_q, y);
+            return super::cpu::output::step(top, &self.w_hq, &self.b_q, y, self.bf16_products(top));
         }
         let logp = self.b_q.addmm(top, &self.w_hq).log_softmax(-1, top.kind());
         let (y, n) = (y.view([-1, 1]), top.size()[0]);
@@ -152,7 +162,7 @@ impl<C: Cell> ScratchLm<C> {
                 let xa = match ups.last() {
                     // Tokens: the rows of W_x they pick, plus b, in one pass.
                     None if self.on_cpu_engine(&w_xs[l]) => super::cpu::embed(&w_xs[l], &p.b(), &ids),
-                    below => self.project(below, &ids, &w_xs[l], &p.b()),
+                    below => self.project(below, &ids, &w_xs[l], &p.b(), self.bf16_products(&w_xs[l])),
                 };
                 let xa = xa.view([t, b, -1]);
                 let tape = self.forward_tape(p, xa, &s0[l]);

@@ -278,9 +278,51 @@ pub(crate) fn top_layer_gates(
     }
 }
 
+/// `train.precision`: what the training step's matrix products take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 (or the model's own kind) throughout.
+    #[default]
+    F32,
+    /// bf16 inputs, f32 accumulation, on the CPU engine (`cpu/bf16.rs`);
+    /// weights, loss, gradients, clipping and the optimiser stay f32.
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+pub use crate::platform::cpu::{bf16_kernel, set_bf16_kernel, Bf16Kernel};
+
+/// How the CPU engine computes bf16 products here, for logs and `grulm info`.
+pub fn bf16_products_note() -> String {
+    let k = bf16_kernel();
+    let how = match k {
+        Bf16Kernel::Amx => "AMX tile products (tdpbf16ps), the rest on AVX512_BF16".to_string(),
+        Bf16Kernel::Dot => "AVX512_BF16's vdpbf16ps".to_string(),
+        Bf16Kernel::Emulated if crate::platform::cpu::cpu_has(Bf16Kernel::Dot) => format!(
+            "f32 arithmetic on the rounded values (the {} kernels do not use AVX512_BF16), slower than f32",
+            crate::platform::cpu::cpu_kernels().name()
+        ),
+        Bf16Kernel::Emulated => {
+            "f32 arithmetic on the rounded values: this CPU has no AVX512_BF16, so bf16 is slower than f32 here".to_string()
+        }
+    };
+    format!("bf16 inputs, f32 accumulation; kernel {} ({how})", k.name())
+}
+
 /// How [`ModelConfig::build`] builds beyond the config.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BuildOptions {
+    /// `train.precision` of the training step (on the CPU engine; see [`Precision`]).
+    pub precision: Precision,
     /// `train.deterministic`: the scratch model avoids kernels that add with
     /// atomics on CUDA (see `device::make_deterministic`).
     pub deterministic: bool,
@@ -311,6 +353,7 @@ impl ModelConfig {
         fn scratch<C: cell::Cell + 'static>(mut m: ScratchLm<C>, opts: BuildOptions, drop: (f64, f64)) -> Box<dyn RecurrentLm> {
             m.set_deterministic(opts.deterministic);
             m.set_path(opts.path.unwrap_or(ScratchPath::Bptt));
+            m.set_precision(opts.precision);
             m.set_dropout(drop.0, drop.1);
             Box::new(m)
         }

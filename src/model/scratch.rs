@@ -77,6 +77,9 @@ pub(crate) struct ScratchLm<C: Cell> {
     dropout: f64,
     /// `model.weight_drop`: the probability of dropping a hidden weight while training.
     weight_drop: f64,
+    /// `train.precision = "bf16"`: the CPU engine's training step multiplies
+    /// bf16 inputs (`cpu/bf16.rs`); evaluation and sampling stay f32.
+    bf16: bool,
 }
 
 /// One training pass's weight-dropped layers: per layer, its mask `[H, G·H]`
@@ -131,7 +134,13 @@ impl<C: Cell> ScratchLm<C> {
             deterministic: false,
             dropout: 0.0,
             weight_drop: 0.0,
+            bf16: false,
         }
+    }
+
+    /// `train.precision`: bf16 products in the CPU engine's training step.
+    pub(crate) fn set_precision(&mut self, precision: super::Precision) {
+        self.bf16 = precision == super::Precision::Bf16;
     }
 
     pub(crate) fn set_path(&mut self, path: ScratchPath) {
@@ -182,6 +191,12 @@ impl<C: Cell> ScratchLm<C> {
     /// buffers like `x` (see [`ScratchPath::Bptt`]).
     pub(super) fn on_cpu_engine(&self, x: &Tensor) -> bool {
         self.path == ScratchPath::Bptt && super::cpu::supports(x)
+    }
+
+    /// Whether a training step over buffers like `x` multiplies in bf16: with
+    /// `train.precision = "bf16"`, on the CPU engine, in f32.
+    pub(super) fn bf16_products(&self, x: &Tensor) -> bool {
+        self.bf16 && self.on_cpu_engine(x) && x.kind() == Kind::Float
     }
 
     pub(super) fn hidden_size(&self) -> i64 {
@@ -237,8 +252,10 @@ impl<C: Cell> ScratchLm<C> {
 
     /// Input projections of all T steps at once: `[T*B, out]`, X W + b. For layer 0
     /// the input is one-hot (token ids `[T*B]`), and one_hot(ids) W is a row gather of W.
-    pub(super) fn project(&self, below: Option<&Tensor>, ids: &Tensor, w: &Tensor, b: &Tensor) -> Tensor {
+    /// `bf16`: the product takes bf16 inputs.
+    pub(super) fn project(&self, below: Option<&Tensor>, ids: &Tensor, w: &Tensor, b: &Tensor, bf16: bool) -> Tensor {
         match below {
+            Some(x) if bf16 => super::cpu::bf16::mm(x, w) + b,
             Some(x) => b.addmm(x, w),
             None if !self.deterministic => Tensor::embedding(w, ids, -1, false, false) + b,
             // The gather's CUDA backward adds with atomics; a product does not.
@@ -247,8 +264,9 @@ impl<C: Cell> ScratchLm<C> {
     }
 
     /// `[T·B, in]ᵀ d [T·B, out]` for a layer's input: a row scatter-add for tokens.
-    pub(super) fn input_grad(&self, below: Option<&Tensor>, ids: &Tensor, d: &Tensor) -> Tensor {
+    pub(super) fn input_grad(&self, below: Option<&Tensor>, ids: &Tensor, d: &Tensor, bf16: bool) -> Tensor {
         match below {
+            Some(x) if bf16 => super::cpu::bf16::mm(&x.tr(), d),
             Some(x) => x.tr().mm(d),
             None if !self.deterministic => Tensor::zeros([self.vocab, d.size()[1]], (d.kind(), d.device())).index_add(0, ids, d),
             None => ids.one_hot(self.vocab).to_kind(d.kind()).tr().mm(d),
@@ -270,7 +288,7 @@ impl<C: Cell> ScratchLm<C> {
         let mut finals = Vec::with_capacity(self.layers.len());
         let mut below: Option<Tensor> = None; // [T*B, H], the layer below's outputs
         for (l, p) in self.layers_of(&dropped).iter().enumerate() {
-            let xa = self.project(below.as_ref(), &ids, &p.w_x(), &p.b());
+            let xa = self.project(below.as_ref(), &ids, &p.w_x(), &p.b(), false);
             let xa = xa.view([t, b, -1]).unbind(0);
             let w_h = p.w_h();
             let mut s = s0[l].iter().map(Tensor::shallow_clone).collect::<Vec<_>>();

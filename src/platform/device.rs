@@ -131,6 +131,12 @@ pub(crate) fn info_report() -> String {
     s += &format!("CPU threads      {}\n", tch::get_num_threads());
     let runs: Vec<&str> = CpuKernels::ALL.into_iter().filter(|k| k.available()).map(CpuKernels::name).collect();
     s += &format!("CPU kernels      {} (this CPU runs {})\n", cpu_kernels().name(), runs.join(", "));
+    let bf16: Vec<&str> = crate::platform::cpu::Bf16Kernel::ALL.into_iter().filter(|k| k.available()).map(|k| k.name()).collect();
+    s += &format!(
+        "bf16 products    {} (train.precision = \"bf16\"; this CPU runs {})\n",
+        crate::platform::cpu::bf16_kernel().name(),
+        bf16.join(", ")
+    );
     s += &format!("default device   {}\n", describe(Device::cuda_if_available()));
     s
 }

@@ -3,8 +3,8 @@
 //! with the same step in Python PyTorch (`bench/pytorch_reference.py`).
 use crate::config::OptimizerKind;
 use crate::data::{self, Ids, SeqPartition};
-use crate::model::{BuildOptions, CellKind, ModelConfig, ModelKind, ResetGate, ScratchPath};
-use crate::platform::cpu::{cpu_kernels, set_cpu_kernels, CpuKernels};
+use crate::model::{BuildOptions, CellKind, ModelConfig, ModelKind, Precision, ResetGate, ScratchPath};
+use crate::platform::cpu::{cpu_kernels, set_bf16_kernel, set_cpu_kernels, Bf16Kernel, CpuKernels};
 use crate::platform::device;
 use crate::train;
 use crate::train::memory::Estimate;
@@ -33,6 +33,10 @@ pub(crate) struct Options {
     pub json_out: Option<PathBuf>,
     pub compare_python: Option<PathBuf>,
     pub cpu_kernels: Option<String>,
+    /// `f32`, `bf16`: every model is timed in each.
+    pub precision: Vec<String>,
+    /// The bf16 rows' kernel (`Bf16Kernel::name`), if not the widest.
+    pub bf16_kernel: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -65,6 +69,12 @@ pub(crate) struct BenchResult {
     /// The CPU engine's kernels (`portable`, `avx2`, `avx512`), on the CPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_kernels: Option<String>,
+    /// The step's products (`f32`, `bf16`: train.precision); Python's rows have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
+    /// With bf16, the engine's bf16 kernel (`amx_bf16`, `avx512_bf16`, `f32-emulated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bf16_kernel: Option<String>,
     /// Kernels (graph nodes) of one training step, when it ran as a CUDA graph.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph_nodes: Option<usize>,
@@ -135,11 +145,16 @@ fn step_products(b: i64, t: i64, h: i64, v: i64, gates: i64) -> [(i64, i64, i64,
 /// ([`step_products`]): their FLOPs over the sum of their times, each product
 /// timed alone (into a preallocated output, median of 7 runs of at least 2 ms).
 /// The bench measures it once per round, after that round's grulm models.
-fn sgemm_at_step_gflops(dev: Device, (b, t, h, v): (i64, i64, i64, i64), gates: i64) -> Result<f64> {
+/// `precision` bf16: libtorch's bf16 `mm` (oneDNN on the CPU) at the same products.
+fn sgemm_at_step_gflops(dev: Device, (b, t, h, v): (i64, i64, i64, i64), gates: i64, precision: Precision) -> Result<f64> {
+    let kind = match precision {
+        Precision::F32 => Kind::Float,
+        Precision::Bf16 => Kind::BFloat16,
+    };
     let (mut flops, mut seconds) = (0.0, 0.0);
     for (count, m, k, n) in step_products(b, t, h, v, gates).into_iter().filter(|&(_, m, k, n)| m * k * n > 0) {
-        let (x, y) = (Tensor::randn([m, k], (Kind::Float, dev)), Tensor::randn([k, n], (Kind::Float, dev)));
-        let out = Tensor::empty([m, n], (Kind::Float, dev));
+        let (x, y) = (Tensor::randn([m, k], (kind, dev)), Tensor::randn([k, n], (kind, dev)));
+        let out = Tensor::empty([m, n], (kind, dev));
         let f = 2.0 * (m * k * n) as f64;
         let reps = (2e-3 * 50e9 / f).ceil().max(1.0) as usize; // ~2 ms at 50 GFLOP/s
         let mut times = vec![];
@@ -238,13 +253,21 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, warmup: usize, dev: Device) -> Result<BenchResult> {
+fn bench_one(
+    name: &str,
+    precision: Precision,
+    shape: (i64, i64, i64, i64, usize),
+    repeats: usize,
+    warmup: usize,
+    dev: Device,
+) -> Result<BenchResult> {
     let (b, t, h, v, steps) = shape;
     tch::manual_seed(0);
     let memory = GpuMemory::start(dev);
     reset_peak_rss();
     let baseline = (!dev.is_cuda()).then(device::rss_mib);
     let (mcfg, build, graph) = model_for(name, h)?;
+    let build = BuildOptions { precision, ..build };
     // A random corpus of exactly `steps` minibatches, on the device as the
     // trainer keeps one, cut the trainer's way (sequential, no offset).
     let len = steps * (b * t) as usize + 1;
@@ -316,6 +339,8 @@ fn bench_one(name: &str, shape: (i64, i64, i64, i64, usize), repeats: usize, war
         step: Some(step),
         device: Some(device::describe(dev)),
         cpu_kernels: (!dev.is_cuda()).then(|| cpu_kernels().name().to_string()),
+        precision: Some(precision.name().to_string()),
+        bf16_kernel: (precision == Precision::Bf16).then(|| crate::model::bf16_kernel().name().to_string()),
         graph_nodes,
         estimate_mib: Some(estimate.total() as f64 / (1u64 << 20) as f64),
         baseline_mib: baseline,
@@ -441,7 +466,18 @@ pub fn run(a: Options) -> Result<()> {
             .ok_or_else(|| usage!("--cpu-kernels {name:?}: expected one of {}", CpuKernels::ALL.map(CpuKernels::name).join(", ")))?;
         set_cpu_kernels(k).map_err(|e| usage!("--cpu-kernels {name}: {e}"))?;
     }
+    if let Some(name) = &a.bf16_kernel {
+        let names = Bf16Kernel::ALL.map(Bf16Kernel::name).join(", ");
+        let k = Bf16Kernel::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| usage!("--bf16-kernel {name:?}: expected one of {names}"))?;
+        set_bf16_kernel(k).map_err(|e| usage!("--bf16-kernel {name}: {e}"))?;
+    }
     // A bad name is a usage error before anything runs.
+    if precisions(&a)?.contains(&Precision::Bf16) && dev.is_cuda() {
+        return Err(usage!("--precision bf16: bf16 runs on the CPU engine only in this version (the device is {})", device::describe(dev)));
+    }
     if let Some(m) = a.models.iter().find(|m| !models().contains(m)) {
         return Err(usage!("--models {m:?}: expected one of {}", models().join(", ")));
     }
@@ -472,13 +508,47 @@ pub fn run(a: Options) -> Result<()> {
     Ok(())
 }
 
-/// One shape's results: grulm's models, Python's, and libtorch's sgemm at the
-/// step's products per gate count (GFLOP/s).
+/// `--precision`'s list.
+fn precisions(a: &Options) -> Result<Vec<Precision>> {
+    a.precision
+        .iter()
+        .map(|p| match p.as_str() {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(usage!("--precision {other:?}: expected f32 or bf16")),
+        })
+        .collect()
+}
+
+/// Every (model, precision) the bench times, in the order of the table.
+fn runs(a: &Options) -> Result<Vec<(String, Precision)>> {
+    let ps = precisions(a)?;
+    Ok(a.models.iter().flat_map(|m| ps.iter().map(move |&p| (m.clone(), p))).collect())
+}
+
+/// A result's row label: the model, and its precision when not f32.
+fn label(r: &BenchResult) -> String {
+    match r.precision.as_deref() {
+        Some("bf16") => format!("{} bf16", r.model),
+        _ => r.model.clone(),
+    }
+}
+
+fn precision_of(r: &BenchResult) -> Precision {
+    if r.precision.as_deref() == Some("bf16") {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    }
+}
+
+/// One shape's results: grulm's models, Python's, and libtorch's matrix
+/// products at the step's shapes per gate count and precision (GFLOP/s).
 struct ShapeResults {
     shape: (i64, i64, i64, i64, usize),
     ours: Vec<BenchResult>,
     python: Vec<BenchResult>,
-    sgemm: Vec<(i64, f64)>,
+    sgemm: Vec<(i64, Precision, f64)>,
 }
 
 /// The gate counts of the benchmarked models, each once (for the sgemm line).
@@ -493,24 +563,27 @@ fn gate_counts(a: &Options) -> Vec<i64> {
 /// the step's products, then the Python reference, so that a fast or slow
 /// spell of the machine hits every side alike; each result the median over rounds.
 fn measure_shape(a: &Options, shape: (i64, i64, i64, i64, usize), dev: Device, threads: usize) -> Result<ShapeResults> {
-    let gates = gate_counts(a);
+    let ps = precisions(a)?;
+    let gates: Vec<(i64, Precision)> = gate_counts(a).into_iter().flat_map(|g| ps.iter().map(move |&p| (g, p))).collect();
+    let runs = runs(a)?;
     // The Python reference has the chapter's two models; each runs once per round.
     let mut py_models: Vec<&str> = a.models.iter().filter_map(|m| python_model(m)).collect();
     py_models.dedup();
     let (mut ours, mut theirs): (Vec<Vec<BenchResult>>, Vec<Vec<BenchResult>>) = (vec![], vec![]);
     let mut sgemm_rounds: Vec<Vec<f64>> = vec![];
     for _ in 0..a.rounds {
-        ours.push(a.models.iter().map(|m| bench_one(m, shape, a.repeats, a.warmup, dev)).collect::<Result<_>>()?);
+        ours.push(runs.iter().map(|(m, p)| bench_one(m, *p, shape, a.repeats, a.warmup, dev)).collect::<Result<_>>()?);
         if !a.json {
             let (b, t, h, v, _) = shape;
-            sgemm_rounds.push(gates.iter().map(|&g| sgemm_at_step_gflops(dev, (b, t, h, v), g)).collect::<Result<_>>()?);
+            sgemm_rounds.push(gates.iter().map(|&(g, p)| sgemm_at_step_gflops(dev, (b, t, h, v), g, p)).collect::<Result<_>>()?);
         }
         if let (Some(py), false) = (&a.compare_python, py_models.is_empty()) {
             theirs.push(run_python(py, a, shape, &py_models, threads)?);
         }
     }
-    let ours = (0..a.models.len()).map(|i| merge(ours.iter().map(|round| round[i].clone()).collect())).collect();
-    let sgemm = gates.iter().enumerate().map(|(i, &g)| (g, median(&sgemm_rounds.iter().map(|r| r[i]).collect::<Vec<_>>()))).collect();
+    let ours = (0..runs.len()).map(|i| merge(ours.iter().map(|round| round[i].clone()).collect())).collect();
+    let sgemm =
+        gates.iter().enumerate().map(|(i, &(g, p))| (g, p, median(&sgemm_rounds.iter().map(|r| r[i]).collect::<Vec<_>>()))).collect();
     let python = py_models
         .iter()
         .map(|m| theirs.iter().filter_map(|round| round.iter().find(|r| r.model == *m).cloned()).collect::<Vec<_>>())
@@ -535,6 +608,9 @@ fn print_report(a: &Options, dev: Device, threads: usize, measured: &[ShapeResul
     println!("FP32 GEMM (2048x2048 matmul) reaches {gemm:.1} GFLOP/s here");
     if !dev.is_cuda() {
         println!("CPU engine kernels: {} (--cpu-kernels picks another)", cpu_kernels().name());
+        if precisions(a)?.contains(&Precision::Bf16) {
+            println!("bf16 rows (train.precision = bf16): {}", crate::model::bf16_products_note());
+        }
     }
     for m in measured {
         print_shape(a, m);
@@ -556,19 +632,25 @@ fn cells_with_gates(a: &Options, g: i64) -> String {
 fn print_shape(a: &Options, m: &ShapeResults) {
     let (b, t, h, v, steps) = m.shape;
     println!("\nshape B={b} T={t} H={h} V={v}, {steps} steps per repeat");
-    let rates: Vec<String> = m.sgemm.iter().map(|(g, r)| format!("{} {r:.1}", cells_with_gates(a, *g))).collect();
-    println!("libtorch sgemm at this shape's step products (GFLOP/s): {}", rates.join(", "));
+    for (p, what) in [(Precision::F32, "sgemm"), (Precision::Bf16, "bf16 mm")] {
+        let rates: Vec<String> =
+            m.sgemm.iter().filter(|(_, q, _)| *q == p).map(|(g, _, r)| format!("{} {r:.1}", cells_with_gates(a, *g))).collect();
+        if !rates.is_empty() {
+            println!("libtorch {what} at this shape's step products (GFLOP/s): {}", rates.join(", "));
+        }
+    }
     println!(
         "{:<16} {:>12} {:>12} {:>8} {:>10} {:>10} {:>10} {:>8} {:>11} {:>8}  steps",
-        "model", "grulm tok/s", "python tok/s", "ratio", "grulm MiB", "python MiB", "est. MiB", "used/est", "GFLOP/s", "/sgemm"
+        "model", "grulm tok/s", "python tok/s", "ratio", "grulm MiB", "python MiB", "est. MiB", "used/est", "GFLOP/s", "/libtorch"
     );
     for r in &m.ours {
         let p = m.python.iter().find(|p| Some(p.model.as_str()) == python_model(&r.model));
         let gflops = step_flops(b, t, h, v, gates_of(&r.model)) * steps as f64 / r.seconds_median / 1e9;
-        let of_sgemm = m.sgemm.iter().find(|(g, _)| *g == gates_of(&r.model)).map_or(f64::NAN, |(_, s)| gflops / s);
+        let of_sgemm =
+            m.sgemm.iter().find(|(g, p, _)| *g == gates_of(&r.model) && *p == precision_of(r)).map_or(f64::NAN, |(.., s)| gflops / s);
         println!(
-            "{:<16} {:>12.0} {:>12} {:>8} {:>10.0} {:>10} {:>10.0} {:>8} {:>11.1} {:>7.0}%  {}",
-            r.model,
+            "{:<16} {:>12.0} {:>12} {:>8} {:>10.0} {:>10} {:>10.0} {:>8} {:>11.1} {:>8.0}%  {}",
+            label(r),
             r.tokens_per_s,
             p.map(|p| format!("{:.0}", p.tokens_per_s)).unwrap_or_else(|| "-".into()),
             p.map(|p| format!("{:.2}x", r.tokens_per_s / p.tokens_per_s)).unwrap_or_else(|| "-".into()),
@@ -584,8 +666,17 @@ fn print_shape(a: &Options, m: &ShapeResults) {
             }
         );
     }
-    let get = |name: &str| m.ours.iter().find(|r| r.model == name).map(|r| r.tokens_per_s);
+    let get = |name: &str| m.ours.iter().find(|r| r.model == name && precision_of(r) == Precision::F32).map(|r| r.tokens_per_s);
     if let (Some(s), Some(bi)) = (get("scratch"), get("builtin")) {
         println!("grulm scratch / grulm builtin: {:.2}x", s / bi);
+    }
+    let ratios: Vec<String> = m
+        .ours
+        .iter()
+        .filter(|r| precision_of(r) == Precision::Bf16)
+        .filter_map(|r| get(&r.model).map(|f| format!("{} {:.2}x", r.model, r.tokens_per_s / f)))
+        .collect();
+    if !ratios.is_empty() {
+        println!("grulm bf16 / grulm f32 tokens/s: {}", ratios.join(", "));
     }
 }

@@ -12,7 +12,7 @@ use crate::data::{self, Corpus, Ids, SeqPartition, TokenData, Vocab};
 use crate::error::{libtorch, Interrupted};
 use crate::infer::eval::perplexity;
 use crate::infer::sample::{self, Decode};
-use crate::model::{BuildOptions, RecurrentLm, State};
+use crate::model::{BuildOptions, Precision, RecurrentLm, State};
 use crate::platform::console::Console;
 use crate::platform::device::describe;
 use crate::platform::interrupt;
@@ -91,6 +91,14 @@ impl<'a> Session<'a> {
     /// (and only then) takes the run directory, creating or resuming it.
     pub(super) fn open(cfg: &'a Config, opts: &'a TrainOptions, console: &'a Console) -> Result<Session<'a>> {
         let (run, device) = (&opts.run, opts.device);
+        if cfg.train.precision == Precision::Bf16 && device.is_cuda() {
+            // CUDA's bf16 (autocast, tensor cores) is not written yet: refused
+            // rather than silently trained in f32.
+            return Err(usage!(
+                "train.precision = \"bf16\" trains on the CPU only in this version, and the device is {}; use \"f32\" there, or --device cpu",
+                describe(device)
+            ));
+        }
         let (mut corpus, init) = corpus_for(cfg, opts)?;
         let v = corpus.vocab.len() as i64;
         // Before the first allocation of the run's size: stop now if it cannot fit.
@@ -172,6 +180,9 @@ impl<'a> Session<'a> {
             cfg.train.epochs,
             self.run.path.display()
         ));
+        if cfg.train.precision == Precision::Bf16 {
+            self.console.line(&format!("train.precision = bf16: {}", crate::model::bf16_products_note()));
+        }
         if start >= cfg.train.epochs {
             self.console.line(&format!(
                 "the run has already done {start} epochs (train.epochs = {}); raise it with --set train.epochs=N to go on",
@@ -480,7 +491,7 @@ fn corpus_for(cfg: &Config, opts: &TrainOptions) -> Result<(Corpus, Option<Weigh
 /// The model (seeded by `train.seed`) and its optimiser.
 fn build(cfg: &Config, v: i64, device: Device) -> Result<(Box<dyn RecurrentLm>, Optimizer)> {
     tch::manual_seed(cfg.train.seed as i64);
-    let build = BuildOptions { deterministic: cfg.train.deterministic, ..BuildOptions::default() };
+    let build = BuildOptions { deterministic: cfg.train.deterministic, precision: cfg.train.precision, ..BuildOptions::default() };
     let model = libtorch(|| "allocating the model".into(), || cfg.model.build(v, device, Kind::Float, build))?;
     let opt = libtorch(
         || "allocating the optimizer state".into(),

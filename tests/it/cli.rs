@@ -8,7 +8,7 @@ fn info_reports_libtorch_2_11() {
     assert!(o.status.success());
     let s = stdout(&o);
     assert!(s.contains("libtorch         2.11.0"), "{s}");
-    for key in ["CUDA available", "CUDA devices", "cuDNN available", "CPU threads", "CPU kernels", "grulm "] {
+    for key in ["CUDA available", "CUDA devices", "cuDNN available", "CPU threads", "CPU kernels", "bf16 products", "grulm "] {
         assert!(s.contains(key), "{key}: {s}");
     }
 }
@@ -1122,6 +1122,39 @@ fn progress_lines_without_a_terminal() {
         let o = grulm(dir.path(), &["train", "--config", &c, "--out", "bad", "--set", &format!("train.progress_seconds={bad}")]);
         assert_fails(&o, 2, &[&format!("train.progress_seconds = {bad}: expected a"), ">= 0 (0: no progress lines)"]);
     }
+}
+
+#[test]
+fn bf16_precision_through_the_binary() {
+    // train.precision = "bf16" through --set: the run says how its products
+    // are computed, records the key, learns, and may resume in f32 (the key
+    // is resumable); a bad value is one line and writes nothing.
+    let dir = TempDir::new("bf16");
+    dir.write("x.txt", "the time traveller for so it will be convenient to speak of him ".repeat(20));
+    let c = cfg_on(&dir, "x.txt", "");
+    let o = crate::helpers::train_with(dir.path(), &c, "mixed", &["train.precision=bf16", "train.epochs=20", "train.predict_every=0"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("train.precision = bf16: bf16 inputs, f32 accumulation; kernel "), "{out}");
+    let saved = std::fs::read_to_string(dir.join("mixed/config.toml")).unwrap();
+    assert!(saved.contains("precision = \"bf16\""), "{saved}");
+    let m = metrics_without_timing(&dir.join("mixed"));
+    let (first, last) = (m[0]["train_ppl"].as_f64().unwrap(), m[19]["train_ppl"].as_f64().unwrap());
+    assert!(first / last >= 1.5, "perplexity {first:.2} -> {last:.2} in bf16");
+    let o = grulm(dir.path(), &["train", "--out", "mixed", "--resume", "--set", "train.precision=f32", "--set", "train.epochs=21"]);
+    assert!(o.status.success(), "{}", crate::helpers::stderr(&o));
+    assert!(!stdout(&o).contains("train.precision = bf16"), "{}", stdout(&o));
+    assert_eq!(metrics_without_timing(&dir.join("mixed")).len(), 21);
+    for (set, expected) in [
+        ("train.precision=fp16", "train.precision = \"fp16\": expected \"f32\" or \"bf16\""),
+        ("train.precision=16", "train.precision = 16: expected \"f32\" or \"bf16\""),
+    ] {
+        let o = grulm(dir.path(), &["train", "--config", &c, "--out", "bad", "--set", set]);
+        assert_fails(&o, 2, &[expected]);
+    }
+    let o = grulm(dir.path(), &["train", "--config", &c, "--out", "bad", "--device", "cuda", "--set", "train.precision=bf16"]);
+    assert_eq!(o.status.code(), Some(2), "{}", crate::helpers::stderr(&o));
+    assert!(!dir.join("bad").exists(), "a refused config writes nothing");
 }
 
 #[test]

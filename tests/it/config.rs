@@ -40,7 +40,7 @@ fn set_overrides_and_names_itself_in_errors() {
     assert_eq!(c.model.kind, ModelKind::Builtin);
     assert_eq!(c.data.partition, SeqPartition::Random);
     assert_eq!(err("", &["train.lr=-1"]), "--set train.lr=-1: train.lr = -1: expected a finite number > 0");
-    assert_eq!(err("", &["train.lrr=1"]), "--set train.lrr=1: unknown key train.lrr; expected one of: epochs, epoch_steps, max_minutes, optimizer, lr, lr_schedule, lr_decay, lr_decay_every, warmup_epochs, grad_clip, seed, device, threads, predict_every, checkpoint_every, val_every, deterministic, cuda_graph, tensorboard, progress_seconds, patience, init_from");
+    assert_eq!(err("", &["train.lrr=1"]), "--set train.lrr=1: unknown key train.lrr; expected one of: epochs, epoch_steps, max_minutes, optimizer, lr, lr_schedule, lr_decay, lr_decay_every, warmup_epochs, grad_clip, seed, device, threads, predict_every, checkpoint_every, val_every, deterministic, precision, cuda_graph, tensorboard, progress_seconds, patience, init_from");
 }
 
 #[test]

@@ -147,7 +147,7 @@ fn bench_runs_each_step_variant_and_names_them() {
     assert!(o.status.success(), "{}", stderr(&o));
     let table = crate::helpers::stdout(&o);
     assert!(table.contains("libtorch sgemm at this shape's step products (GFLOP/s): GRU "), "{table}");
-    assert!(table.contains("/sgemm"), "{table}");
+    assert!(table.contains("/libtorch"), "{table}");
     for m in ["scratch ", "scratch-ops ", "builtin ", "builtin-autograd "] {
         assert!(table.lines().any(|l| l.starts_with(m) && l.contains('%')), "{m}: {table}");
     }
@@ -170,6 +170,37 @@ fn bench_runs_each_step_variant_and_names_them() {
     }
     let o = grulm(dir.path(), &["bench", "--shape", "2,3,4,5", "--cpu-kernels", "avx9"]);
     assert_fails(&o, 2, &["--cpu-kernels \"avx9\"", "portable, avx2, avx512"]);
+    // bf16 rows beside f32's, beside libtorch's bf16 products, with their kernel
+    // (grulm info's by default, the f32 arithmetic one when asked).
+    let o = grulm(
+        dir.path(),
+        &["bench", "--shape", "2,3,4,5", "--models", "scratch,builtin", "--precision", "f32,bf16", "--repeats", "1", "--rounds", "1"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = crate::helpers::stdout(&o);
+    for needle in [
+        "libtorch bf16 mm at this shape's step products (GFLOP/s): GRU ",
+        "grulm bf16 / grulm f32 tokens/s: scratch ",
+        "bf16 rows (train.precision = bf16): bf16 inputs",
+    ] {
+        assert!(table.contains(needle), "{needle}: {table}");
+    }
+    assert!(table.lines().any(|l| l.starts_with("scratch bf16 ") && l.contains('%')), "{table}");
+    let default =
+        info.lines().find_map(|l| l.strip_prefix("bf16 products")).map(|l| l.split_whitespace().next().unwrap().to_string()).unwrap();
+    for (flag, want) in [(None, default.as_str()), (Some("f32-emulated"), "f32-emulated")] {
+        let mut args =
+            vec!["bench", "--shape", "2,3,4,5", "--models", "scratch", "--precision", "bf16", "--repeats", "1", "--rounds", "1", "--json"];
+        args.extend(flag.map(|k| ["--bf16-kernel", k]).into_iter().flatten());
+        let o = grulm(dir.path(), &args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let line: serde_json::Value = serde_json::from_str(crate::helpers::stdout(&o).lines().next().unwrap()).unwrap();
+        assert_eq!((&line["precision"], &line["bf16_kernel"]), (&serde_json::json!("bf16"), &serde_json::json!(want)), "{flag:?}");
+    }
+    let o = grulm(dir.path(), &["bench", "--shape", "2,3,4,5", "--precision", "fp8"]);
+    assert_fails(&o, 2, &["--precision \"fp8\": expected f32 or bf16"]);
+    let o = grulm(dir.path(), &["bench", "--shape", "2,3,4,5", "--precision", "bf16", "--bf16-kernel", "amx"]);
+    assert_fails(&o, 2, &["--bf16-kernel \"amx\": expected one of f32-emulated, avx512_bf16, amx_bf16"]);
 }
 
 #[test]

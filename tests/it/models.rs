@@ -5,7 +5,8 @@
 #![allow(clippy::needless_range_loop)] // index loops read like the equations
 use crate::helpers::alone;
 use grulm::model::{
-    dropout_masks, weight_drop_masks, BuildOptions, CellKind, GruGates, ModelConfig, ModelKind, RecurrentLm, ResetGate, ScratchPath, State,
+    dropout_masks, set_bf16_kernel, weight_drop_masks, Bf16Kernel, BuildOptions, CellKind, GruGates, ModelConfig, ModelKind, Precision,
+    RecurrentLm, ResetGate, ScratchPath, State,
 };
 use grulm::platform::cpu::{set_cpu_kernels, CpuKernels};
 use grulm::platform::tensorfile::assign;
@@ -1153,10 +1154,15 @@ fn initialisation_follows_d2l_and_pytorch() {
 /// tokens, state and dropout masks: the loss, every state tensor and every
 /// gradient, by name.
 fn step_outputs(cfg: &ModelConfig, opts: BuildOptions, kind: Kind, threads: i32) -> Vec<(String, Tensor)> {
-    tch::set_num_threads(threads);
     // B=13 rows split unevenly over the threads and over the micro-kernel's
     // row blocks; H=37 (cfg) leaves a partial column panel.
-    let (b, t, v, h, layers) = (13, 6, 11, cfg.hidden_size as i64, cfg.num_layers as i64);
+    step_outputs_at(cfg, opts, kind, threads, 13, 6)
+}
+
+/// [`step_outputs`] for a minibatch of `b` sequences of `t` steps.
+fn step_outputs_at(cfg: &ModelConfig, opts: BuildOptions, kind: Kind, threads: i32, b: i64, t: i64) -> Vec<(String, Tensor)> {
+    tch::set_num_threads(threads);
+    let (v, h, layers) = (11, cfg.hidden_size as i64, cfg.num_layers as i64);
     tch::manual_seed(7);
     let m = cfg.build(v, Device::Cpu, kind, opts);
     parity::randomize(m.as_ref(), 0.3);
@@ -1233,6 +1239,61 @@ fn cpu_engine_kernel_sets_compute_the_same_numbers() {
                             assert!(x.equal(y), "{c:?} {kind:?} {threads} thread(s): {name} on {} differs from portable", k.name());
                         }
                     }
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn bf16_step_is_the_f32_step_within_bf16_rounding() {
+    // train.precision = "bf16" rounds the inputs of every product of the step
+    // to bf16 (8 significant bits: a unit roundoff u = 2⁻⁹), and the kernels
+    // multiply exactly those (src/model/cpu/bf16.rs's test). Here the whole
+    // step: every cell, and the built-in models through the engine, two layers,
+    // with dropout, on every bf16 kernel this CPU runs, 1 and 3 threads,
+    // against the f32 step of the same weights, state and masks. The
+    // rounding errors of the products enter the loss, the state and every
+    // gradient at first order, with random signs: each output's relative error
+    // in norm stays within 32u (~6%; measured: at most 2.1e-2, the RNN), and is at least
+    // u/64 somewhere (the products were rounded: an f32 step agrees with
+    // itself to ~1e-7). B=40 and H=40: AMX's whole tiles and the rows and
+    // columns past them.
+    alone("models::bf16_step_is_the_f32_step_within_bf16_rounding", || {
+        let u = 2f64.powi(-9);
+        let kernels: Vec<Bf16Kernel> = Bf16Kernel::ALL.into_iter().filter(|k| k.available()).collect();
+        println!("bf16 kernels this CPU runs: {:?}", kernels.iter().map(|k| k.name()).collect::<Vec<_>>());
+        let mut cases: Vec<(String, ModelConfig)> =
+            CELLS.iter().map(|c| (format!("scratch {c:?}"), ModelConfig { dropout: 0.3, ..c.config(2, 40) })).collect();
+        for cell in [CellKind::Gru, CellKind::Lstm, CellKind::Rnn] {
+            let reset_gate = (cell == CellKind::Gru).then_some(ResetGate::After);
+            let cfg = ModelConfig {
+                kind: ModelKind::Builtin,
+                cell,
+                reset_gate,
+                hidden_size: 40,
+                num_layers: 2,
+                dropout: 0.3,
+                ..ModelConfig::default()
+            };
+            cases.push((format!("builtin {cell:?}"), cfg));
+        }
+        let norm = |t: &Tensor| f64::try_from(t.to_kind(Kind::Double).norm()).unwrap();
+        let at = |p| BuildOptions { precision: p, ..BuildOptions::default() };
+        for (name, cfg) in &cases {
+            let f32_step = step_outputs_at(cfg, at(Precision::F32), Kind::Float, 1, 40, 5);
+            for &kernel in &kernels {
+                set_bf16_kernel(kernel).unwrap();
+                for threads in [1, 3] {
+                    let bf16_step = step_outputs_at(cfg, at(Precision::Bf16), Kind::Float, threads, 40, 5);
+                    let mut largest = 0f64;
+                    for ((what, x), (_, y)) in bf16_step.iter().zip(&f32_step) {
+                        let rel = norm(&(x - y)) / norm(y);
+                        assert!(rel <= 32.0 * u, "{name}, {} kernel, {threads} thread(s): {what} is {rel:.2e} from f32's", kernel.name());
+                        largest = largest.max(rel);
+                    }
+                    assert!(largest >= u / 64.0, "{name}, {}: the step is f32's to {largest:.1e}: bf16 not in effect", kernel.name());
+                    println!("{name}, {} kernel, {threads} thread(s): largest relative difference from f32 {largest:.2e}", kernel.name());
                 }
             }
         }

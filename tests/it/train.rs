@@ -73,17 +73,24 @@ fn resume_equals_an_uninterrupted_run() {
         let Some(corpus) = timemachine() else { return };
         let dir = TempDir::new("resume");
         // Every cell resumes exactly; the LSTM (two state tensors, four gates) stands for them.
-        for (opt, partition, cell) in [("sgd", "sequential", "gru"), ("adam", "random", "gru"), ("sgd", "sequential", "lstm")] {
+        // bf16 products resume exactly too (the engine's kernels are deterministic).
+        for (opt, partition, cell, precision) in [
+            ("sgd", "sequential", "gru", "f32"),
+            ("adam", "random", "gru", "f32"),
+            ("sgd", "sequential", "lstm", "f32"),
+            ("adam", "sequential", "gru", "bf16"),
+        ] {
             let sets = [
                 format!("train.optimizer=\"{opt}\""),
                 format!("data.partition=\"{partition}\""),
                 "train.lr=0.5".into(),
                 format!("model.cell=\"{cell}\""),
+                format!("train.precision=\"{precision}\""),
             ];
             let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
             let full = small(&corpus, "", &sets);
-            let a = format!("full-{opt}-{cell}");
-            let b = format!("part-{opt}-{cell}");
+            let a = format!("full-{opt}-{cell}-{precision}");
+            let b = format!("part-{opt}-{cell}-{precision}");
             let out_full = train_in(&dir, &full, &a, false);
             // Stop after 2 epochs (a checkpoint), then resume to 4.
             let mut first = full.clone();

@@ -16,7 +16,11 @@
 //! vectorises for the kernel set chosen at run time (see [`super::RowJob`] and
 //! `platform::cpu`). A taller block (16 rows of f32) spills and runs at half
 //! the speed.
-use super::{Real, RowJob};
+//!
+//! With bf16 products (`train.precision = "bf16"`, element type
+//! [`super::bf16::MixedF32`]), B is packed as bf16 pairs instead and the
+//! products run in `bf16.rs`: same panels, same call sites.
+use super::{bf16, Real, RowJob};
 use crate::platform::cpu::{cpu_kernels, CpuKernels};
 use std::ops::Range;
 use tch::Tensor;
@@ -24,17 +28,26 @@ use tch::Tensor;
 /// Columns per packed panel.
 pub(crate) const NR: usize = 16;
 
-/// B packed into column panels (see the module doc).
+/// B packed into column panels (see the module doc): `data` for products in
+/// `T`; for bf16 products (`T::BF16`) `pairs` instead, each panel
+/// `[bf16::pair_rows(k), NR]` of u32 holding rows 2p (low half) and 2p + 1
+/// (high half) of a column rounded to bf16 (zero past k): the operand layout of
+/// AVX512_BF16's `vdpbf16ps`, and of AMX's B tiles.
 pub(crate) struct Packed<T> {
     k: usize,
     n: usize,
     data: Vec<T>,
+    pairs: Vec<u32>,
 }
 
 impl<T: Real> Packed<T> {
     /// A zero `[k, n]` B.
     pub fn zeros(k: usize, n: usize) -> Packed<T> {
-        Packed { k, n, data: vec![T::ZERO; n.div_ceil(NR) * k * NR] }
+        let panels = n.div_ceil(NR);
+        match T::BF16 {
+            false => Packed { k, n, data: vec![T::ZERO; panels * k * NR], pairs: vec![] },
+            true => Packed { k, n, data: vec![], pairs: vec![0; panels * bf16::pair_rows(k) * NR] },
+        }
     }
 
     /// The tensors side by side (`[w_0 w_1 ...]`, each `[k, n_i]`), or, with
@@ -57,9 +70,23 @@ impl<T: Real> Packed<T> {
             });
             at += w.size()[1] as usize;
         }
-        let job = Fill { srcs, data: p.data.as_mut_ptr(), k: p.k, n: p.n };
+        let job = Fill { srcs, dest: p.dest(), n: p.n };
         super::par_rows(p.n.div_ceil(NR), &job);
         p
+    }
+
+    /// The bf16 pairs (see the type's doc), for tests of the kernels.
+    #[cfg(test)]
+    pub fn pairs_for_tests(&self) -> &[u32] {
+        &self.pairs
+    }
+
+    /// Where packing writes.
+    fn dest(&mut self) -> Dest<T> {
+        match T::BF16 {
+            false => Dest::Values { data: self.data.as_mut_ptr(), k: self.k },
+            true => Dest::Bf16Pairs { data: self.pairs.as_mut_ptr() as *mut u16, k2: bf16::pair_rows(self.k) },
+        }
     }
 
     /// `rows` rows of a row-major `[·, n]` buffer at `ptr` (row stride `ld`).
@@ -69,9 +96,18 @@ impl<T: Real> Packed<T> {
     pub unsafe fn from_rows(ptr: *const T, rows: usize, n: usize, ld: usize) -> Packed<T> {
         let mut p = Packed::zeros(rows, n);
         let src = Source { ptr, rows, cols: n, rs: ld, cs: 1, row0: 0, col0: 0 };
-        src.fill(p.data.as_mut_ptr(), rows, 0..n);
+        src.fill(p.dest(), 0..n);
         p
     }
+}
+
+/// A packed B's memory, as packing writes it: values, or bf16 pairs (as u16
+/// halves: element `(kk, col)` at `((col/NR)·k2 + kk/2)·2·NR + 2·(col%NR) + kk%2`,
+/// k2 = `bf16::pair_rows(k)`).
+#[derive(Clone, Copy)]
+enum Dest<T> {
+    Values { data: *mut T, k: usize },
+    Bf16Pairs { data: *mut u16, k2: usize },
 }
 
 /// A 2-D tensor's place in a [`Packed`] B: its memory as `rows × cols` at
@@ -98,33 +134,44 @@ impl<T: Real> Source<T> {
         Source { ptr: w.data_ptr() as *const T, rows, cols, rs, cs, row0, col0 }
     }
 
-    /// Copies the part of the source within B's columns `range` into `data`
-    /// (a packed B with `k` rows).
+    /// Copies the part of the source within B's columns `range` into `dest`.
     ///
     /// # Safety
-    /// `data` is that B, the tensor is alive, and nobody else writes the
+    /// `dest` is that B, the tensor is alive, and nobody else writes the
     /// panels of `range` meanwhile.
-    unsafe fn fill(&self, data: *mut T, k: usize, range: Range<usize>) {
+    unsafe fn fill(&self, dest: Dest<T>, range: Range<usize>) {
         let (j0, j1) = (range.start.max(self.col0), range.end.min(self.col0 + self.cols));
         if j0 >= j1 || self.rows == 0 {
             return;
         }
-        let at = |col: usize, kk: usize| ((col / NR) * k + self.row0 + kk) * NR + col % NR;
         let src = |kk: usize, j: usize| *self.ptr.add(kk * self.rs + (j - self.col0) * self.cs);
-        if self.cs == 1 {
-            // Source rows contiguous (W as it is): row by row.
-            for kk in 0..self.rows {
-                for j in j0..j1 {
-                    *data.add(at(j, kk)) = src(kk, j);
+        match dest {
+            Dest::Values { data, k } => {
+                let at = |col: usize, kk: usize| ((col / NR) * k + self.row0 + kk) * NR + col % NR;
+                if self.cs == 1 {
+                    // Source rows contiguous (W as it is): row by row.
+                    for kk in 0..self.rows {
+                        for j in j0..j1 {
+                            *data.add(at(j, kk)) = src(kk, j);
+                        }
+                    }
+                } else {
+                    // Source columns contiguous (Wᵀ of a row-major W): column by
+                    // column, each a run of one panel lane.
+                    for j in j0..j1 {
+                        let base = data.add(at(j, 0));
+                        for kk in 0..self.rows {
+                            *base.add(kk * NR) = src(kk, j);
+                        }
+                    }
                 }
             }
-        } else {
-            // Source columns contiguous (Wᵀ of a row-major W): column by column,
-            // each a run of one panel lane.
-            for j in j0..j1 {
-                let base = data.add(at(j, 0));
-                for kk in 0..self.rows {
-                    *base.add(kk * NR) = src(kk, j);
+            Dest::Bf16Pairs { data, k2 } => {
+                let at = |col: usize, kk: usize| ((col / NR) * k2 + kk / 2) * 2 * NR + 2 * (col % NR) + kk % 2;
+                for j in j0..j1 {
+                    for kk in 0..self.rows {
+                        *data.add(at(j, self.row0 + kk)) = bf16::round(src(kk, j).to_f32());
+                    }
                 }
             }
         }
@@ -134,8 +181,7 @@ impl<T: Real> Source<T> {
 /// [`Packed::of`]'s copies, a range of B's panels per thread.
 struct Fill<T> {
     srcs: Vec<Source<T>>,
-    data: *mut T,
-    k: usize,
+    dest: Dest<T>,
     n: usize,
 }
 
@@ -148,7 +194,7 @@ impl<T: Real> RowJob for Fill<T> {
         let cols = panels.start * NR..(panels.end * NR).min(self.n);
         for s in &self.srcs {
             // SAFETY: Packed::of's B, alive, and this thread's panels only.
-            unsafe { s.fill(self.data, self.k, cols.clone()) };
+            unsafe { s.fill(self.dest, cols.clone()) };
         }
     }
 }
@@ -189,6 +235,10 @@ macro_rules! block_rows {
 #[inline(always)]
 unsafe fn gemm_strided<T: Real>(m: usize, a: *const T, ars: usize, aks: usize, b: &Packed<T>, c: *mut T, ldc: usize) {
     let k = b.k;
+    if T::BF16 {
+        // T is f32 in memory (MixedF32 is a transparent f32).
+        return bf16::gemm(m, a as *const f32, ars, aks, k, b.n, &b.pairs, c as *mut f32, ldc);
+    }
     // The register block's height: twice as many rows with AVX-512's registers.
     let mr = if cpu_kernels() == CpuKernels::Avx512 { T::MR_WIDE } else { T::MR };
     for panel in 0..b.n.div_ceil(NR) {

@@ -27,6 +27,12 @@
 //! (relative error a few ulp, so libtorch parity holds to 1e-5, see the tests).
 //! The hidden and input weights' gradients (one product over all T·B rows)
 //! stay libtorch's: MKL is faster at those shapes than this kernel.
+//!
+//! bf16 (`train.precision = "bf16"`, `bf16.rs`): every product takes bf16
+//! inputs and accumulates in f32; the tapes run on [`bf16::MixedF32`], f32 in
+//! memory. The products left to libtorch take bf16 tensors (oneDNN, with AMX
+//! where the CPU has it) and return bf16 results, as autocast's do.
+pub mod bf16;
 pub mod gemm;
 pub mod output;
 
@@ -111,6 +117,8 @@ pub(crate) trait Real:
     const MR: usize;
     /// The same with AVX-512 (32 registers of twice the width).
     const MR_WIDE: usize;
+    /// Whether matrix products take bf16 inputs ([`bf16::MixedF32`]).
+    const BF16: bool = false;
     /// `self · b + c`, one rounding where the CPU has FMA.
     fn fma(self, b: Self, c: Self) -> Self;
     fn sigmoid(self) -> Self;
@@ -118,6 +126,8 @@ pub(crate) trait Real:
     fn exp(self) -> Self;
     fn ln(self) -> Self;
     fn from_usize(n: usize) -> Self;
+    /// The value as f32 (what bf16 rounding starts from).
+    fn to_f32(self) -> f32;
 }
 
 impl Real for f64 {
@@ -148,6 +158,9 @@ impl Real for f64 {
     fn from_usize(n: usize) -> f64 {
         n as f64
     }
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
 }
 
 impl Real for f32 {
@@ -177,6 +190,10 @@ impl Real for f32 {
     }
     fn from_usize(n: usize) -> f32 {
         n as f32
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
     }
 }
 

@@ -20,9 +20,10 @@ use std::sync::Mutex;
 use tch::{Kind, Tensor};
 
 /// For the top layer's outputs `top [N, H]`, targets `y [N]` (Int64):
-/// `(loss, dH [N, H], dW_hq [H, V], db_q [V])`.
-pub fn step(top: &Tensor, w_hq: &Tensor, b_q: &Tensor, y: &Tensor) -> (Tensor, Tensor, Tensor, Tensor) {
+/// `(loss, dH [N, H], dW_hq [H, V], db_q [V])`; `bf16`: the products take bf16 inputs.
+pub fn step(top: &Tensor, w_hq: &Tensor, b_q: &Tensor, y: &Tensor, bf16: bool) -> (Tensor, Tensor, Tensor, Tensor) {
     match top.kind() {
+        Kind::Float if bf16 => step_as::<super::bf16::MixedF32>(top, w_hq, b_q, y),
         Kind::Float => step_as::<f32>(top, w_hq, b_q, y),
         _ => step_as::<f64>(top, w_hq, b_q, y),
     }
