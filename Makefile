@@ -33,9 +33,11 @@ build:
 info: build
 	./target/release/grulm info
 
-## make bench: grulm and PyTorch side by side (same libtorch, same threads).
+## make bench: grulm and PyTorch side by side (same libtorch, same threads), f32 and
+## bf16 rows (PRECISION=f32 for f32 alone).
+PRECISION ?= f32,bf16
 bench: build
-	$(SETUP) && python bench/pytorch_reference.py --check && ./target/release/grulm bench --compare-python "$$VIRTUAL_ENV/bin/python" $(ARGS)
+	$(SETUP) && python bench/pytorch_reference.py --check && ./target/release/grulm bench --compare-python "$$VIRTUAL_ENV/bin/python" --precision $(PRECISION) $(ARGS)
 
 ## make golden: regenerate tests/golden/builtin_gru.json with PyTorch.
 golden:

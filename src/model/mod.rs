@@ -305,7 +305,7 @@ pub use crate::platform::cpu::{bf16_kernel, set_bf16_kernel, Bf16Kernel};
 pub fn bf16_products_note() -> String {
     let k = bf16_kernel();
     let how = match k {
-        Bf16Kernel::Amx => "AMX tile products (tdpbf16ps), the rest on AVX512_BF16".to_string(),
+        Bf16Kernel::Amx => "AMX tile products (tdpbf16ps); a last panel under 16 columns on AVX512_BF16".to_string(),
         Bf16Kernel::Dot => "AVX512_BF16's vdpbf16ps".to_string(),
         Bf16Kernel::Emulated if crate::platform::cpu::cpu_has(Bf16Kernel::Dot) => format!(
             "f32 arithmetic on the rounded values (the {} kernels do not use AVX512_BF16), slower than f32",

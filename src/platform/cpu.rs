@@ -57,7 +57,7 @@ pub enum Bf16Kernel {
     /// AVX512_BF16's `vdpbf16ps`: 16 lanes of two bf16 products each.
     Dot,
     /// AMX's `tdpbf16ps` (Intel since Sapphire Rapids): a 16×32 by 32×16 tile
-    /// product per instruction; the rows and columns short of a tile go to `Dot`.
+    /// product per instruction; a last panel short of 16 columns goes to `Dot`.
     Amx,
 }
 

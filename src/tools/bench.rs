@@ -276,7 +276,8 @@ fn bench_one(
     let ids = Ids::from_i64(v as usize, &ids);
     let mb = data::sequential_minibatches(len, b as usize, t as usize, 0);
     // The trainer's estimate for this step and these data.
-    let estimate = Estimate::training(&mcfg, OptimizerKind::Sgd, b as u64, t as u64, v as u64, (ids.bytes() + 8 * mb.starts.len()) as u64);
+    let estimate =
+        Estimate::training(&mcfg, OptimizerKind::Sgd, precision, b as u64, t as u64, v as u64, (ids.bytes() + 8 * mb.starts.len()) as u64);
     let model = mcfg.build(v, dev, Kind::Float, build);
     let mut opt = Optimizer::new(OptimizerKind::Sgd, 1.0, model.named_parameters());
     let corpus = crate::data::TokenData::upload(&ids, t as usize, dev);
@@ -508,16 +509,20 @@ pub fn run(a: Options) -> Result<()> {
     Ok(())
 }
 
-/// `--precision`'s list.
+/// `--precision`'s list, each once, in the order given.
 fn precisions(a: &Options) -> Result<Vec<Precision>> {
-    a.precision
-        .iter()
-        .map(|p| match p.as_str() {
-            "f32" => Ok(Precision::F32),
-            "bf16" => Ok(Precision::Bf16),
-            other => Err(usage!("--precision {other:?}: expected f32 or bf16")),
-        })
-        .collect()
+    let mut out = vec![];
+    for p in &a.precision {
+        let p = match p.as_str() {
+            "f32" => Precision::F32,
+            "bf16" => Precision::Bf16,
+            other => return Err(usage!("--precision {other:?}: expected f32 or bf16")),
+        };
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
 }
 
 /// Every (model, precision) the bench times, in the order of the table.

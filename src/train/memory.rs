@@ -17,6 +17,9 @@
 //! |               | (with dropout, 2 more per layer: its mask and masked output) |
 //! |               | (with weight drop, 4·2·L·G·H² more: each layer's mask and    |
 //! |               | its dropped W_h)                                             |
+//! |               | (with train.precision = bf16, 4·T·B·H·(G + 1) more: one      |
+//! |               | layer's weight-gradient operands in bf16 and oneDNN's packed |
+//! |               | copies of them)                                              |
 //! | data          | N·2W + 8·N/T: the ids on the host and their copy on the      |
 //! |               | device (the host's go once uploaded), and an epoch's row     |
 //! |               | starts (Int64); each step cuts its own minibatch out         |
@@ -24,7 +27,7 @@
 //! `grulm bench` prints this estimate next to the measured peak; see
 //! docs/memory.md for how close it comes.
 use crate::config::{Config, OptimizerKind};
-use crate::model::{ModelConfig, ModelKind, ResetGate};
+use crate::model::{ModelConfig, ModelKind, Precision, ResetGate};
 use crate::usage;
 use anyhow::Result;
 use tch::Device;
@@ -67,11 +70,11 @@ impl Estimate {
     pub fn new(cfg: &Config, v: u64, n: u64) -> Estimate {
         let (b, t) = (cfg.data.batch_size as u64, cfg.data.num_steps as u64);
         let w = crate::data::Ids::width_for(v as usize) as u64;
-        Estimate::training(&cfg.model, cfg.train.optimizer, b, t, v, n * 2 * w + 8 * n / t)
+        Estimate::training(&cfg.model, cfg.train.optimizer, cfg.train.precision, b, t, v, n * 2 * w + 8 * n / t)
     }
 
     /// Training `m` with minibatches of `b x t`, and `data` bytes of token ids.
-    pub fn training(m: &ModelConfig, optimizer: OptimizerKind, b: u64, t: u64, v: u64, data: u64) -> Estimate {
+    pub fn training(m: &ModelConfig, optimizer: OptimizerKind, precision: Precision, b: u64, t: u64, v: u64, data: u64) -> Estimate {
         let p = m.parameter_count(v);
         let (h, l, g) = (m.hidden_size as u64, m.num_layers as u64, m.gate_count());
         let s = m.cell.state_count() as u64;
@@ -79,6 +82,9 @@ impl Estimate {
         let d = if m.dropout > 0.0 { 2 } else { 0 };
         // Weight drop keeps each layer's mask and its dropped W_h, [H, G·H] each.
         let wd = if m.weight_drop > 0.0 { 2 * l * g * h * h } else { 0 };
+        // bf16: one layer's M [T·B, H] and dP [T·B, G·H] converted, and oneDNN's
+        // packed copies of them, while its weight gradients are computed.
+        let mixed = if precision == Precision::Bf16 { t * b * h * (g + 1) } else { 0 };
         Estimate {
             parameter_count: p,
             parameters: 4 * p,
@@ -87,7 +93,7 @@ impl Estimate {
                 OptimizerKind::Sgd => 0,
                 OptimizerKind::Adam => 8 * p,
             },
-            activations: 4 * (t * b * (3 * v + l * h * (3 * g + 2 * s + 2 + d)) + wd),
+            activations: 4 * (t * b * (3 * v + l * h * (3 * g + 2 * s + 2 + d)) + wd + mixed),
             data,
         }
     }

@@ -38,15 +38,13 @@ use tch::Kind;
 /// read as (signed) zero, NaN kept a (quiet) NaN.
 #[inline(always)]
 pub(crate) fn round(x: f32) -> u16 {
+    // Branch-free (selects), so that the loops converting rows vectorise.
     let bits = x.to_bits();
-    if bits & 0x7f80_0000 == 0 {
-        return ((bits >> 16) & 0x8000) as u16; // zero or subnormal: signed zero
-    }
-    if bits & 0x7fff_ffff > 0x7f80_0000 {
-        return ((bits >> 16) | 0x0040) as u16; // NaN: quiet
-    }
-    let lsb = (bits >> 16) & 1;
-    (bits.wrapping_add(0x7fff + lsb) >> 16) as u16
+    let nearest = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    let zero = (bits >> 16) & 0x8000; // zero or subnormal: signed zero
+    let quiet = (bits >> 16) | 0x0040; // NaN: quiet
+    let r = if bits & 0x7f80_0000 == 0 { zero } else { nearest };
+    (if bits & 0x7fff_ffff > 0x7f80_0000 { quiet } else { r }) as u16
 }
 
 /// The f32 value of a bf16.
@@ -171,33 +169,64 @@ unsafe fn gemm_on(
     ldc: usize,
 ) {
     let k2 = pair_rows(k);
-    A_PAIRS.with_borrow_mut(|buf| {
-        if buf.len() < m * k2 {
-            buf.resize(m * k2, 0);
+    // The buffer is taken out of the thread-local rather than used inside a
+    // closure of `with`: a closure is a function of its own, which would be
+    // compiled without the caller's target features (AVX-512, AVX2), and the
+    // loops below would not vectorise.
+    // SAFETY: this thread's buffer, used by nothing else while this product
+    // runs (the products do not nest).
+    let buf = &mut *A_PAIRS.with(RefCell::as_ptr);
+    if buf.len() < m * k2 {
+        buf.resize(m * k2, 0);
+    }
+    to_pairs(m, a, ars, aks, k, k2, &mut buf[..m * k2]);
+    let ops = Operands { k2, a: buf.as_ptr(), b: pairs.as_ptr(), c, ldc, n };
+    let panels = n.div_ceil(NR);
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Bf16Kernel::Amx => {
+            // Every row on AMX for the full panels of B; a last partial
+            // panel (fewer than 16 columns) on vdpbf16ps.
+            let full = n / NR;
+            amx::product(&ops, m, full);
+            ops.blocks(Bf16Kernel::Dot, 0..m, full..panels);
         }
+        kernel => ops.blocks(kernel, 0..m, 0..panels),
+    }
+}
+
+/// A's `m` rows (element `(i, kk)` at `a[i·ars + kk·aks]`) rounded into
+/// `out`, `k2` pairs a row (zero past k). Two loops the compiler vectorises:
+/// rows read in order (`aks = 1`), or, for a transposed A (`ars = 1`), each
+/// column kk read in order into its half of every row's pair kk/2.
+#[inline(always)]
+unsafe fn to_pairs(m: usize, a: *const f32, ars: usize, aks: usize, k: usize, k2: usize, out: &mut [u32]) {
+    if aks == 1 {
         for i in 0..m {
-            let (row, out) = (a.add(i * ars), &mut buf[i * k2..(i + 1) * k2]);
-            for (p, o) in out.iter_mut().enumerate() {
-                let lo = if 2 * p < k { round(*row.add(2 * p * aks)) as u32 } else { 0 };
-                let hi = if 2 * p + 1 < k { round(*row.add((2 * p + 1) * aks)) as u32 } else { 0 };
-                *o = (hi << 16) | lo;
+            let (row, o) = (std::slice::from_raw_parts(a.add(i * ars), k), &mut out[i * k2..(i + 1) * k2]);
+            let whole = k / 2;
+            for (p, pair) in o[..whole].iter_mut().enumerate() {
+                *pair = ((round(row[2 * p + 1]) as u32) << 16) | round(row[2 * p]) as u32;
+            }
+            for (p, pair) in o.iter_mut().enumerate().skip(whole) {
+                *pair = if 2 * p < k { round(row[2 * p]) as u32 } else { 0 };
             }
         }
-        let ops = Operands { k2, a: buf.as_ptr(), b: pairs.as_ptr(), c, ldc, n };
-        let panels = n.div_ceil(NR);
-        match kernel {
-            #[cfg(target_arch = "x86_64")]
-            Bf16Kernel::Amx => {
-                // Whole tiles on AMX: 16-row blocks of A by full panels of B;
-                // the rest (rows past the last 16, a last partial panel) on vdpbf16ps.
-                let (rows16, full) = (m / 16 * 16, n / NR);
-                amx::product(&ops, rows16, full);
-                ops.blocks(Bf16Kernel::Dot, rows16..m, 0..panels);
-                ops.blocks(Bf16Kernel::Dot, 0..rows16, full..panels);
-            }
-            kernel => ops.blocks(kernel, 0..m, 0..panels),
+        return;
+    }
+    debug_assert_eq!(ars, 1, "a row or a column of A is contiguous");
+    // Pairs past k stay zero; the others get both halves below.
+    for i in 0..m {
+        out[i * k2 + k / 2..(i + 1) * k2].fill(0);
+    }
+    let halves = out.as_mut_ptr() as *mut u16;
+    for kk in 0..k {
+        let col = std::slice::from_raw_parts(a.add(kk * aks), m);
+        let at = halves.add(2 * (kk / 2) + kk % 2); // row 0's half of pair kk/2
+        for (i, x) in col.iter().enumerate() {
+            *at.add(2 * i * k2) = round(*x);
         }
-    })
+    }
 }
 
 /// One product's operands in the packed forms: A as pair rows of `k2` u32
@@ -316,27 +345,31 @@ unsafe fn dot<const MR: usize>(k2: usize, a: *const u32, lda: usize, b: *const u
 ///
 /// Tiles: 0..=3 accumulate C (a 2×2 block of 16×16 f32), 4 and 5 hold two
 /// 16-row blocks of A (16 pairs each, 64 bytes a row), 6 and 7 two panels of
-/// B (16 pair rows of 16 columns: `Packed`'s layout as it is).
+/// B (16 pair rows of 16 columns: `Packed`'s layout as it is). A last block
+/// of fewer rows runs on tiles configured that short.
 #[cfg(target_arch = "x86_64")]
 mod amx {
     use super::{Operands, NR};
     use std::arch::asm;
 
-    /// Palette 1, all eight tiles 16 rows of 64 bytes.
+    /// Palette 1, every tile 64 bytes wide; C's and A's tiles (0 to 5) `rows`
+    /// rows (16, or a last block's fewer), B's (6, 7) 16 pair rows.
     #[repr(C, align(64))]
     struct TileConfig([u8; 64]);
 
-    const CONFIG: TileConfig = {
+    const fn config(rows: u8) -> TileConfig {
         let mut c = [0u8; 64];
         c[0] = 1;
         let mut t = 0;
         while t < 8 {
             c[16 + 2 * t] = 64;
-            c[48 + t] = 16;
+            c[48 + t] = if t < 6 { rows } else { 16 };
             t += 1;
         }
         TileConfig(c)
-    };
+    }
+
+    const WHOLE: TileConfig = config(16);
 
     macro_rules! load {
         ($t:literal, $p:expr, $stride:expr) => {
@@ -354,33 +387,47 @@ mod amx {
         };
     }
 
-    /// `C += A · B` over rows `0..rows16` (a multiple of 16) and panels
-    /// `0..full` (each NR = 16 columns wide).
+    /// `C += A · B` over rows `0..m` and panels `0..full` (each NR = 16
+    /// columns wide): blocks of 32 or 16 rows, then the last rows (fewer than
+    /// 16) in tiles configured that short.
     ///
     /// # Safety
-    /// As `super::gemm`, and [`permitted`] is true.
-    pub unsafe fn product(ops: &Operands, rows16: usize, full: usize) {
-        if rows16 == 0 || full == 0 {
+    /// As `super::gemm`, and AMX is permitted (`platform::cpu`).
+    pub unsafe fn product(ops: &Operands, m: usize, full: usize) {
+        if m == 0 || full == 0 {
             return;
         }
-        asm!("ldtilecfg [{0}]", in(reg) &CONFIG, options(nostack, readonly));
+        let rows16 = m / 16 * 16;
+        asm!("ldtilecfg [{0}]", in(reg) &WHOLE, options(nostack, readonly));
         let mut i = 0;
         while i < rows16 {
             let two_rows = rows16 - i >= 32;
-            let mut p = 0;
-            while p < full {
-                let two_panels = full - p >= 2;
-                match (two_rows, two_panels) {
-                    (true, true) => block::<2, 2>(ops, i, p),
-                    (true, false) => block::<2, 1>(ops, i, p),
-                    (false, true) => block::<1, 2>(ops, i, p),
-                    (false, false) => block::<1, 1>(ops, i, p),
-                }
-                p += if two_panels { 2 } else { 1 };
-            }
+            panels(ops, i, full, two_rows);
             i += if two_rows { 32 } else { 16 };
         }
+        if m > rows16 {
+            let tail = config((m - rows16) as u8);
+            asm!("ldtilecfg [{0}]", in(reg) &tail, options(nostack, readonly));
+            panels(ops, rows16, full, false);
+        }
         asm!("tilerelease", options(nostack, nomem));
+    }
+
+    /// One block of rows from `i` (32 with `two_rows`, else one tile's), by
+    /// panels two at a time.
+    #[inline(always)]
+    unsafe fn panels(ops: &Operands, i: usize, full: usize, two_rows: bool) {
+        let mut p = 0;
+        while p < full {
+            let two_panels = full - p >= 2;
+            match (two_rows, two_panels) {
+                (true, true) => block::<2, 2>(ops, i, p),
+                (true, false) => block::<2, 1>(ops, i, p),
+                (false, true) => block::<1, 2>(ops, i, p),
+                (false, false) => block::<1, 1>(ops, i, p),
+            }
+            p += if two_panels { 2 } else { 1 };
+        }
     }
 
     /// C's rows `i..i + 16R`, panels `p..p + C`: load, accumulate over the
@@ -475,7 +522,7 @@ mod products {
         // depths, rows short of and past AMX's 16.
         let kernels: Vec<Bf16Kernel> = Bf16Kernel::ALL.into_iter().filter(|k| k.available()).collect();
         println!("bf16 kernels this CPU runs: {:?}", kernels.iter().map(|k| k.name()).collect::<Vec<_>>());
-        for (m, k, n) in [(37, 45, 50), (64, 1024, 2 * NR + 5), (16, 32, NR), (50, 7, 3), (33, 300, 4 * NR)] {
+        for (m, k, n) in [(37, 45, 50), (64, 1024, 2 * NR + 5), (16, 32, NR), (50, 7, 3), (33, 300, 4 * NR), (5, 64, 3 * NR)] {
             tch::manual_seed((m * k + n) as i64);
             let w = Tensor::randn([k as i64, n as i64], (Kind::Float, Device::Cpu));
             let a = Vec::<f32>::try_from(Tensor::randn([(m * k) as i64], (Kind::Float, Device::Cpu))).unwrap();
